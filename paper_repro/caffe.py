@@ -1,0 +1,255 @@
+"""Caffe ``.caffemodel`` reader and the import of BVLC's reference CaffeNet into the Table II model.
+
+The reader is a minimal protobuf wire-format parser written here on purpose, instead of
+compiling Caffe's ``caffe.proto`` or installing Caffe:
+
+- exact format: it reads only the handful of fields the weights live in (layer names and
+  ``BlobProto``), in both the current ``LayerParameter`` layout and the legacy ``V1LayerParameter``
+  one that old model-zoo files such as ``bvlc_reference_caffenet.caffemodel`` still use;
+- no schema dependency: no generated ``caffe_pb2`` module to keep in step with a protobuf runtime;
+- safe: a .caffemodel is downloaded from the internet, and this parser only decodes varints,
+  lengths and little-endian floats; nothing in the file is ever executed or unpickled.
+
+The conversions (:func:`conv_weights`, :func:`dense_weights`, :func:`load_caffe_layer`) are the
+single place where Caffe's layouts become Keras': the CaffeNet import and the LeNet test both go
+through them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from paper_repro.errors import UserError
+
+# Protobuf wire types (https://protobuf.dev/programming-guides/encoding/).
+_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
+
+# NetParameter: `layer` (LayerParameter, field 100) and the legacy `layers` (V1LayerParameter, 2).
+_NET_LAYER, _NET_V1_LAYER = 100, 2
+# (name field, blobs field) of LayerParameter and of V1LayerParameter.
+_LAYER_FIELDS = {_NET_LAYER: (1, 7), _NET_V1_LAYER: (4, 6)}
+# BlobProto fields.
+_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
+_BLOB_DATA, _BLOB_SHAPE = 5, 7
+_LEGACY_DIMS = (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH)
+# BlobShape: `repeated int64 dim = 1 [packed = true]`.
+_SHAPE_DIM = 1
+
+
+class _WireError(ValueError):
+    """The bytes are not a well-formed protobuf message (truncated, or not protobuf at all)."""
+
+
+def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
+    """Decode the base-128 varint at ``pos``; return (value, position after it)."""
+    value = 0
+    for shift in range(0, 70, 7):
+        if pos >= len(buf):
+            raise _WireError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, pos
+    raise _WireError("varint longer than 10 bytes")
+
+
+def _fields(buf: memoryview) -> Iterator[tuple[int, int, int | memoryview]]:
+    """Yield (field number, wire type, value) for every field of one message.
+
+    A varint's value is an int; every other wire type yields its raw bytes, so a caller decodes
+    only the fields it needs and skips the rest (Caffe has many fields this package ignores).
+    """
+    pos = 0
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise _WireError("field number 0")
+        if wire == _VARINT:
+            value, pos = _read_varint(buf, pos)
+            yield field, wire, value
+            continue
+        if wire == _LEN:
+            size, pos = _read_varint(buf, pos)
+        elif wire in (_I64, _I32):
+            size = 8 if wire == _I64 else 4
+        else:
+            raise _WireError(f"unsupported wire type {wire} (field {field})")
+        if pos + size > len(buf):
+            raise _WireError(f"field {field} runs past the end of its message")
+        yield field, wire, buf[pos : pos + size]
+        pos += size
+
+
+def _packed_varints(buf: memoryview) -> list[int]:
+    """Decode a packed repeated varint field."""
+    values, pos = [], 0
+    while pos < len(buf):
+        value, pos = _read_varint(buf, pos)
+        values.append(value)
+    return values
+
+
+def _blob_shape(buf: memoryview) -> tuple[int, ...]:
+    """Decode a BlobShape; ``dim`` may be packed (what Caffe writes) or not."""
+    dims: list[int] = []
+    for field, wire, value in _fields(buf):
+        if field != _SHAPE_DIM:
+            continue
+        dims.extend(_packed_varints(value) if wire == _LEN else [value])
+    return tuple(dims)
+
+
+def _float_chunk(wire: int, value: int | memoryview) -> np.ndarray:
+    """One occurrence of the float field ``data``: packed (a multiple of 4 bytes) or one float."""
+    if wire not in (_LEN, _I32) or len(value) % 4:
+        raise _WireError("BlobProto.data is not a sequence of 32-bit floats")
+    return np.frombuffer(value, dtype="<f4")
+
+
+def _blob(buf: memoryview) -> np.ndarray:
+    """Decode a BlobProto into a float32 array of its shape (BlobShape, else num/channels/h/w)."""
+    chunks: list[np.ndarray] = []
+    shape: tuple[int, ...] | None = None
+    legacy: dict[int, int] = {}
+    for field, wire, value in _fields(buf):
+        if field == _BLOB_DATA:
+            chunks.append(_float_chunk(wire, value))
+        elif field == _BLOB_SHAPE and wire == _LEN:
+            shape = _blob_shape(value)
+        elif field in _LEGACY_DIMS and wire == _VARINT:
+            legacy[field] = value
+    if shape is None:  # proto2 defaults: an unset legacy dimension is 0, as in Caffe
+        shape = tuple(legacy.get(field, 0) for field in _LEGACY_DIMS)
+    data = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    if data.size != int(np.prod(shape)):
+        raise _WireError(f"blob holds {data.size} floats but its shape is {shape}")
+    return data.astype(np.float32).reshape(shape)
+
+
+def _layer(buf: memoryview, name_field: int, blobs_field: int) -> tuple[str, list[np.ndarray]]:
+    """Decode the name and blobs of a LayerParameter or V1LayerParameter."""
+    name, blobs = "", []
+    for field, wire, value in _fields(buf):
+        if wire != _LEN:
+            continue
+        if field == name_field:
+            name = bytes(value).decode("utf-8", errors="replace")
+        elif field == blobs_field:
+            blobs.append(_blob(value))
+    return name, blobs
+
+
+def _net_layers(buf: memoryview) -> dict[str, list[np.ndarray]]:
+    """Decode a NetParameter into {layer name: blobs} for the layers that carry weights."""
+    layers: dict[str, list[np.ndarray]] = {}
+    for field, wire, value in _fields(buf):
+        if field in _LAYER_FIELDS and wire == _LEN:
+            name, blobs = _layer(value, *_LAYER_FIELDS[field])
+            if blobs:
+                layers[name] = blobs
+    return layers
+
+
+def read_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
+    """Read the weights of a binary .caffemodel: {layer name: [blobs as float32 arrays]}.
+
+    Both layouts are accepted (NetParameter field 100, and the legacy field 2 of pre-2015 files).
+    Blob shapes come from ``BlobShape`` when present, else from the legacy num/channels/height/width
+    (so an old fully-connected weight reads as (1, 1, out, in); the conversions below accept it).
+    Layers without blobs (data, ReLU, pooling, ...) are left out. A missing, truncated or
+    non-caffemodel file raises :class:`UserError`.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read the caffemodel {path}: {error.strerror}") from error
+    try:
+        layers = _net_layers(memoryview(raw))
+    except _WireError as error:
+        raise UserError(
+            f"{path} is not a readable binary .caffemodel ({error}); pass the weights file "
+            "(not a .prototxt), and download it again if it may be truncated"
+        ) from error
+    if not layers:
+        raise UserError(f"{path} holds no layer with weights; pass a trained .caffemodel file")
+    return layers
+
+
+def _strip_legacy(blob: np.ndarray, ndim: int) -> np.ndarray:
+    """Drop the leading 1s of a legacy 4-D blob, e.g. an old fc weight (1, 1, out, in).
+
+    Caffe's own ``Blob::ShapeEquals`` accepts such blobs the same way.
+    """
+    extra = blob.ndim - ndim
+    if extra > 0 and all(dim == 1 for dim in blob.shape[:extra]):
+        return blob.reshape(blob.shape[extra:])
+    return blob
+
+
+def conv_weights(blobs: list[np.ndarray]) -> list[np.ndarray]:
+    """Caffe Convolution blobs -> Keras Conv2D weights.
+
+    Caffe's kernel is (out, in/groups, h, w), Keras' (h, w, in/groups, out); both give the output
+    channels [g*out/G, (g+1)*out/G) of group g the input channels [g*in/G, (g+1)*in/G), so the
+    same transpose serves grouped convolutions. The bias (if any) is unchanged.
+    """
+    kernel, *bias = blobs
+    return [_strip_legacy(kernel, 4).transpose(2, 3, 1, 0), *(_strip_legacy(b, 1) for b in bias)]
+
+
+def dense_weights(
+    blobs: list[np.ndarray], input_chw: tuple[int, int, int] | None = None
+) -> list[np.ndarray]:
+    """Caffe InnerProduct blobs -> Keras Dense weights: kernel (out, in) -> (in, out).
+
+    ``input_chw`` is the (channels, height, width) of the feature map the layer follows (fc6
+    after pool5, LeNet's ip1 after pool2): Caffe flattens it in C, H, W order, Keras' Flatten of
+    a channels_last map in H, W, C order, so the kernel's input rows are permuted to match.
+    """
+    kernel, *bias = blobs
+    kernel = _strip_legacy(kernel, 2)
+    if input_chw is not None:
+        out = kernel.shape[0]
+        kernel = kernel.reshape(out, *input_chw).transpose(0, 2, 3, 1).reshape(out, -1)
+    return [kernel.T, *(_strip_legacy(b, 1) for b in bias)]
+
+
+def _caffe_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A Keras weight shape written in Caffe's layout (for shape checks and error messages)."""
+    if len(shape) == 4:
+        return (shape[3], shape[2], shape[0], shape[1])
+    return tuple(reversed(shape))
+
+
+def load_caffe_layer(
+    layer: keras.layers.Layer,
+    blobs: list[np.ndarray],
+    *,
+    input_chw: tuple[int, int, int] | None = None,
+) -> None:
+    """Set a Keras Conv2D or Dense ``layer`` from the Caffe blobs of the layer of the same role.
+
+    The shapes are checked first in Caffe's layout, so a mismatch names both shapes as a Caffe
+    user knows them. ``input_chw``: see :func:`dense_weights`.
+    """
+    needed = [_caffe_layout(tuple(weight.shape)) for weight in layer.weights]
+    fits = len(blobs) == len(needed) and all(
+        _strip_legacy(blob, len(shape)).shape == shape
+        for blob, shape in zip(blobs, needed, strict=True)
+    )
+    if not fits:
+        raise UserError(
+            f"layer {layer.name}: the caffemodel has weights of shape "
+            f"{[blob.shape for blob in blobs]} but the model needs {needed} (Caffe layout)"
+        )
+    if len(needed[0]) == 4:
+        layer.set_weights(conv_weights(blobs))
+    else:
+        layer.set_weights(dense_weights(blobs, input_chw))
