@@ -1,0 +1,328 @@
+"""The network of the paper's Table II: a CaffeNet-layout AlexNet as a Keras functional model.
+
+The model is three layers deep at the top, so that the paper's retraining is one line::
+
+    model = build_alexnet(num_classes=10)
+    model.get_layer("features").trainable = False   # conv1 .. pool5 frozen, fc6 .. fc8 trained
+
+- ``preprocess``: raw RGB pixels in 0..255 (uint8 or float) -> the network's input: optional
+  RGB -> BGR and the mean subtraction. It lives in the model, not in the data pipeline, so an
+  exported model takes raw images and a model imported from Caffe carries Caffe's BGR mean.
+- ``features``: conv1 .. pool5, Caffe's layer names, pool before LRN as in BVLC CaffeNet.
+- ``classifier``: flatten, fc6 .. fc8 and the softmax ``prob``.
+
+Everything Caffe defines differently from Keras is written here and says so: the LRN (Caffe
+divides alpha by the window size), the grouped convolution's fast path, Caffe's initialisation.
+Input sizes: the stack takes 67 + 32k pixels (227 for the paper, 67..195 for quick runs); those are
+also the sizes at which Keras' floor-mode pooling equals Caffe's ceil mode.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from paper_repro.errors import UserError
+
+PAPER_IMAGE_SIZE = 227
+MIN_IMAGE_SIZE = 67
+IMAGE_SIZE_STEP = 32
+DEFAULT_GROUPS = 2
+
+# (name, filters, kernel, stride, Caffe's padding, grouped, bias init) as in CaffeNet's
+# train_val.prototxt: grouped conv2/4/5, bias 1 for conv2, conv4, conv5, fc6, fc7. Caffe's pad
+# (k - 1) / 2 at stride 1 is exactly Keras' "same" padding.
+_CONV_SPECS = (
+    ("conv1", 96, 11, 4, 0, False, 0.0),
+    ("conv2", 256, 5, 1, 2, True, 1.0),
+    ("conv3", 384, 3, 1, 1, False, 0.0),
+    ("conv4", 384, 3, 1, 1, True, 1.0),
+    ("conv5", 256, 3, 1, 1, True, 1.0),
+)
+_FC_SPECS = (("fc6", 4096, 0.005, 1.0), ("fc7", 4096, 0.005, 1.0))
+_CONV_STD = 0.01
+_FC8_STD = 0.01
+_POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
+_NORM_AFTER = {"conv1": "norm1", "conv2": "norm2"}
+
+
+@keras.saving.register_keras_serializable(package="paper_repro")
+class CaffePreprocessing(keras.layers.Layer):
+    """Raw RGB pixels (0..255) to the network's input, as Caffe's data layer transforms them.
+
+    ``(x[..., ::-1] if bgr else x) - mean`` then ``* scale``; ``mean`` is given in the network's
+    channel order (BGR when ``bgr``). Caffe subtracts before it scales, so do we. The mean is a
+    config constant rather than a weight: it is fixed by the pretraining data, never trained, and
+    keeps the parameter count equal to Caffe's.
+    """
+
+    def __init__(
+        self,
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        bgr: bool = False,
+        scale: float = 1.0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if len(mean) != 3:
+            raise UserError(f"mean must have 3 values (one per channel), got {list(mean)}")
+        self.mean = [float(m) for m in mean]
+        self.bgr = bool(bgr)
+        self.scale = float(scale)
+
+    def call(self, images):
+        x = tf.cast(images, self.compute_dtype)
+        if self.bgr:
+            x = tf.reverse(x, axis=[-1])
+        x = x - tf.constant(self.mean, dtype=self.compute_dtype)
+        return x * self.scale if self.scale != 1.0 else x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "bgr": self.bgr, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="paper_repro")
+class LocalResponseNormalization(keras.layers.Layer):
+    """Caffe's across-channel LRN: ``x / (k + alpha/size * sum_{size channels} x^2) ** beta``.
+
+    Keras has no LRN layer. TensorFlow's op takes a half-width and does not divide alpha by the
+    window, so Caffe's (size 5, alpha 1e-4) is ``depth_radius=2, alpha=2e-5`` there; this layer
+    takes Caffe's parameters and does that conversion in one place.
+    """
+
+    def __init__(
+        self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, **kwargs
+    ):
+        super().__init__(**kwargs)
+        if size < 1 or size % 2 == 0:
+            raise UserError(f"LRN size must be a positive odd number, got {size}")
+        self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
+
+    def call(self, inputs):
+        # TF's LRN kernel is float32-only on CPU; mixed precision computes it in float32.
+        x = tf.cast(inputs, tf.float32)
+        y = tf.nn.local_response_normalization(
+            x,
+            depth_radius=self.size // 2,
+            bias=self.k,
+            alpha=self.alpha / self.size,
+            beta=self.beta,
+        )
+        return tf.cast(y, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "size": self.size,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "k": self.k,
+        }
+
+
+@functools.cache
+def grouped_convolution_is_native() -> bool:
+    """Whether ``tf.nn.convolution`` runs a grouped kernel on this machine's default device.
+
+    It does on GPUs and on CPUs with oneDNN (TensorFlow's default); with
+    ``TF_ENABLE_ONEDNN_OPTS=0`` the CPU kernel refuses grouped convolutions.
+    """
+    try:
+        tf.nn.convolution(tf.zeros((1, 3, 3, 4)), tf.zeros((1, 1, 2, 2)))
+    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+        return False
+    return True
+
+
+@keras.saving.register_keras_serializable(package="paper_repro")
+class GroupedConv2D(keras.layers.Conv2D):
+    """Conv2D whose grouped convolution calls ``tf.nn.convolution`` directly.
+
+    Keras routes every grouped convolution on the TF backend through an XLA-compiled function,
+    about 4.5x slower for AlexNet training on a CPU than TensorFlow's own grouped kernel with the
+    same weights and gradients. Where that kernel is missing this falls back to Keras' op, so the
+    layer is always correct and fast where it can be. Kernel layout is Keras' (and Caffe's):
+    output group ``g`` sees input channels ``g*C/G .. (g+1)*C/G``.
+    """
+
+    def convolution_op(self, inputs, kernel):
+        if self.groups == 1 or not grouped_convolution_is_native():
+            return super().convolution_op(inputs, kernel)
+        return tf.nn.convolution(
+            inputs,
+            kernel,
+            strides=list(self.strides),
+            padding=self.padding.upper(),
+            dilations=list(self.dilation_rate),
+        )
+
+
+def valid_image_sizes(up_to: int = PAPER_IMAGE_SIZE) -> list[int]:
+    """Input sizes the Table II stack takes, up to ``up_to``: 67, 99, ..., 227."""
+    return list(range(MIN_IMAGE_SIZE, up_to + 1, IMAGE_SIZE_STEP))
+
+
+def check_image_size(image_size: int) -> None:
+    """Refuse sizes whose pooling would be empty or differ from Caffe's ceil-mode pooling."""
+    if image_size < MIN_IMAGE_SIZE or (image_size - MIN_IMAGE_SIZE) % IMAGE_SIZE_STEP:
+        sizes = ", ".join(map(str, valid_image_sizes()))
+        raise UserError(
+            f"image size {image_size} does not fit the Table II layer stack: use 67 + 32k "
+            f"pixels ({sizes}, ...); 227 is the paper's"
+        )
+
+
+def _check_build_args(num_classes: int, image_size: int, groups: int) -> None:
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise UserError(f"num_classes must be an integer of at least 2, got {num_classes!r}")
+    check_image_size(image_size)
+    if groups < 1 or any(c % groups for c in (96, 256, 384)):
+        raise UserError(f"groups must divide 96, 256 and 384 (CaffeNet uses 2), got {groups}")
+
+
+def _seed(seed: int | None, offset: int) -> int | None:
+    return None if seed is None else seed + offset
+
+
+def _gaussian(std: float, seed: int | None) -> keras.initializers.Initializer:
+    return keras.initializers.RandomNormal(stddev=std, seed=seed)
+
+
+def _features_block(image_size: int, groups: int, seed: int | None) -> keras.Model:
+    inputs = keras.Input((image_size, image_size, 3), name="data")
+    x = inputs
+    for i, (name, filters, kernel, stride, pad, grouped, bias) in enumerate(_CONV_SPECS):
+        x = GroupedConv2D(
+            filters,
+            kernel,
+            strides=stride,
+            padding="same" if pad else "valid",
+            groups=groups if grouped else 1,
+            kernel_initializer=_gaussian(_CONV_STD, _seed(seed, i)),
+            bias_initializer=keras.initializers.Constant(bias),
+            name=name,
+        )(x)
+        x = keras.layers.ReLU(name=name.replace("conv", "relu"))(x)
+        if name in _POOL_AFTER:
+            x = keras.layers.MaxPooling2D(3, strides=2, name=_POOL_AFTER[name])(x)
+        if name in _NORM_AFTER:
+            x = LocalResponseNormalization(name=_NORM_AFTER[name])(x)
+    return keras.Model(inputs, x, name="features")
+
+
+def _classifier_block(
+    feature_shape: tuple[int, ...], num_classes: int, dropout: float, seed: int | None
+) -> keras.Model:
+    inputs = keras.Input(feature_shape, name="pool5")
+    x = keras.layers.Flatten(name="flatten")(inputs)
+    for i, (name, units, std, bias) in enumerate(_FC_SPECS):
+        x = keras.layers.Dense(
+            units,
+            kernel_initializer=_gaussian(std, _seed(seed, 10 + i)),
+            bias_initializer=keras.initializers.Constant(bias),
+            name=name,
+        )(x)
+        x = keras.layers.ReLU(name=name.replace("fc", "relu"))(x)
+        drop_name = name.replace("fc", "drop")
+        x = keras.layers.Dropout(dropout, seed=_seed(seed, 20 + i), name=drop_name)(x)
+    x = keras.layers.Dense(
+        num_classes, kernel_initializer=_gaussian(_FC8_STD, _seed(seed, 12)), name="fc8"
+    )(x)
+    # float32 softmax even under mixed precision: the probabilities feed the loss and 10-crop mean.
+    outputs = keras.layers.Softmax(dtype="float32", name="prob")(x)
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def build_alexnet(
+    num_classes: int,
+    image_size: int = PAPER_IMAGE_SIZE,
+    groups: int = DEFAULT_GROUPS,
+    *,
+    mean: Sequence[float] = (0.0, 0.0, 0.0),
+    bgr: bool = False,
+    dropout: float = 0.5,
+    seed: int | None = None,
+    name: str = "alexnet",
+) -> keras.Model:
+    """The Table II network with Caffe's initialisation, taking raw RGB images in 0..255.
+
+    Args:
+        num_classes: outputs of fc8 (1000 for ILSVRC-12).
+        image_size: square input size, 67 + 32k (227 as in the paper).
+        groups: 2 for CaffeNet's grouped conv2, conv4, conv5 (needed to import its weights);
+            1 for the ungrouped variant (62.4M instead of 61.0M parameters).
+        mean, bgr: the preprocessing (see ``CaffePreprocessing``), from the pretraining data.
+        dropout: rate of drop6 and drop7.
+        seed: makes initial weights and dropout masks reproducible.
+    """
+    _check_build_args(num_classes, image_size, groups)
+    features = _features_block(image_size, groups, seed)
+    classifier = _classifier_block(features.output.shape[1:], num_classes, dropout, seed)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = CaffePreprocessing(mean=mean, bgr=bgr, name="preprocess")(inputs)
+    outputs = classifier(features(x))
+    return keras.Model(inputs, outputs, name=name)
+
+
+def caffe_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    """The model's layers by Caffe name (conv1 .. fc8, norm1, pool5, ...), looking inside blocks."""
+    layers = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            layers.update(caffe_layers(layer))
+        else:
+            layers[layer.name] = layer
+    return layers
+
+
+def _describe(model: keras.Model) -> dict:
+    """Arguments of ``build_alexnet`` that reproduce ``model``'s features and preprocessing."""
+    names = {layer.name for layer in model.layers}
+    if not {"preprocess", "features", "classifier"} <= names:
+        raise UserError(
+            f"model '{model.name}' is not a paper_repro AlexNet (it needs the layers preprocess, "
+            f"features and classifier; it has {sorted(names)})"
+        )
+    pre = model.get_layer("preprocess")
+    layers = caffe_layers(model)
+    return {
+        "image_size": int(model.input_shape[1]),
+        "groups": int(layers["conv2"].groups),
+        "mean": pre.mean,
+        "bgr": pre.bgr,
+        "dropout": float(layers["drop6"].rate),
+    }
+
+
+def replace_classifier(
+    model: keras.Model,
+    num_classes: int,
+    *,
+    keep_fc67: bool = True,
+    seed: int | None = None,
+) -> keras.Model:
+    """A new model with ``model``'s preprocessing and features and a classifier for N classes.
+
+    Retraining starts from a pretrained network: conv1 .. conv5 (and, by default, fc6 and fc7)
+    start from its values; fc8 is always fresh, sized for the new classes. The source model is
+    left untouched (weights are copied, not shared). ``features`` comes back trainable; freezing
+    it is the caller's decision.
+    """
+    new = build_alexnet(num_classes, **_describe(model), seed=seed, name=model.name)
+    new.get_layer("features").set_weights(model.get_layer("features").get_weights())
+    if keep_fc67:
+        old_layers, new_layers = caffe_layers(model), caffe_layers(new)
+        for name in ("fc6", "fc7"):
+            new_layers[name].set_weights(old_layers[name].get_weights())
+    return new

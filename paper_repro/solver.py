@@ -1,0 +1,118 @@
+"""The paper's solver: Caffe's SGD update as a Keras optimizer, and its step learning rate.
+
+Caffe updates every weight ``w`` with gradient ``g`` as::
+
+    v <- momentum * v + lr * lr_mult * (g + weight_decay * decay_mult * w)
+    w <- w - v
+
+with ``lr_mult = 1, decay_mult = 1`` for weights and ``lr_mult = 2, decay_mult = 0`` for biases in
+CaffeNet. Keras' SGD has the same momentum form (its velocity is Caffe's negated), but its
+``weight_decay`` argument is decoupled (applied to ``w`` outside the momentum), so the coupled decay
+and the bias learning-rate multiplier are added here, in ``update_step``, the one place Keras
+leaves for a per-variable update rule. The decay is in the optimizer rather than in kernel
+regularizers so that exported models carry no training-only terms and the reported loss is the
+data loss, as Caffe reports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import ops
+
+PAPER_BASE_LR = 0.001
+PAPER_MOMENTUM = 0.9
+PAPER_WEIGHT_DECAY = 0.0005
+PAPER_DROP_EPOCHS = (20,)
+PAPER_GAMMA = 0.1
+BIAS_LR_MULT = 2.0
+
+
+def is_bias(variable) -> bool:
+    """Caffe's second blob of a layer: Keras names it ``bias``."""
+    return variable.name == "bias"
+
+
+@keras.saving.register_keras_serializable(package="paper_repro")
+class CaffeSGD(keras.optimizers.SGD):
+    """SGD with momentum, coupled weight decay on weights and a learning-rate multiplier on biases.
+
+    Args:
+        learning_rate: a float or a ``LearningRateSchedule`` (see ``step_schedule``).
+        momentum: Caffe's momentum (0.9 in the paper).
+        coupled_weight_decay: added to the gradient of every non-bias variable times its value.
+        bias_lr_mult: biases learn this many times faster, without decay (2 in CaffeNet).
+    """
+
+    def __init__(
+        self,
+        learning_rate=PAPER_BASE_LR,
+        momentum: float = PAPER_MOMENTUM,
+        coupled_weight_decay: float = PAPER_WEIGHT_DECAY,
+        bias_lr_mult: float = BIAS_LR_MULT,
+        name: str = "caffe_sgd",
+        **kwargs,
+    ):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, name=name, **kwargs)
+        self.coupled_weight_decay = float(coupled_weight_decay)
+        self.bias_lr_mult = float(bias_lr_mult)
+
+    def build(self, variables):
+        super().build(variables)
+        # The TF backend hands update_step the raw tf.Variable ("fc6/bias:0"), so which variables
+        # are biases is read once here from the Keras variables, by their index.
+        self._is_bias = [is_bias(v) for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._is_bias[self._get_variable_index(variable)]:
+            learning_rate = ops.multiply(learning_rate, self.bias_lr_mult)
+        elif self.coupled_weight_decay:
+            decay = ops.multiply(ops.cast(variable, gradient.dtype), self.coupled_weight_decay)
+            gradient = ops.add(gradient, decay)
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "coupled_weight_decay": self.coupled_weight_decay,
+            "bias_lr_mult": self.bias_lr_mult,
+        }
+
+
+def step_schedule(
+    base_lr: float, drop_steps: Sequence[int], gamma: float = PAPER_GAMMA
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """Caffe's "step" policy: ``base_lr * gamma ** (number of drop_steps <= iteration)``.
+
+    Keras evaluates the schedule at the optimizer's iteration count *before* the step and keeps
+    the first value while ``step <= boundary``, so each boundary is one less than Caffe's.
+    """
+    if not drop_steps:
+        return keras.optimizers.schedules.PiecewiseConstantDecay([0], [base_lr, base_lr])
+    boundaries = [int(step) - 1 for step in drop_steps]
+    values = [base_lr * gamma**i for i in range(len(boundaries) + 1)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
+def epoch_schedule(
+    base_lr: float,
+    steps_per_epoch: int,
+    drop_epochs: Sequence[float] = PAPER_DROP_EPOCHS,
+    gamma: float = PAPER_GAMMA,
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """The paper's schedule in epochs (0.001, divided by 10 after epoch 20), at any epoch scale."""
+    return step_schedule(base_lr, [round(e * steps_per_epoch) for e in drop_epochs], gamma)
+
+
+def paper_solver(
+    steps_per_epoch: int,
+    base_lr: float = PAPER_BASE_LR,
+    drop_epochs: Sequence[float] = PAPER_DROP_EPOCHS,
+    momentum: float = PAPER_MOMENTUM,
+    weight_decay: float = PAPER_WEIGHT_DECAY,
+    gamma: float = PAPER_GAMMA,
+) -> CaffeSGD:
+    """The paper's solver for a given number of batches per epoch."""
+    schedule = epoch_schedule(base_lr, steps_per_epoch, drop_epochs, gamma)
+    return CaffeSGD(schedule, momentum=momentum, coupled_weight_decay=weight_decay)

@@ -1,0 +1,198 @@
+"""The Table II network: shapes, parameters, Caffe's LRN, grouped convolution, freezing, saving."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from paper_repro import model as model_lib
+from paper_repro.errors import UserError
+from paper_repro.model import (
+    GroupedConv2D,
+    LocalResponseNormalization,
+    build_alexnet,
+    caffe_layers,
+    replace_classifier,
+)
+from paper_repro.solver import CaffeSGD
+
+QUICK = 67  # the smallest size the stack takes; everything but Table II's shapes is size-free
+
+TABLE_II = {  # layer: (height, width, depth) of its output at 227, the paper's Table II
+    "conv1": (55, 55, 96), "relu1": (55, 55, 96), "pool1": (27, 27, 96), "norm1": (27, 27, 96),
+    "conv2": (27, 27, 256), "relu2": (27, 27, 256), "pool2": (13, 13, 256),
+    "norm2": (13, 13, 256), "conv3": (13, 13, 384), "relu3": (13, 13, 384),
+    "conv4": (13, 13, 384), "relu4": (13, 13, 384), "conv5": (13, 13, 256),
+    "relu5": (13, 13, 256), "pool5": (6, 6, 256),
+    "fc6": (4096,), "relu6": (4096,), "drop6": (4096,), "fc7": (4096,), "relu7": (4096,),
+    "drop7": (4096,), "fc8": (1000,), "prob": (1000,),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def caffenet():
+    return build_alexnet(1000, seed=0)
+
+
+def test_parameter_count_is_caffenets(caffenet):
+    assert caffenet.count_params() == 60_965_224
+
+
+def test_ungrouped_variant_is_buildable():
+    assert build_alexnet(1000, groups=1).count_params() == 62_378_344
+
+
+def test_every_layer_output_matches_table_ii(caffenet):
+    layers = caffe_layers(caffenet)
+    shapes = {name: tuple(layer.output.shape[1:]) for name, layer in layers.items()}
+    assert {name: shapes[name] for name in TABLE_II} == TABLE_II
+
+
+def test_blocks_split_features_from_classifier(caffenet):
+    feature_names = {layer.name for layer in caffenet.get_layer("features").layers}
+    assert {"conv1", "norm2", "conv5", "pool5"} <= feature_names
+    assert not feature_names & {"fc6", "fc7", "fc8"}
+
+
+def caffe_lrn_numpy(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
+    """Caffe's LRNLayer (ACROSS_CHANNELS), written from its formula, channels last."""
+    half = size // 2
+    squared = np.pad(x.astype(np.float64) ** 2, [(0, 0)] * 3 + [(half, half)])
+    window = sum(squared[..., i : i + x.shape[-1]] for i in range(size))
+    return x / (k + alpha / size * window) ** beta
+
+
+def test_lrn_equals_caffes_formula():
+    x = np.random.default_rng(0).normal(0, 40, (2, 5, 5, 16)).astype(np.float32)
+    got = LocalResponseNormalization()(x).numpy()
+    np.testing.assert_allclose(got, caffe_lrn_numpy(x), rtol=1e-5)
+    assert not np.allclose(got, x, rtol=1e-3)  # it really normalises at this scale
+
+
+def _grouped_pair(groups=2):
+    fast = GroupedConv2D(8, 3, padding="same", groups=groups)
+    reference = keras.layers.Conv2D(8, 3, padding="same", groups=groups)
+    x = tf.random.stateless_normal((2, 7, 7, 6), seed=(1, 2))
+    fast.build(x.shape)
+    reference.build(x.shape)
+    reference.set_weights(fast.get_weights())
+    return fast, reference, x
+
+
+def _outputs_and_gradients(layer, x):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+        loss = tf.reduce_sum(y * tf.sin(y))
+    return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["tf.nn.convolution", "fallback"])
+def test_grouped_conv_equals_keras_grouped_conv(native, monkeypatch):
+    monkeypatch.setattr(model_lib, "grouped_convolution_is_native", lambda: native)
+    fast, reference, x = _grouped_pair()
+    for got, want in zip(_outputs_and_gradients(fast, x), _outputs_and_gradients(reference, x)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_conv_is_really_grouped():
+    fast, _, x = _grouped_pair()
+    ungrouped = keras.layers.Conv2D(8, 3, padding="same")
+    ungrouped.build(x.shape)
+    assert fast.kernel.shape[2] == 3 and ungrouped.kernel.shape[2] == 6
+
+
+def _quick_batch(num_classes=3, n=4):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (n, QUICK, QUICK, 3), dtype=np.uint8)
+    return images, np.arange(n) % num_classes
+
+
+def _weights(block):
+    return {v.path: v.numpy().copy() for v in block.weights}
+
+
+def test_frozen_features_do_not_move_and_classifier_does():
+    model = build_alexnet(3, QUICK, seed=1)
+    model.get_layer("features").trainable = False
+    model.compile(CaffeSGD(0.01), "sparse_categorical_crossentropy")
+    features, classifier = model.get_layer("features"), model.get_layer("classifier")
+    before_f, before_c = _weights(features), _weights(classifier)
+    model.train_on_batch(*_quick_batch())
+    assert all(np.array_equal(before_f[k], v) for k, v in _weights(features).items())
+    moved = {k: not np.array_equal(before_c[k], v) for k, v in _weights(classifier).items()}
+    assert len(moved) == 6 and all(moved.values()), moved
+
+
+def test_unfreezing_is_honoured_after_recompiling():
+    model = build_alexnet(3, QUICK, seed=1)
+    model.get_layer("features").trainable = False
+    model.compile(CaffeSGD(0.01), "sparse_categorical_crossentropy")
+    model.train_on_batch(*_quick_batch())
+    model.get_layer("features").trainable = True
+    model.compile(CaffeSGD(0.01), "sparse_categorical_crossentropy")
+    before = _weights(model.get_layer("features"))
+    model.train_on_batch(*_quick_batch())
+    after = _weights(model.get_layer("features"))
+    assert all(not np.array_equal(before[k], v) for k, v in after.items())
+
+
+def test_saved_model_loads_in_safe_mode_with_identical_outputs(tmp_path):
+    model = build_alexnet(5, QUICK, mean=(104.0, 117.0, 123.0), bgr=True, seed=2)
+    path = tmp_path / "alexnet.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    images, _ = _quick_batch()
+    np.testing.assert_array_equal(model.predict(images, verbose=0), loaded.predict(images, verbose=0))
+    assert loaded.get_layer("preprocess").bgr is True
+
+
+def test_model_takes_raw_uint8_and_float_images_alike():
+    model = build_alexnet(3, QUICK, mean=(120.0, 110.0, 100.0), seed=3)
+    images, _ = _quick_batch()
+    probs = model.predict(images, verbose=0)
+    np.testing.assert_allclose(probs, model.predict(images.astype(np.float32), verbose=0))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_preprocessing_reverses_to_bgr_then_subtracts_the_mean():
+    layer = model_lib.CaffePreprocessing(mean=(1.0, 2.0, 3.0), bgr=True)
+    out = layer(np.array([[[[10, 20, 30]]]], dtype=np.uint8)).numpy()
+    np.testing.assert_array_equal(out.ravel(), [29.0, 18.0, 7.0])
+
+
+def test_replace_classifier_keeps_features_and_sizes_fc8():
+    source = build_alexnet(7, QUICK, mean=(1.0, 2.0, 3.0), seed=4)
+    target = replace_classifier(source, 4, seed=5)
+    src, new = caffe_layers(source), caffe_layers(target)
+    for name in ("conv1", "conv5", "fc6", "fc7"):
+        for a, b in zip(src[name].get_weights(), new[name].get_weights()):
+            np.testing.assert_array_equal(a, b)
+    assert new["fc8"].kernel.shape == (4096, 4)
+    assert target.get_layer("preprocess").mean == [1.0, 2.0, 3.0]
+    fresh = caffe_layers(replace_classifier(source, 4, keep_fc67=False, seed=5))
+    assert not np.array_equal(fresh["fc6"].kernel.numpy(), src["fc6"].kernel.numpy())
+
+
+def test_replace_classifier_refuses_other_models():
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    with pytest.raises(UserError, match="not a paper_repro AlexNet"):
+        replace_classifier(other, 3)
+
+
+@pytest.mark.parametrize("size", [224, 66, 35])
+def test_input_size_the_stack_cannot_take_is_refused(size):
+    with pytest.raises(UserError, match=rf"image size {size} .* 67 \+ 32k"):
+        build_alexnet(10, size)
+
+
+@pytest.mark.parametrize("classes", [1, 0, -3])
+def test_fewer_than_two_classes_is_refused(classes):
+    with pytest.raises(UserError, match="num_classes must be an integer of at least 2"):
+        build_alexnet(classes, QUICK)
+
+
+@pytest.mark.parametrize("size", [67, 99, 131, 163, 195])
+def test_every_quick_size_builds(size):
+    model = build_alexnet(2, size)
+    assert model.get_layer("features").output.shape[1] == (size - 67) // 32 + 1

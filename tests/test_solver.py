@@ -1,0 +1,77 @@
+"""The paper's solver reproduces Caffe's SGD update exactly."""
+
+import keras
+import numpy as np
+import pytest
+
+from paper_repro.solver import CaffeSGD, epoch_schedule, paper_solver, step_schedule
+
+
+def caffe_sgd_numpy(params, grads_per_step, lrs, momentum=0.9, decay=0.0005):
+    """Caffe's SGDSolver::ComputeUpdateValue by hand: weights lr_mult 1 decay_mult 1, biases 2/0."""
+    params = {k: v.astype(np.float64).copy() for k, v in params.items()}
+    history = {k: np.zeros_like(v) for k, v in params.items()}
+    for grads, lr in zip(grads_per_step, lrs):
+        for name, w in params.items():
+            bias = name == "bias"
+            local_lr = lr * (2.0 if bias else 1.0)
+            g = grads[name] + (0.0 if bias else decay * w)
+            history[name] = momentum * history[name] + local_lr * g
+            params[name] = w - history[name]
+    return params
+
+
+def test_steps_equal_caffes_update_across_a_learning_rate_drop():
+    rng = np.random.default_rng(0)
+    layer = keras.layers.Dense(3)
+    layer.build((None, 4))
+    layer.set_weights([rng.normal(size=(4, 3)).astype(np.float32), np.ones(3, np.float32)])
+    start = {"kernel": layer.kernel.numpy(), "bias": layer.bias.numpy()}
+    grads = [
+        {"kernel": rng.normal(size=(4, 3)), "bias": rng.normal(size=3)} for _ in range(4)
+    ]
+    optimizer = CaffeSGD(step_schedule(0.1, drop_steps=[2]))
+    for g in grads:
+        optimizer.apply(
+            [np.float32(g["kernel"]), np.float32(g["bias"])], [layer.kernel, layer.bias]
+        )
+    want = caffe_sgd_numpy(start, grads, lrs=[0.1, 0.1, 0.01, 0.01])
+    np.testing.assert_allclose(layer.kernel.numpy(), want["kernel"], rtol=1e-5)
+    np.testing.assert_allclose(layer.bias.numpy(), want["bias"], rtol=1e-5)
+
+
+def test_keras_plain_sgd_differs_so_the_test_above_can_fail():
+    layer = keras.layers.Dense(2)
+    layer.build((None, 2))
+    layer.set_weights([np.ones((2, 2), np.float32), np.ones(2, np.float32)])
+    grads = [np.full((2, 2), 0.5, np.float32), np.full(2, 0.5, np.float32)]
+    keras.optimizers.SGD(0.1, momentum=0.9).apply(grads, [layer.kernel, layer.bias])
+    want = caffe_sgd_numpy(
+        {"kernel": np.ones((2, 2)), "bias": np.ones(2)},
+        [{"kernel": grads[0], "bias": grads[1]}],
+        [0.1],
+    )
+    assert not np.allclose(layer.bias.numpy(), want["bias"])
+    assert not np.allclose(layer.kernel.numpy(), want["kernel"])
+
+
+@pytest.mark.parametrize(
+    ("steps_per_epoch", "step", "lr"),
+    [(10, 0, 1e-3), (10, 199, 1e-3), (10, 200, 1e-4), (10, 299, 1e-4), (3, 60, 1e-4)],
+)
+def test_paper_schedule_drops_after_epoch_20(steps_per_epoch, step, lr):
+    schedule = epoch_schedule(0.001, steps_per_epoch)
+    assert float(schedule(step)) == pytest.approx(lr)
+
+
+def test_caffenet_pretraining_schedule_divides_every_100k_iterations():
+    schedule = step_schedule(0.01, [100_000, 200_000, 300_000, 400_000])
+    got = [float(schedule(s)) for s in (0, 99_999, 100_000, 250_000, 449_999)]
+    assert got == pytest.approx([0.01, 0.01, 0.001, 0.0001, 0.000001])
+
+
+def test_solver_survives_serialisation():
+    solver = paper_solver(steps_per_epoch=5)
+    clone = CaffeSGD.from_config(solver.get_config())
+    assert clone.coupled_weight_decay == 0.0005 and clone.bias_lr_mult == 2.0
+    assert float(clone.learning_rate) == pytest.approx(0.001)
