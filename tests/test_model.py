@@ -91,7 +91,9 @@ def _outputs_and_gradients(layer, x):
 def test_grouped_conv_equals_keras_grouped_conv(native, monkeypatch):
     monkeypatch.setattr(model_lib, "grouped_convolution_is_native", lambda: native)
     fast, reference, x = _grouped_pair()
-    for got, want in zip(_outputs_and_gradients(fast, x), _outputs_and_gradients(reference, x)):
+    for got, want in zip(
+        _outputs_and_gradients(fast, x), _outputs_and_gradients(reference, x), strict=True
+    ):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-5)
 
 
@@ -143,7 +145,9 @@ def test_saved_model_loads_in_safe_mode_with_identical_outputs(tmp_path):
     model.save(path)
     loaded = keras.saving.load_model(path, safe_mode=True)
     images, _ = _quick_batch()
-    np.testing.assert_array_equal(model.predict(images, verbose=0), loaded.predict(images, verbose=0))
+    np.testing.assert_array_equal(
+        model.predict(images, verbose=0), loaded.predict(images, verbose=0)
+    )
     assert loaded.get_layer("preprocess").bgr is True
 
 
@@ -166,7 +170,7 @@ def test_replace_classifier_keeps_features_and_sizes_fc8():
     target = replace_classifier(source, 4, seed=5)
     src, new = caffe_layers(source), caffe_layers(target)
     for name in ("conv1", "conv5", "fc6", "fc7"):
-        for a, b in zip(src[name].get_weights(), new[name].get_weights()):
+        for a, b in zip(src[name].get_weights(), new[name].get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
     assert new["fc8"].kernel.shape == (4096, 4)
     assert target.get_layer("preprocess").mean == [1.0, 2.0, 3.0]

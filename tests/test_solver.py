@@ -11,7 +11,7 @@ def caffe_sgd_numpy(params, grads_per_step, lrs, momentum=0.9, decay=0.0005):
     """Caffe's SGDSolver::ComputeUpdateValue by hand: weights lr_mult 1 decay_mult 1, biases 2/0."""
     params = {k: v.astype(np.float64).copy() for k, v in params.items()}
     history = {k: np.zeros_like(v) for k, v in params.items()}
-    for grads, lr in zip(grads_per_step, lrs):
+    for grads, lr in zip(grads_per_step, lrs, strict=True):
         for name, w in params.items():
             bias = name == "bias"
             local_lr = lr * (2.0 if bias else 1.0)
@@ -27,9 +27,7 @@ def test_steps_equal_caffes_update_across_a_learning_rate_drop():
     layer.build((None, 4))
     layer.set_weights([rng.normal(size=(4, 3)).astype(np.float32), np.ones(3, np.float32)])
     start = {"kernel": layer.kernel.numpy(), "bias": layer.bias.numpy()}
-    grads = [
-        {"kernel": rng.normal(size=(4, 3)), "bias": rng.normal(size=3)} for _ in range(4)
-    ]
+    grads = [{"kernel": rng.normal(size=(4, 3)), "bias": rng.normal(size=3)} for _ in range(4)]
     optimizer = CaffeSGD(step_schedule(0.1, drop_steps=[2]))
     for g in grads:
         optimizer.apply(
