@@ -13,17 +13,23 @@ compiling Caffe's ``caffe.proto`` or installing Caffe:
 The conversions (:func:`conv_weights`, :func:`dense_weights`, :func:`load_caffe_layer`) are the
 single place where Caffe's layouts become Keras': the CaffeNet import and the LeNet test both go
 through them.
+
+:func:`import_caffenet` maps BVLC's ``bvlc_reference_caffenet.caffemodel`` (the public
+equivalent of the paper's ILSVRC-12 network) onto ``build_alexnet(1000, 227, groups=2)``, with
+Caffe's BGR order and mean folded into the model's ``preprocess`` layer: the imported model takes
+RGB images in 0..255, like every model of this package, and computes what Caffe computes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from paper_repro.errors import UserError
+from paper_repro.model import PAPER_IMAGE_SIZE, build_alexnet, caffe_layers
 
 # Protobuf wire types (https://protobuf.dev/programming-guides/encoding/).
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -38,6 +44,13 @@ _BLOB_DATA, _BLOB_SHAPE = 5, 7
 _LEGACY_DIMS = (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH)
 # BlobShape: `repeated int64 dim = 1 [packed = true]`.
 _SHAPE_DIM = 1
+
+# BVLC reference CaffeNet: ILSVRC-12 classes, layers with weights, and its per-channel BGR mean
+# (the values of Caffe's examples; the mean image's own per-channel average is 104.0/116.7/122.7).
+CAFFENET_CLASSES = 1000
+CAFFENET_GROUPS = 2
+CAFFENET_MEAN_BGR = (104.0, 117.0, 123.0)
+_CAFFENET_WEIGHTED = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 
 
 class _WireError(ValueError):
@@ -253,3 +266,73 @@ def load_caffe_layer(
         layer.set_weights(conv_weights(blobs))
     else:
         layer.set_weights(dense_weights(blobs, input_chw))
+
+
+def caffe_mean(mean: Sequence[float] | str | Path) -> tuple[float, float, float]:
+    """The per-channel BGR mean: three values as given, or the average of a mean-image file.
+
+    A file is Caffe's mean image in its (3, H, W) BGR layout: a ``.npy`` such as
+    ``ilsvrc_2012_mean.npy`` (read with ``allow_pickle=False``), or a ``.binaryproto`` (one
+    BlobProto, read by this module's parser).
+
+    Why a per-channel mean instead of Caffe's mean image: Caffe's training and its C++ test layer
+    subtract the 256x256 mean image cropped like the input, pycaffe's ``classify.py`` its
+    per-channel average. Over the 227 center crop, ILSVRC-12's mean image differs from its
+    per-channel average by 5.3 grey levels RMS (13.9 at most) out of 255, a small shift of the
+    input; in exchange the model needs no 256x256 constant, does not depend on where a crop was
+    taken (10-crop, random crops) and accepts every input size (67..227).
+    """
+    if not isinstance(mean, str | Path):
+        values = tuple(float(value) for value in mean)
+        if len(values) != 3:
+            raise UserError(f"the mean needs 3 values (B, G, R), got {list(values)}")
+        return values
+    path = Path(mean)
+    try:
+        if path.suffix == ".binaryproto":
+            image = _blob(memoryview(path.read_bytes()))
+        else:
+            image = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot read the mean file {path}: {error}") from error
+    image = np.asarray(image, np.float64)
+    if image.ndim < 3 or image.shape[-3] != 3:
+        raise UserError(f"{path}: a mean image is (3, H, W) in BGR order, got shape {image.shape}")
+    return tuple(float(v) for v in image.reshape(3, -1).mean(axis=1))
+
+
+def import_caffenet(
+    caffemodel_path: str | Path, *, mean: Sequence[float] | str | Path = CAFFENET_MEAN_BGR
+) -> keras.Model:
+    """BVLC's reference CaffeNet as the Table II model: 1000 classes, 227 pixels, groups=2.
+
+    The result takes RGB images in 0..255 (uint8 or float); its ``preprocess`` layer reverses them
+    to BGR and subtracts ``mean`` (BGR values, or a mean-image file: see :func:`caffe_mean`).
+    Every weighted CaffeNet layer must be in the file with CaffeNet's shapes; the first one that
+    is missing or does not fit raises :class:`UserError` naming it (and both shapes).
+    """
+    weights = read_caffemodel(caffemodel_path)
+    model = build_alexnet(
+        CAFFENET_CLASSES,
+        PAPER_IMAGE_SIZE,
+        CAFFENET_GROUPS,
+        mean=caffe_mean(mean),
+        bgr=True,
+        name="caffenet",
+    )
+    layers = caffe_layers(model)
+    height, width, channels = model.get_layer("features").output.shape[1:]
+    for name in _CAFFENET_WEIGHTED:
+        if name not in weights:
+            raise UserError(
+                f"{caffemodel_path} does not fit CaffeNet: it has no layer {name} (its layers "
+                f"with weights: {', '.join(weights)}); pass bvlc_reference_caffenet.caffemodel"
+            )
+        input_chw = (channels, height, width) if name == "fc6" else None
+        try:
+            load_caffe_layer(layers[name], weights[name], input_chw=input_chw)
+        except UserError as error:
+            raise UserError(
+                f"{caffemodel_path} does not fit CaffeNet (groups=2, 1000 classes): {error}"
+            ) from error
+    return model

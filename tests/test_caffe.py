@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from paper_repro.caffe import load_caffe_layer, read_caffemodel
+from paper_repro.caffe import caffe_mean, import_caffenet, load_caffe_layer, read_caffemodel
 from paper_repro.errors import UserError
 
 CAFFE_DIR = Path(__file__).resolve().parents[2] / "shared" / "caffe"
@@ -156,3 +156,141 @@ def test_real_caffe_lenet_scores_mnist():
     accuracy = float(np.mean(logits.argmax(1) == labels))
     print(f"Caffe LeNet on the MNIST test set: {accuracy:.2%}")
     assert accuracy >= 0.989
+
+
+# --- CaffeNet: random weights written in both formats, against a NumPy forward pass ------------
+
+# (name, caffe blob shape of the kernel, stride, pad, group) of BVLC's caffenet_deploy.prototxt.
+CAFFENET_CONVS = (
+    ("conv1", (96, 3, 11, 11), 4, 0, 1),
+    ("conv2", (256, 48, 5, 5), 1, 2, 2),
+    ("conv3", (384, 256, 3, 3), 1, 1, 1),
+    ("conv4", (384, 192, 3, 3), 1, 1, 2),
+    ("conv5", (256, 192, 3, 3), 1, 1, 2),
+)
+CAFFENET_FCS = (("fc6", (4096, 9216)), ("fc7", (4096, 4096)), ("fc8", (1000, 4096)))
+MEAN_BGR = (104.0, 117.0, 123.0)
+
+
+def _random_caffenet() -> dict[str, list[np.ndarray]]:
+    """He-scaled weights: conv1 outputs ~60, so the LRN (alpha/5) halves them; fc8 is scaled down
+    to logits of std ~2, so that every probability is far from 0 and 1 and is compared."""
+    rng = np.random.default_rng(2015)
+    layers = {}
+    for name, shape in [(n, s) for n, s, *_ in CAFFENET_CONVS] + list(CAFFENET_FCS):
+        std = np.sqrt(2.0 / np.prod(shape[1:])) * (0.02 if name == "fc8" else 1.0)
+        kernel = (rng.standard_normal(shape, dtype=np.float32) * std).astype("f4")
+        layers[name] = [kernel, rng.normal(0.0, 0.1, shape[0]).astype("f4")]
+    return layers
+
+
+def _caffe_conv(x, kernel, bias, stride, pad, group):
+    """Caffe's convolution on NCHW by im2col: each group sees its slice of input channels."""
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    kh, kw = kernel.shape[2:]
+    cols = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[
+        :, :, ::stride, ::stride
+    ]
+    cin, cout = x.shape[1] // group, kernel.shape[0] // group
+    outs = [
+        np.tensordot(
+            cols[:, g * cin : (g + 1) * cin],
+            kernel[g * cout : (g + 1) * cout],
+            ([1, 4, 5], [1, 2, 3]),
+        )
+        for g in range(group)
+    ]
+    return np.concatenate(outs, axis=-1).transpose(0, 3, 1, 2) + bias[:, None, None]
+
+
+def _caffe_max_pool(x, size=3, stride=2):
+    """Ceil mode: Caffe's output size rounds up, the last window runs off the edge."""
+    out = [-(-(dim - size) // stride) + 1 for dim in x.shape[2:]]
+    need = [(o - 1) * stride + size - dim for o, dim in zip(out, x.shape[2:], strict=True)]
+    x = np.pad(x, ((0, 0), (0, 0), (0, need[0]), (0, need[1])), constant_values=-np.inf)
+    windows = np.lib.stride_tricks.sliding_window_view(x, (size, size), axis=(2, 3))
+    return windows[:, :, ::stride, ::stride].max(axis=(4, 5))
+
+
+def _caffe_lrn(x, size=5, alpha=1e-4, beta=0.75):
+    """Across channels: x / (1 + alpha/size * sum of squares over `size` channels) ** beta."""
+    squares = np.pad(x**2, ((0, 0), (size // 2, size // 2), (0, 0), (0, 0)))
+    window_sum = sum(squares[:, i : i + x.shape[1]] for i in range(size))
+    return x / (1.0 + alpha / size * window_sum) ** beta
+
+
+def _caffe_forward(layers, rgb_images):
+    """CaffeNet's deploy net on RGB uint8 NHWC images, as Caffe runs it: BGR, mean, NCHW."""
+    x = (
+        rgb_images[..., ::-1].transpose(0, 3, 1, 2).astype(np.float64)
+        - np.array(MEAN_BGR)[:, None, None]
+    )
+    for name, _, stride, pad, group in CAFFENET_CONVS:
+        x = np.maximum(_caffe_conv(x, *layers[name], stride, pad, group), 0)
+        if name in ("conv1", "conv2", "conv5"):
+            x = _caffe_max_pool(x)
+        if name in ("conv1", "conv2"):
+            x = _caffe_lrn(x)
+    x = x.reshape(len(x), -1)  # C, H, W order
+    for name, _ in CAFFENET_FCS:
+        kernel, bias = layers[name]
+        x = x @ kernel.T + bias
+        x = np.maximum(x, 0) if name != "fc8" else x
+    x = np.exp(x - x.max(axis=1, keepdims=True))
+    return x / x.sum(axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def caffenet_files(tmp_path_factory):
+    """The same random CaffeNet written in the current and in the legacy (V1) format."""
+    layers = _random_caffenet()
+    rgb = np.random.default_rng(7).integers(0, 256, (2, 227, 227, 3), dtype=np.uint8)
+    expected = _caffe_forward(layers, rgb)
+    root = tmp_path_factory.mktemp("caffenet")
+    paths = {}
+    for legacy in (False, True):
+        paths[legacy] = root / f"caffenet_{'v1' if legacy else 'v2'}.caffemodel"
+        write_caffemodel(paths[legacy], layers, legacy=legacy)
+    return paths, rgb, expected
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["layer", "v1-layers"])
+def test_imported_caffenet_computes_what_caffe_computes(caffenet_files, legacy):
+    paths, rgb, expected = caffenet_files
+    model = import_caffenet(paths[legacy])
+    probabilities = model.predict(rgb, verbose=0)
+    print(f"max |keras - caffe| probability: {np.abs(probabilities - expected).max():.2e}")
+    assert expected.min() > 1e-9  # no underflow: the log comparison sees every logit
+    np.testing.assert_allclose(np.log(probabilities), np.log(expected), atol=1e-3)
+
+
+@pytest.mark.skipif(not LENET.exists(), reason=f"needs the real Caffe LeNet at {LENET}")
+def test_import_names_the_first_layer_that_does_not_fit():
+    with pytest.raises(UserError) as error:
+        import_caffenet(LENET)
+    message = str(error.value)
+    assert "does not fit CaffeNet" in message and "layer conv1" in message
+    assert "(20, 1, 5, 5)" in message and "(96, 3, 11, 11)" in message
+
+
+def test_import_names_a_missing_layer(tmp_path):
+    path = tmp_path / "conv1_only.caffemodel"
+    write_caffemodel(
+        path, {"conv1": [np.zeros((96, 3, 11, 11), "f4"), np.zeros(96, "f4")]}, legacy=False
+    )
+    with pytest.raises(UserError, match="it has no layer conv2"):
+        import_caffenet(path)
+
+
+def test_mean_from_values_and_mean_image_files(tmp_path):
+    assert caffe_mean([1, 2, 3]) == (1.0, 2.0, 3.0)
+    image = np.stack([np.full((4, 4), v) for v in (10.0, 20.0, 30.0)])
+    np.save(tmp_path / "mean.npy", image)
+    (tmp_path / "mean.binaryproto").write_bytes(_blob_proto(image[None], legacy=True))
+    for name in ("mean.npy", "mean.binaryproto"):
+        assert caffe_mean(tmp_path / name) == pytest.approx((10.0, 20.0, 30.0))
+    np.save(tmp_path / "hwc.npy", image.transpose(1, 2, 0))
+    with pytest.raises(UserError, match=r"\(3, H, W\)"):
+        caffe_mean(tmp_path / "hwc.npy")
+    with pytest.raises(UserError, match="3 values"):
+        caffe_mean([1, 2])
