@@ -1,0 +1,130 @@
+"""``paper-repro``: one command line for the whole reproduction.
+
+Subcommands only parse their arguments and call one library function; the work lives in the
+modules. Imports happen inside the handlers so that ``--help`` and the TensorFlow-free commands
+(tables, figures, list) start fast. A ``UserError`` becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from paper_repro import __version__
+from paper_repro.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace], None]
+
+
+def _not_built(command: str, issue: int) -> Handler:
+    def handler(args: argparse.Namespace) -> None:
+        raise UserError(f"'{command}' is planned but not built yet (issue #{issue})")
+
+    return handler
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one experiment of the paper (full, retrain, pretrain)")
+    p.add_argument("experiment", help="e.g. retrain-cifar10; `paper-repro list` shows them all")
+    p.add_argument("--preset", default="paper", help="paper, mini or smoke (default: paper)")
+    p.add_argument("--weights", help="pretrained model to retrain from: a run dir or a .keras")
+    p.add_argument("--data-dir", help="tfds data directory (default: $TFDS_DATA_DIR)")
+    p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p.add_argument("--force", action="store_true", help="redo a finished run")
+    p.set_defaults(handler=_not_built("train", 4))
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="multi-crop test accuracy of a run or a .keras model")
+    p.add_argument("source", help="a run directory or a .keras file")
+    p.add_argument("--dataset", help="tfds name or image folder (default: the run's)")
+    p.add_argument("--crops", type=int, choices=(1, 5, 10), default=10)
+    p.add_argument("--data-dir")
+    p.set_defaults(handler=_not_built("evaluate", 4))
+
+
+def _add_list(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="experiments, presets and existing runs")
+    p.add_argument("--runs-dir", default="runs")
+    p.set_defaults(handler=_not_built("list", 4))
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="every experiment of a preset, then Table III + Fig. 5")
+    p.add_argument("--preset", default="mini")
+    p.add_argument("--data-dir")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--out", default="figures", help="where the table and figure go")
+    p.set_defaults(handler=_not_built("reproduce", 5))
+
+
+def _add_regenerate(sub: argparse._SubParsersAction) -> None:
+    for what in ("tables", "figures"):
+        p = sub.add_parser(
+            f"regenerate-{what}", help=f"Table III / Figure 5 ({what}) from histories"
+        )
+        p.add_argument("--histories", default="runs", help="folder searched for history.json")
+        p.add_argument("--out", default="figures")
+        p.add_argument("--allow-mixed-presets", action="store_true")
+        p.set_defaults(handler=_not_built(f"regenerate-{what}", 5))
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a trained model (.keras, SavedModel, ONNX)")
+    p.add_argument("source", help="a run directory or a .keras file")
+    p.add_argument("--format", choices=("keras", "saved_model", "onnx"), default="keras")
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite an existing export")
+    p.set_defaults(handler=_not_built("export", 6))
+
+
+def _add_import_caffe(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("import-caffe", help="CaffeNet weights from a .caffemodel into .keras")
+    p.add_argument("caffemodel")
+    p.add_argument("--out", default="caffenet.keras")
+    p.add_argument("--mean", help="ilsvrc_2012_mean.npy (default: Caffe's 104/117/123 BGR)")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(handler=_not_built("import-caffe", 6))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paper-repro",
+        description="Reproduce Table III and Figure 5 of the CaffeNet retraining paper.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_train,
+        _add_evaluate,
+        _add_list,
+        _add_reproduce,
+        _add_regenerate,
+        _add_export,
+        _add_import_caffe,
+    ):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except UserError as error:
+        print(f"paper-repro {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The paper's experiments as plain data, at three scales (presets).
+
+An experiment is one training run of the paper: ``pretrain-imagenet`` (the ILSVRC-12 network whose
+features everything else reuses), then ``full-DATASET`` (all layers from scratch) and
+``retrain-DATASET`` (features frozen, classifier trained) for MNIST, CIFAR-10 and CIFAR-100. A
+preset says how big each run is; every field of a run is a ``RunConfig`` field and can be changed
+from the command line with ``--set key=value`` (validated against the field's type).
+
+paper
+    ``paper-repro reproduce --preset paper`` -- the real thing, for a GPU. Pretraining follows
+    BVLC's CaffeNet solver (../shared/caffe/caffenet_solver.prototxt) because the paper trained
+    "just like Krizhevsky et al.": lr 0.01 divided by 10 every 100,000 iterations for 450,000
+    iterations of batch 256. With 1,281,167 images that is 89.9 epochs with a drop every 19.98;
+    we run 90 epochs with drops after 20, 40, 60 and 80. The six transfer runs use the paper's
+    solver: 30 epochs, batch 80, lr 0.001 -> 0.0001 after epoch 20, momentum 0.9, decay 0.0005;
+    resize 256, random 227 crop, mirror except MNIST; 10-crop test (5 for MNIST). Expected:
+    Table III (full / retrain: MNIST 99.68 / 99.54, CIFAR-10 89.99 / 89.14, CIFAR-100
+    63.65 / 67.68) and pretraining top-1 59.23 %, top-5 83.58 %. Cost: days of GPU time for
+    pretraining (or import CaffeNet instead: ``paper-repro import-caffe``), hours per transfer run.
+
+mini
+    ``paper-repro reproduce --preset mini`` -- a CPU analog of the whole paper on the data shipped
+    with this project (MNIST, CIFAR-10), keeping its structure: the pretraining source is
+    CIFAR-10's classes 0-4 (airplane, automobile, bird, cat, deer), distinct from the targets
+    MNIST and CIFAR-10's classes 5-9 (dog, frog, horse, ship, truck); full and retrain for each
+    target; the paper's solver with the epochs scaled and the drop at two thirds; resize 76, crop
+    67. Cost and results: see README ("Results") and figures/.
+
+smoke
+    ``paper-repro reproduce --preset smoke`` -- for tests: small real subsets, 2 epochs, crop 67;
+    about a minute per run on a 2-core CPU. Its accuracies mean nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Iterable
+
+from paper_repro.errors import UserError
+
+MODES = ("pretrain", "full", "retrain")
+AUGMENT_PLACEMENTS = ("auto", "host", "device")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything one run depends on; saved in its history, compared on resume."""
+
+    dataset: str
+    mode: str
+    epochs: int = 30
+    batch_size: int = 80
+    base_lr: float = 0.001
+    drop_epochs: tuple[float, ...] = (20,)
+    gamma: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.0005
+    resize: int = 256
+    crop: int = 227
+    mirror: bool = True
+    test_crops: int = 10
+    train_split: str = "train"
+    test_split: str = "test"
+    classes: tuple[int, ...] | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    groups: int = 2
+    dropout: float = 0.5
+    keep_fc67: bool = True
+    pretrained: str | None = None
+    augment_on: str = "auto"
+    precision: str = "float32"
+
+    def __post_init__(self):
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("augment_on", self.augment_on, AUGMENT_PLACEMENTS)
+        _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("test_crops", self.test_crops, (1, 5, 10))
+        for name in ("epochs", "batch_size", "resize", "crop"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.crop > self.resize:
+            raise UserError(f"crop {self.crop} is larger than resize {self.resize}: lower crop")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
+
+
+def _check_choice(name: str, value, choices: Iterable) -> None:
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _paper() -> dict[str, RunConfig]:
+    pretrain = RunConfig(
+        "imagenet2012", "pretrain", epochs=90, batch_size=256, base_lr=0.01,
+        drop_epochs=(20, 40, 60, 80), test_split="validation",
+    )  # fmt: skip
+    runs = {"pretrain-imagenet": pretrain}
+    for dataset in ("mnist", "cifar10", "cifar100"):
+        mnist = dataset == "mnist"
+        base = RunConfig(dataset, "full", mirror=not mnist, test_crops=5 if mnist else 10)
+        runs[f"full-{dataset}"] = base
+        runs[f"retrain-{dataset}"] = dataclasses.replace(
+            base, mode="retrain", pretrained="pretrain-imagenet"
+        )
+    return runs
+
+
+PAPER = _paper()
+
+_MINI_SOURCE_CLASSES = (0, 1, 2, 3, 4)
+_MINI_TARGET_CLASSES = (5, 6, 7, 8, 9)
+_MINI_SIZES = {"resize": 76, "crop": 67}
+MINI = {
+    "pretrain-imagenet": dataclasses.replace(
+        PAPER["full-cifar10"], mode="pretrain", classes=_MINI_SOURCE_CLASSES, epochs=15,
+        drop_epochs=(10,), base_lr=0.01, batch_size=80, **_MINI_SIZES,
+    ),
+    "full-mnist": dataclasses.replace(
+        PAPER["full-mnist"], epochs=6, drop_epochs=(4,), train_subset=15_000, **_MINI_SIZES
+    ),
+    "retrain-mnist": dataclasses.replace(
+        PAPER["retrain-mnist"], epochs=6, drop_epochs=(4,), train_subset=15_000, **_MINI_SIZES
+    ),
+    "full-cifar10": dataclasses.replace(
+        PAPER["full-cifar10"], classes=_MINI_TARGET_CLASSES, epochs=6, drop_epochs=(4,),
+        **_MINI_SIZES,
+    ),
+    "retrain-cifar10": dataclasses.replace(
+        PAPER["retrain-cifar10"], classes=_MINI_TARGET_CLASSES, epochs=6, drop_epochs=(4,),
+        **_MINI_SIZES,
+    ),
+}  # fmt: skip
+
+_SMOKE_SIZES = {"resize": 76, "crop": 67, "epochs": 2, "drop_epochs": (1,)}
+SMOKE = {
+    "pretrain-imagenet": dataclasses.replace(
+        MINI["pretrain-imagenet"], train_subset=400, test_subset=200, **_SMOKE_SIZES
+    ),
+    **{
+        name: dataclasses.replace(PAPER[name], train_subset=800, test_subset=200, **_SMOKE_SIZES)
+        for name in ("full-mnist", "retrain-mnist")
+    },
+}
+
+PRESETS: dict[str, dict[str, RunConfig]] = {"paper": PAPER, "mini": MINI, "smoke": SMOKE}
+
+
+def _did_you_mean(value: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(value, list(choices), n=3)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def preset_runs(preset: str) -> dict[str, RunConfig]:
+    if preset not in PRESETS:
+        raise UserError(
+            f"unknown preset '{preset}'{_did_you_mean(preset, PRESETS)}; "
+            f"presets: {', '.join(PRESETS)}"
+        )
+    return PRESETS[preset]
+
+
+def resolve(experiment: str, preset: str, overrides: Iterable[str] = ()) -> RunConfig:
+    """The config of ``experiment`` at ``preset`` with ``key=value`` overrides applied."""
+    runs = preset_runs(preset)
+    if experiment not in runs:
+        known = sorted({name for p in PRESETS.values() for name in p})
+        where = "" if experiment not in known else f" in preset '{preset}'"
+        raise UserError(
+            f"unknown experiment '{experiment}'{where}{_did_you_mean(experiment, runs)}; "
+            f"{preset} has: {', '.join(runs)}"
+        )
+    return apply_overrides(runs[experiment], overrides)
+
+
+def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
+    """``--set key=value`` pairs parsed by the type of the field they change."""
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    changes = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep:
+            raise UserError(f"--set takes key=value, got '{item}'")
+        if key not in fields:
+            raise UserError(
+                f"unknown --set key '{key}'{_did_you_mean(key, fields)}; keys: {', '.join(fields)}"
+            )
+        changes[key] = _parse(key, text.strip(), typing.get_type_hints(RunConfig)[key])
+    return dataclasses.replace(config, **changes)
+
+
+def _parse(key: str, text: str, hint):
+    """Parse ``text`` as ``hint`` (int, float, bool, str, tuples of numbers, optional of those)."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        if text.lower() in ("none", "null", ""):
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    try:
+        if typing.get_origin(hint) is tuple:
+            return tuple(args[0](part) for part in text.split(",") if part.strip())
+        if hint is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return hint(text)
+    except ValueError:
+        name = getattr(hint, "__name__", str(hint))
+        raise UserError(f"--set {key}={text}: expected {name}") from None
+
+
+def dependency_order(preset: str) -> list[str]:
+    """Experiments of a preset, each after the run whose weights it retrains from."""
+    runs = preset_runs(preset)
+    return sorted(runs, key=lambda name: runs[name].pretrained is not None)  # stable
