@@ -1,0 +1,356 @@
+"""The history record of one training run: schema, validation, atomic save and load.
+
+Training writes a run's ``history.json`` after every epoch; Table III and Figure 5 are regenerated
+from these files alone, later and possibly on a machine without TensorFlow. This module is the one
+definition of the format, imports nothing heavy, and rejects a malformed file by naming the file and
+the field, so that a table never shows a wrong number silently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from paper_repro.errors import UserError
+
+SCHEMA = "paper_repro.history/1"
+MODES = ("full", "retrain", "pretrain")
+STATUSES = ("running", "finished")
+CROPS = (1, 5, 10)
+HISTORY_NAME = "history.json"
+HISTORY_SUFFIX = ".history.json"
+_INF = float("inf")
+
+
+class HistoryError(UserError):
+    """A history file that does not follow the schema; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One epoch: its learning rate, training metrics and center-crop test accuracy (Figure 5)."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_accuracy: float
+    test_accuracy: float
+    wall_seconds: float
+
+
+@dataclass(frozen=True)
+class FinalEvaluation:
+    """The multi-crop test accuracy at the end of a run (Table III)."""
+
+    crops: int
+    top1: float
+    top5: float
+    wall_seconds: float
+
+
+@dataclass(frozen=True)
+class Weights:
+    """The pretrained weights a run started from, identified by content and not only by path."""
+
+    path: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What produced the numbers: code, library versions, start weights, machine and start time."""
+
+    package_version: str
+    versions: dict[str, str]
+    git_commit: str | None
+    weights: Weights | None
+    device: str
+    host: str
+    started: str
+
+
+@dataclass(frozen=True)
+class History:
+    """A run's whole record. Training extends it with ``dataclasses.replace`` and saves it."""
+
+    experiment: str
+    preset: str
+    dataset: str
+    mode: str
+    seed: int
+    config: dict[str, Any]
+    provenance: Provenance
+    epochs: tuple[EpochRecord, ...]
+    final: FinalEvaluation | None
+    status: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form, keys in schema order so that saved files diff cleanly."""
+        data = asdict(self)
+        data["epochs"] = list(data["epochs"])
+        return {"schema": SCHEMA, **data}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<history>") -> History:
+        """Validate a decoded history; errors read ``SOURCE: FIELD.PATH must be ..., got ...``."""
+        return _read_history(data, _Field(source))
+
+
+def save_history(history: History, path: str | os.PathLike[str]) -> None:
+    """Validate and write atomically, so a crash mid-write never leaves a half-written history.
+
+    Validating before writing keeps the writer to exactly what ``load_history`` accepts.
+    """
+    data = history.to_dict()
+    History.from_dict(data, source=os.fspath(path))
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode("utf-8"))
+
+
+def load_history(path: str | os.PathLike[str]) -> History:
+    """Read and validate one history file."""
+    source = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HistoryError(f"{source}: no such history file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise HistoryError(f"{source}: cannot read the history file ({error})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise HistoryError(f"{source}: not valid JSON ({error})") from None
+    return History.from_dict(data, source=source)
+
+
+def find_histories(directory: str | os.PathLike[str]) -> list[Path]:
+    """All ``history.json`` and ``*.history.json`` files below a directory, in a fixed order.
+
+    Sorted by their POSIX path relative to the directory, so tables list them the same way on
+    every machine.
+    """
+    root = Path(directory)
+    found = [
+        path
+        for path in root.rglob(f"*{HISTORY_NAME}")
+        if path.is_file() and (path.name == HISTORY_NAME or path.name.endswith(HISTORY_SUFFIX))
+    ]
+    return sorted(found, key=lambda path: path.relative_to(root).as_posix())
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace a file by new contents so that readers and crashes see the old or the new file.
+
+    The temporary file lives in the target's directory because ``os.replace`` is atomic only
+    within one file system; it is fsynced before the rename, and the directory after it, so the
+    rename cannot reach the disk before the data. ``os.open`` with mode 0o666 keeps the umask.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    try:
+        with os.fdopen(os.open(temporary, flags, 0o666), "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(target.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable on POSIX; Windows cannot open a directory and needs no such step."""
+    if os.name == "nt":
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@dataclass(frozen=True)
+class _Field:
+    """Where a value sits in a history file, so every error names the file and the field path."""
+
+    source: str
+    path: str = ""
+
+    def key(self, name: str) -> _Field:
+        return _Field(self.source, f"{self.path}.{name}" if self.path else name)
+
+    def index(self, position: int) -> _Field:
+        return _Field(self.source, f"{self.path}[{position}]")
+
+    def fail(self, problem: str) -> NoReturn:
+        raise HistoryError(f"{self.source}: {self.path or 'the history'} {problem}")
+
+
+def _show(value: Any) -> str:
+    """A value as it appears in JSON, shortened: error messages stay one readable line."""
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _object(value: Any, where: _Field, keys: tuple[str, ...]) -> Mapping[str, Any]:
+    """A JSON object with exactly these keys: an unknown key is usually a misspelt known one."""
+    value = _mapping(value, where)
+    for key in keys:
+        if key not in value:
+            where.key(key).fail("is missing")
+    for key in value:
+        if key not in keys:
+            where.key(str(key)).fail(f"is not a field of {SCHEMA} (known: {', '.join(keys)})")
+    return value
+
+
+def _mapping(value: Any, where: _Field) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        where.fail(f"must be an object, got {_show(value)}")
+    return value
+
+
+def _array(value: Any, where: _Field) -> list[Any]:
+    if not isinstance(value, list):
+        where.fail(f"must be an array, got {_show(value)}")
+    return value
+
+
+def _string(value: Any, where: _Field) -> str:
+    if not isinstance(value, str) or not value:
+        where.fail(f"must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def _optional_string(value: Any, where: _Field) -> str | None:
+    return None if value is None else _string(value, where)
+
+
+def _choice(value: Any, where: _Field, choices: tuple[Any, ...]) -> Any:
+    # bool is an int in Python; True must not pass for crops 1.
+    if isinstance(value, bool) or value not in choices:
+        where.fail(f"must be one of {', '.join(_show(c) for c in choices)}, got {_show(value)}")
+    return value
+
+
+def _integer(value: Any, where: _Field) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        where.fail(f"must be an integer, got {_show(value)}")
+    return value
+
+
+def _number(value: Any, where: _Field, expected: str, accept: Callable[[float], bool]) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not accept(float(value)):
+        where.fail(f"must be {expected}, got {_show(value)}")
+    return float(value)
+
+
+def _fraction(value: Any, where: _Field) -> float:
+    return _number(value, where, "a number in [0, 1]", lambda x: 0.0 <= x <= 1.0)
+
+
+def _seconds(value: Any, where: _Field) -> float:
+    return _number(value, where, "a finite number >= 0", lambda x: 0.0 <= x < _INF)
+
+
+def _read_history(data: Any, where: _Field) -> History:
+    data = _object(data, where, ("schema", *History.__dataclass_fields__))
+    if data["schema"] != SCHEMA:
+        where.key("schema").fail(f"must be {_show(SCHEMA)}, got {_show(data['schema'])}")
+    status = _choice(data["status"], where.key("status"), STATUSES)
+    final = data["final"]
+    if (final is None) != (status == "running"):
+        where.key("final").fail(
+            f'must be set exactly when status is "finished", got {_show(final)}'
+        )
+    epochs = where.key("epochs")
+    return History(
+        experiment=_string(data["experiment"], where.key("experiment")),
+        preset=_string(data["preset"], where.key("preset")),
+        dataset=_string(data["dataset"], where.key("dataset")),
+        mode=_choice(data["mode"], where.key("mode"), MODES),
+        seed=_integer(data["seed"], where.key("seed")),
+        config=dict(_mapping(data["config"], where.key("config"))),
+        provenance=_read_provenance(data["provenance"], where.key("provenance")),
+        epochs=tuple(
+            _read_epoch(e, epochs.index(i), i + 1)
+            for i, e in enumerate(_array(data["epochs"], epochs))
+        ),
+        final=None if final is None else _read_final(final, where.key("final")),
+        status=status,
+    )
+
+
+def _read_epoch(data: Any, where: _Field, number: int) -> EpochRecord:
+    data = _object(data, where, tuple(EpochRecord.__dataclass_fields__))
+    if _integer(data["epoch"], where.key("epoch")) != number:
+        where.key("epoch").fail(f"must be {number} (epochs are numbered 1..n), got {data['epoch']}")
+    return EpochRecord(
+        epoch=number,
+        lr=_number(data["lr"], where.key("lr"), "a finite number > 0", lambda x: 0 < x < _INF),
+        # A diverged run has a NaN or infinite loss and is still a run worth recording.
+        train_loss=_number(data["train_loss"], where.key("train_loss"), "a number", lambda x: True),
+        train_accuracy=_fraction(data["train_accuracy"], where.key("train_accuracy")),
+        test_accuracy=_fraction(data["test_accuracy"], where.key("test_accuracy")),
+        wall_seconds=_seconds(data["wall_seconds"], where.key("wall_seconds")),
+    )
+
+
+def _read_final(data: Any, where: _Field) -> FinalEvaluation:
+    data = _object(data, where, tuple(FinalEvaluation.__dataclass_fields__))
+    final = FinalEvaluation(
+        crops=_choice(data["crops"], where.key("crops"), CROPS),
+        top1=_fraction(data["top1"], where.key("top1")),
+        top5=_fraction(data["top5"], where.key("top5")),
+        wall_seconds=_seconds(data["wall_seconds"], where.key("wall_seconds")),
+    )
+    if final.top5 < final.top1:
+        where.key("top5").fail(f"must be >= top1 ({final.top1}), got {final.top5}")
+    return final
+
+
+def _read_provenance(data: Any, where: _Field) -> Provenance:
+    data = _object(data, where, tuple(Provenance.__dataclass_fields__))
+    versions = where.key("versions")
+    weights = data["weights"]
+    return Provenance(
+        package_version=_string(data["package_version"], where.key("package_version")),
+        versions={
+            name: _string(v, versions.key(name))
+            for name, v in _mapping(data["versions"], versions).items()
+        },
+        git_commit=_optional_string(data["git_commit"], where.key("git_commit")),
+        weights=None if weights is None else _read_weights(weights, where.key("weights")),
+        device=_string(data["device"], where.key("device")),
+        host=_string(data["host"], where.key("host")),
+        started=_timestamp(data["started"], where.key("started")),
+    )
+
+
+def _read_weights(data: Any, where: _Field) -> Weights:
+    data = _object(data, where, tuple(Weights.__dataclass_fields__))
+    sha256 = data["sha256"]
+    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        where.key("sha256").fail(f"must be 64 lowercase hex digits, got {_show(sha256)}")
+    return Weights(path=_string(data["path"], where.key("path")), sha256=sha256)
+
+
+def _timestamp(value: Any, where: _Field) -> str:
+    text = _string(value, where)
+    try:
+        # Python 3.10's fromisoformat does not accept the "Z" suffix; it means +00:00.
+        datetime.fromisoformat(text.removesuffix("Z") + ("+00:00" if text.endswith("Z") else ""))
+    except ValueError:
+        where.fail(
+            f'must be an ISO-8601 time such as "2015-06-01T12:00:00+00:00", got {_show(text)}'
+        )
+    return text

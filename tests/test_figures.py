@@ -1,0 +1,308 @@
+"""Table III and Figure 5 from fixture histories: values, dashes, refusals, styles, determinism."""
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from matplotlib.colors import to_hex
+
+from paper_repro.errors import UserError
+from paper_repro.figures import (
+    build_figure5,
+    load_histories,
+    regenerate_figures,
+    regenerate_tables,
+    write_figure5,
+    write_table3,
+)
+from paper_repro.history import save_history
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).parent / "fixtures" / "histories"
+OUTPUTS = ["table3.md", "table3.tex", "table3.csv", "figure5.png", "figure5.pdf"]
+
+
+@pytest.fixture
+def histories():
+    return load_histories(FIXTURES)
+
+
+def csv_values(path: Path) -> dict[tuple[str, str, str, str], dict[str, str]]:
+    """(section, dataset, preset, column) -> the CSV line."""
+    with path.open(newline="", encoding="utf-8") as file:
+        return {
+            (r["section"], r["dataset"], r["preset"], r["column"]): r for r in csv.DictReader(file)
+        }
+
+
+def table_rows(markdown: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith("| ")]
+
+
+def row_of(markdown: str, *start: str) -> list[str]:
+    """The cells of the first Markdown table row that begins with these cells."""
+    rows = [[cell.strip() for cell in row.strip("| ").split(" | ")] for row in table_rows(markdown)]
+    return next(row for row in rows if row[: len(start)] == list(start))
+
+
+def footnote(markdown: str, text: str) -> str:
+    """The marker of the footnote with this text, e.g. "[^2]"."""
+    (line,) = [line for line in markdown.splitlines() if line.endswith(f"]: {text}")]
+    return line.split(":")[0]
+
+
+def test_table_values_equal_those_in_the_histories(tmp_path, histories):
+    write_table3(histories, tmp_path)
+    values = csv_values(tmp_path / "table3.csv")
+    columns = {"full": ("Full training",), "retrain": ("Retraining",), "pretrain": ("Top-1",)}
+    for source, history in histories.items():
+        section = "pretrain" if history.mode == "pretrain" else "transfer"
+        for column in columns[history.mode]:
+            line = values[(section, history.dataset, history.preset, column)]
+            assert float(line["value"]) == pytest.approx(100 * history.final.top1, abs=0.005)
+            assert source in line["histories"].split()
+    top5 = values[("pretrain", "cifar10", "mini", "Top-5")]
+    assert float(top5["value"]) == pytest.approx(100.0)
+
+
+def test_table_rows_match_hand_computed_values_and_the_paper(tmp_path, histories):
+    write_table3(histories, tmp_path)
+    markdown = (tmp_path / "table3.md").read_text(encoding="utf-8")
+    # Epochs to match: MNIST retrain has 96.04 after epoch 1, full reaches 98.15 at epoch 2;
+    # CIFAR-10 67.10, full 68.71 at epoch 5. Ratios: 2463.3 s / 725.9 s, 2323.1 s / 569.7 s.
+    mnist_rest = ["99.68", "97.71", "99.54", "99.79 [22]", "2", "—", "3.39"]
+    assert row_of(markdown, "MNIST", "mini", "5", "99.15")[4:] == mnist_rest
+    cifar10_rest = ["89.99", "73.98", "89.14", "91.78 [23]", "5", "≈8", "4.08"]
+    assert row_of(markdown, "CIFAR-10", "mini", "10", "70.12")[4:] == cifar10_rest
+    pretrain = ["CIFAR-10", "mini", "10", "67.95", "59.23", "100.00", "83.58"]
+    assert row_of(markdown, "CIFAR-10", "mini", "10", "67.95") == pretrain
+    cifar100 = row_of(markdown, "CIFAR-100")
+    assert [cifar100[i] for i in (4, 6, 7, 9)] == ["63.65", "67.68", "65.43 [23]", "≈10"]
+
+
+def test_a_missing_run_is_a_dash_with_a_footnote(tmp_path, histories):
+    del histories["retrain-mnist/history.json"]
+    del histories["pretrain-cifar10-0to4.history.json"]
+    write_table3(histories, tmp_path)
+    markdown = (tmp_path / "table3.md").read_text(encoding="utf-8")
+    marker = footnote(markdown, "no retrain history for mnist in preset mini")
+    dash = f"—{marker}"
+    assert row_of(markdown, "MNIST")[3:] == [
+        "99.15", "99.68", dash, "99.54", "99.79 [22]", dash, "—", dash
+    ]  # fmt: skip
+    none = f"—{footnote(markdown, 'no pretrain history in preset mini')}"
+    assert row_of(markdown, none) == [none, "mini", "—", none, "59.23", none, "83.58"]
+    line = csv_values(tmp_path / "table3.csv")[("transfer", "mnist", "mini", "Retraining")]
+    assert (line["value"], line["note"]) == ("", "no retrain history for mnist in preset mini")
+    assert r"---\textsuperscript{" in (tmp_path / "table3.tex").read_text(encoding="utf-8")
+
+
+def test_a_run_in_progress_shows_its_epochs_but_no_final_numbers(tmp_path, histories):
+    key = "full-cifar10/history.json"
+    full = histories[key]
+    histories[key] = replace(full, epochs=full.epochs[:3], final=None, status="running")
+    write_table3(histories, tmp_path)
+    markdown = (tmp_path / "table3.md").read_text(encoding="utf-8")
+    marker = footnote(markdown, f"{key} is still running (3 epochs recorded)")
+    # 48.20, 56.30, 61.15 never reach retraining's 67.10 after one epoch.
+    assert row_of(markdown, "CIFAR-10", "mini", "10", f"—{marker}")[4:] == [
+        "89.99", "73.98", "89.14", "91.78 [23]", "not reached in 3", "≈8", f"—{marker}"
+    ]  # fmt: skip
+
+
+def test_no_histories_says_where_it_looked_and_which_command_makes_them(tmp_path):
+    empty = tmp_path / "histories"
+    empty.mkdir()
+    for regenerate in (regenerate_tables, regenerate_figures):
+        with pytest.raises(UserError) as caught:
+            regenerate(empty, tmp_path / "out")
+        assert str(empty) in str(caught.value)
+        assert "paper-repro reproduce --preset mini" in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_mixed_presets_are_refused_unless_allowed(tmp_path, histories):
+    mnist = histories["full-mnist/history.json"]
+    histories["paper/full-mnist/history.json"] = replace(mnist, preset="paper")
+    for write in (write_table3, write_figure5):
+        with pytest.raises(UserError, match=r"mini .*paper .*--allow-mixed-presets"):
+            write(histories, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+    write_table3(histories, tmp_path, allow_mixed_presets=True)
+    rows = table_rows((tmp_path / "table3.md").read_text(encoding="utf-8"))
+    assert any(row.startswith("| MNIST | mini | 5 | 99.15 |") for row in rows)
+    assert any(row.startswith("| MNIST | paper | 5 | 99.15 |") for row in rows)
+    labels = build_figure5(histories, allow_mixed_presets=True).axes[0].get_legend_handles_labels()
+    assert "MNIST full (paper)" in labels[1] and "MNIST full (mini)" in labels[1]
+
+
+def test_regenerate_tables_passes_the_mixed_presets_flag(tmp_path, histories):
+    for source, history in histories.items():
+        save_history(history, tmp_path / "in" / source)
+        save_history(replace(history, preset="smoke"), tmp_path / "in" / "smoke" / source)
+    with pytest.raises(UserError, match="--allow-mixed-presets"):
+        regenerate_tables(tmp_path / "in", tmp_path / "out")
+    paths = regenerate_tables(tmp_path / "in", tmp_path / "out", allow_mixed_presets=True)
+    assert [p.name for p in paths] == ["table3.md", "table3.tex", "table3.csv"]
+    assert "smoke/full-mnist/history.json" in paths[0].read_text(encoding="utf-8")
+
+
+def test_two_runs_of_one_experiment_are_refused(tmp_path, histories):
+    histories["again/full-mnist/history.json"] = histories["full-mnist/history.json"]
+    message = "again/full-mnist/history.json and full-mnist/history.json"
+    with pytest.raises(UserError, match=re.escape(message)):
+        write_table3(histories, tmp_path)
+
+
+def test_a_malformed_history_is_named_with_its_field(tmp_path):
+    shutil.copytree(FIXTURES, tmp_path / "histories")
+    path = tmp_path / "histories" / "full-mnist" / "history.json"
+    data = json.loads(path.read_text())
+    data["epochs"][3]["test_accuracy"] = "abc"
+    path.write_text(json.dumps(data))
+    expected = f'{path}: epochs[3].test_accuracy must be a number in [0, 1], got "abc"'
+    for regenerate in (regenerate_tables, regenerate_figures):
+        with pytest.raises(UserError) as caught:
+            regenerate(tmp_path / "histories", tmp_path / "out")
+        assert str(caught.value) == expected
+
+
+def test_the_table_names_its_histories_relative_and_its_preset(tmp_path, histories):
+    write_table3(histories, tmp_path)
+    for name in ["table3.md", "table3.tex"]:
+        text = (tmp_path / name).read_text(encoding="utf-8")
+        assert all(source in text for source in histories)
+        assert str(FIXTURES.resolve()) not in text and str(tmp_path) not in text
+    assert "Preset: mini." in (tmp_path / "table3.md").read_text(encoding="utf-8")
+    tex = (tmp_path / "table3.tex").read_text(encoding="utf-8")
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    assert r"test accuracy (\%)" in tex
+
+
+def _curves(figure):
+    """The run lines of Figure 5 by source (the vertical learning-rate markers have no gid)."""
+    return {line.get_gid(): line for line in figure.axes[0].get_lines() if line.get_gid()}
+
+
+def test_the_figure_has_one_line_per_run_in_the_papers_styles(histories):
+    figure = build_figure5(histories)
+    curves = _curves(figure)
+    expected = {
+        "full-mnist/history.json": ("red", "-"),
+        "retrain-mnist/history.json": ("red", "--"),
+        "full-cifar10/history.json": ("blue", "-"),
+        "retrain-cifar10/history.json": ("blue", "--"),
+    }
+    assert sorted(curves) == sorted(expected)  # the pretraining run is not a curve of Figure 5
+    for source, (colour, linestyle) in expected.items():
+        line = curves[source]
+        assert (to_hex(line.get_color()), line.get_linestyle()) == (to_hex(colour), linestyle)
+        epochs = histories[source].epochs
+        assert list(line.get_xdata()) == [e.epoch for e in epochs]
+        assert list(line.get_ydata()) == pytest.approx([100 * e.test_accuracy for e in epochs])
+    _, labels = figure.axes[0].get_legend_handles_labels()
+    assert labels == [
+        "MNIST full",
+        "MNIST retrain",
+        "CIFAR-10 full",
+        "CIFAR-10 retrain",
+        "learning-rate drop",
+    ]
+    assert "Epoch" in figure.axes[0].get_xlabel() and "%" in figure.axes[0].get_ylabel()
+
+
+def _drops(figure) -> list[float]:
+    lines = [line for line in figure.axes[0].get_lines() if not line.get_gid()]
+    assert all(line.get_linestyle() == ":" for line in lines)
+    return [line.get_xdata()[0] for line in lines]
+
+
+def test_the_learning_rate_drop_is_read_from_the_histories(histories):
+    assert _drops(build_figure5(histories)) == [4]
+    for source, history in histories.items():
+        lrs = [0.01, 0.01, 0.001, 0.001, 0.001, 0.0001]
+        epochs = tuple(replace(e, lr=lr) for e, lr in zip(history.epochs, lrs, strict=True))
+        histories[source] = replace(history, epochs=epochs)
+    assert _drops(build_figure5(histories)) == [2, 5]
+
+
+def test_further_datasets_take_further_colours_and_follow_the_papers_rows(tmp_path, histories):
+    full = histories["full-mnist/history.json"]
+    for dataset in ["svhn", "cifar100", "my_set"]:
+        histories[f"full-{dataset}/history.json"] = replace(full, dataset=dataset)
+    curves = _curves(build_figure5(histories))
+    colours = {source: to_hex(line.get_color()) for source, line in curves.items()}
+    assert colours["full-cifar100/history.json"] == to_hex("green")
+    further = {colours["full-svhn/history.json"], colours["full-my_set/history.json"]}
+    assert len(further) == 2 and not further & {to_hex(c) for c in ("red", "blue", "green")}
+
+    write_table3(histories, tmp_path)
+    datasets = [row.split(" | ")[0] for row in table_rows((tmp_path / "table3.md").read_text())]
+    transfer = datasets[1 : datasets.index("| Pretraining dataset")]
+    assert transfer == ["| MNIST", "| CIFAR-10", "| CIFAR-100", "| my_set", "| svhn"]
+    assert r"my\_set & mini" in (tmp_path / "table3.tex").read_text(encoding="utf-8")
+
+
+def _regenerate(out: Path) -> dict[str, bytes]:
+    regenerate_tables(FIXTURES, out)
+    regenerate_figures(FIXTURES, out)
+    return {name: (out / name).read_bytes() for name in OUTPUTS}
+
+
+def test_regenerating_gives_byte_identical_files_and_prints_nothing(tmp_path, capsys):
+    first = _regenerate(tmp_path / "a")
+    second = _regenerate(tmp_path / "b")
+    again = _regenerate(tmp_path / "a")
+    assert first == second == again
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted(OUTPUTS)
+    assert b"CreationDate" not in first["figure5.pdf"] and b"Producer" not in first["figure5.pdf"]
+    assert b"Software" not in first["figure5.png"]
+    assert capsys.readouterr() == ("", "")
+
+
+SUBPROCESS = """
+import sys
+
+class RefuseTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "keras"):
+            raise ImportError("figures must not import " + name)
+
+sys.meta_path.insert(0, RefuseTensorFlow())
+from paper_repro.figures import regenerate_figures, regenerate_tables
+
+regenerate_tables(sys.argv[1], sys.argv[2])
+regenerate_figures(sys.argv[1], sys.argv[2])
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+assert not loaded, loaded
+"""
+
+
+def test_figures_work_without_tensorflow_and_ignore_hash_seed_and_matplotlibrc(tmp_path):
+    config = tmp_path / "mplconfig"
+    config.mkdir()
+    (config / "matplotlibrc").write_text("lines.linewidth: 6\nfont.size: 20\nfigure.dpi: 40\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "PYTHONHASHSEED": "12345",
+        "MPLCONFIGDIR": str(config),
+    }
+    out = tmp_path / "subprocess"
+    subprocess.run(
+        [sys.executable, "-c", SUBPROCESS, str(FIXTURES), str(out)],
+        env=env,
+        cwd=tmp_path,
+        check=True,
+        timeout=120,
+    )
+    here = _regenerate(tmp_path / "here")
+    assert {name: (out / name).read_bytes() for name in OUTPUTS} == here

@@ -1,0 +1,191 @@
+"""The history record: exact round trip, atomic save, and errors that name the file and field."""
+
+import json
+import math
+import os
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from paper_repro.errors import UserError
+from paper_repro.history import (
+    find_histories,
+    load_history,
+    save_history,
+    write_atomic,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "histories"
+RETRAIN = FIXTURES / "retrain-cifar10" / "history.json"
+
+
+def fixture_dict() -> dict:
+    return json.loads(RETRAIN.read_text())
+
+
+def test_every_fixture_round_trips_to_the_same_json():
+    paths = find_histories(FIXTURES)
+    assert len(paths) == 5
+    for path in paths:
+        assert load_history(path).to_dict() == json.loads(path.read_text())
+
+
+def test_save_writes_the_file_that_load_reads_back(tmp_path):
+    history = load_history(RETRAIN)
+    target = tmp_path / "runs" / "retrain-cifar10" / "history.json"
+    save_history(history, target)
+    assert load_history(target) == history
+    # Schema key order and two-space indent: a saved file diffs cleanly against a committed one.
+    assert target.read_text() == RETRAIN.read_text()
+
+
+def test_a_running_history_is_extended_epoch_by_epoch(tmp_path):
+    finished = load_history(RETRAIN)
+    target = tmp_path / "history.json"
+    running = replace(finished, epochs=finished.epochs[:2], final=None, status="running")
+    save_history(running, target)
+    extended = replace(running, epochs=(*running.epochs, finished.epochs[2]))
+    save_history(extended, target)
+    loaded = load_history(target)
+    assert [e.epoch for e in loaded.epochs] == [1, 2, 3]
+    assert loaded.status == "running" and loaded.final is None
+
+
+def test_save_refuses_an_invalid_history_and_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "history.json"
+    good = load_history(RETRAIN)
+    save_history(good, target)
+    before = target.read_bytes()
+    skips_epoch_one = replace(good, epochs=good.epochs[1:])
+    with pytest.raises(UserError, match=r"epochs\[0\]\.epoch must be 1 "):
+        save_history(skips_epoch_one, target)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]
+
+
+def test_write_atomic_leaves_the_old_file_and_no_temporary_when_the_rename_fails(
+    tmp_path, monkeypatch
+):
+    target = tmp_path / "table3.md"
+    write_atomic(target, b"old")
+
+    def failing_replace(source, destination):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["table3.md"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
+def test_write_atomic_gives_ordinary_permissions(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "history.json", b"{}")
+    finally:
+        os.umask(previous)
+    # A temporary file from tempfile.mkstemp would be 0o600, unreadable by the rest of a team.
+    assert (tmp_path / "history.json").stat().st_mode & 0o777 == 0o644
+
+
+def _set(path: str, value):
+    """A mutation of the fixture dict at a dotted path with [i] indices, for the cases below."""
+
+    def mutate(data):
+        *parents, last = path.replace("[", ".").replace("]", "").split(".")
+        for part in parents:
+            data = data[int(part)] if isinstance(data, list) else data[part]
+        if value is _DELETE:
+            del data[last]
+        else:
+            data[int(last) if isinstance(data, list) else last] = value
+
+    return mutate
+
+
+_DELETE = object()
+
+MALFORMED = [
+    (
+        _set("epochs[3].test_accuracy", "abc"),
+        'epochs[3].test_accuracy must be a number in [0, 1], got "abc"',
+    ),
+    (_set("epochs[3].test_accuracy", 1.2), "epochs[3].test_accuracy must be a number in [0, 1]"),
+    (_set("epochs[2].epoch", 4), "epochs[2].epoch must be 3 (epochs are numbered 1..n), got 4"),
+    (_set("epochs[1].lr", _DELETE), "epochs[1].lr is missing"),
+    (_set("epochs[0].lr", 0), "epochs[0].lr must be a finite number > 0, got 0"),
+    (_set("epochs[0].wall_seconds", -1.0), "epochs[0].wall_seconds must be a finite number >= 0"),
+    (_set("epochs[0].test_acc", 0.5), "epochs[0].test_acc is not a field of paper_repro.history/1"),
+    (_set("epochs", {}), "epochs must be an array, got {}"),
+    (_set("mode", "finetune"), 'mode must be one of "full", "retrain", "pretrain", got "finetune"'),
+    (_set("schema", "paper_repro.history/2"), 'schema must be "paper_repro.history/1"'),
+    (_set("seed", True), "seed must be an integer, got true"),
+    (_set("preset", ""), 'preset must be a non-empty string, got ""'),
+    (_set("final", None), 'final must be set exactly when status is "finished", got null'),
+    (_set("final.crops", 3), "final.crops must be one of 1, 5, 10, got 3"),
+    (_set("final.top5", 0.5), "final.top5 must be >= top1 (0.7398), got 0.5"),
+    (_set("provenance.started", "yesterday"), "provenance.started must be an ISO-8601 time"),
+    (_set("provenance.weights.sha256", "abc"), "provenance.weights.sha256 must be 64 lowercase"),
+    (_set("provenance.versions.keras", 3), "provenance.versions.keras must be a non-empty string"),
+    (_set("config", []), "config must be an object, got []"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "message"), MALFORMED)
+def test_a_malformed_history_is_refused_naming_the_file_and_the_field(tmp_path, mutate, message):
+    data = fixture_dict()
+    mutate(data)
+    path = tmp_path / "runs" / "x" / "history.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError) as caught:
+        load_history(path)
+    text = str(caught.value)
+    assert text.startswith(f"{path}: {message}")
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("{not json", "not valid JSON"), ("[]", "the history must be an object, got []")],
+)
+def test_a_file_that_is_not_a_history_object_is_refused(tmp_path, content, message):
+    path = tmp_path / "history.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=f"^{re.escape(str(path))}: {re.escape(message)}"):
+        load_history(path)
+
+
+def test_a_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="no such history file"):
+        load_history(tmp_path / "history.json")
+
+
+def test_a_diverged_loss_and_a_utc_z_time_are_valid(tmp_path):
+    data = fixture_dict()
+    data["epochs"][0]["train_loss"] = math.nan
+    data["provenance"]["started"] = "2025-11-29T20:39:47Z"
+    path = tmp_path / "history.json"
+    path.write_text(json.dumps(data))
+    history = load_history(path)
+    save_history(history, path)
+    assert math.isnan(load_history(path).epochs[0].train_loss)
+
+
+def test_find_histories_finds_both_names_in_a_fixed_order(tmp_path):
+    for name in [
+        "b/run.history.json",
+        "a/history.json",
+        "nested/z/history.json",
+        "c/other.json",
+        "c/xhistory.json",
+        "d/.history.json.1a2b3c4d.tmp",
+    ]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("{}")
+    found = [p.relative_to(tmp_path).as_posix() for p in find_histories(tmp_path)]
+    assert found == ["a/history.json", "b/run.history.json", "nested/z/history.json"]
