@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 from paper_repro.errors import UserError
+from paper_repro.export import check_target, save_keras
 from paper_repro.model import PAPER_IMAGE_SIZE, build_alexnet, caffe_layers
 
 # Protobuf wire types (https://protobuf.dev/programming-guides/encoding/).
@@ -336,3 +337,23 @@ def import_caffenet(
                 f"{caffemodel_path} does not fit CaffeNet (groups=2, 1000 classes): {error}"
             ) from error
     return model
+
+
+def import_caffe(
+    caffemodel: str | Path,
+    out: str | Path,
+    force: bool = False,
+    mean: Sequence[float] | str | Path | None = None,
+) -> Path:
+    """``paper-repro import-caffe``: CaffeNet weights into a verified .keras file.
+
+    The file loads with ``keras.saving.load_model(..., safe_mode=True)`` and is a pretrained
+    network for ``paper-repro train ... --weights``. ``mean``: see :func:`caffe_mean` (default
+    Caffe's 104/117/123). The output is checked before the (slow) import, so an existing file is
+    refused at once unless ``force``.
+    """
+    out = Path(out)
+    check_target(out, force, ".keras")
+    model = import_caffenet(caffemodel, mean=CAFFENET_MEAN_BGR if mean is None else mean)
+    save_keras(model, out, force=force)
+    return out

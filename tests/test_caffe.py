@@ -15,7 +15,13 @@ import keras
 import numpy as np
 import pytest
 
-from paper_repro.caffe import caffe_mean, import_caffenet, load_caffe_layer, read_caffemodel
+from paper_repro.caffe import (
+    caffe_mean,
+    import_caffe,
+    import_caffenet,
+    load_caffe_layer,
+    read_caffemodel,
+)
 from paper_repro.errors import UserError
 
 CAFFE_DIR = Path(__file__).resolve().parents[2] / "shared" / "caffe"
@@ -294,3 +300,18 @@ def test_mean_from_values_and_mean_image_files(tmp_path):
         caffe_mean(tmp_path / "hwc.npy")
     with pytest.raises(UserError, match="3 values"):
         caffe_mean([1, 2])
+
+
+def test_import_caffe_writes_a_safe_keras_file(caffenet_files, tmp_path, capsys):
+    """The CLI path: refuses an existing output before reading, then writes a verified .keras."""
+    paths, rgb, expected = caffenet_files
+    out = tmp_path / "caffenet.keras"
+    out.write_text("an older import")
+    with pytest.raises(UserError, match="already exists; pass --force"):
+        import_caffe(tmp_path / "no-such.caffemodel", out)
+    import_caffe(paths[False], out, force=True)
+    assert "verified" in capsys.readouterr().out
+    reloaded = keras.saving.load_model(out, safe_mode=True, compile=False)
+    np.testing.assert_allclose(
+        np.log(reloaded.predict(rgb, verbose=0)), np.log(expected), atol=1e-3
+    )

@@ -1,0 +1,373 @@
+"""Export a trained model as ``.keras``, as a standalone SavedModel for TF Serving, or as ONNX.
+
+Every export is written next to its target under a temporary name, reloaded, run on a few images
+and compared with the in-memory model; only then does it replace the target. A mismatch (or a
+crash) leaves no half-written or silently wrong export behind.
+
+The SavedModel carries the whole test-time pipeline of the paper, so that a client sends raw
+images and gets class names back:
+
+- ``serving_default``: uint8 images ``[batch, height, width, 1 or 3]`` of any size -> grey to
+  RGB, bilinear resize to ``resize`` x ``resize``, center crop to the model's input size, the
+  model's own ``preprocess`` layer (mean, BGR), the network and its softmax;
+- ``multi_crop``: the same with the run's test-time crops (10: four corners and center, each also
+  mirrored; 5 for MNIST runs: no mirror), softmax outputs averaged, as in Table III.
+
+Both return ``probabilities``, ``top5_indices`` and ``top5_class_names``. The SavedModel holds a
+TensorFlow graph only: it loads with ``tf.saved_model.load`` and needs neither Keras nor this
+package.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import paper_repro.model  # noqa: F401  (registers the custom layers that .keras files name)
+from paper_repro.errors import UserError
+from paper_repro.history import HISTORY_NAME, load_history
+
+FORMATS = ("keras", "saved_model", "onnx")
+TOP_K = 5
+# Run-directory files the model is taken from, in order of preference.
+RUN_MODEL_FILES = ("model.keras", "checkpoint.keras")
+# Caffe's test-time geometry: resize 256, crop 227. A model of another input size without a run
+# config gets the same ratio.
+CAFFE_RESIZE, CAFFE_CROP = 256, 227
+MULTI_CROPS = (5, 10)
+# Largest |reloaded - in-memory| probability accepted by the verification. The graphs are the
+# same; only kernel choice and summation order may differ (a few 1e-7 in practice).
+TOLERANCE = 1e-4
+_VERIFY_IMAGES = 3
+
+
+class ExportMismatchError(RuntimeError):
+    """A written export does not compute what the in-memory model computes (a bug, not input)."""
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What the SavedModel's endpoints need besides the model: test-time geometry and names."""
+
+    resize: int
+    crops: int
+    class_names: tuple[str, ...]
+
+
+# --- the test-time pipeline in TensorFlow ops (traced into the SavedModel) ---------------------
+
+
+def _as_rgb(images: tf.Tensor) -> tf.Tensor:
+    """uint8 [N, H, W, 1 or 3] -> [N, H, W, 3]: a grey channel is repeated, as for MNIST."""
+    channels = tf.shape(images)[-1]
+    check = tf.debugging.assert_equal(
+        tf.logical_or(tf.equal(channels, 1), tf.equal(channels, 3)),
+        True,
+        message="images must be uint8 [batch, height, width, 1 or 3]",
+    )
+    with tf.control_dependencies([check]):
+        rgb = tf.tile(images, [1, 1, 1, 3 // channels])
+    return tf.ensure_shape(rgb, [None, None, None, 3])
+
+
+def _resized(images: tf.Tensor, resize: int) -> tf.Tensor:
+    """Bilinear resize to a square, as the training pipeline does before it crops."""
+    return tf.image.resize(tf.cast(_as_rgb(images), tf.float32), [resize, resize])
+
+
+def crop_offsets(resize: int, crop: int, crops: int) -> list[tuple[int, int, bool]]:
+    """(top, left, mirrored) of Caffe's test crops: center only, 5 (corners and center), or 10.
+
+    Caffe's ``oversample`` order: four corners, center, then the same five mirrored.
+    """
+    far, center = resize - crop, (resize - crop) // 2
+    if crops == 1:
+        return [(center, center, False)]
+    five = [(0, 0), (0, far), (far, 0), (far, far), (center, center)]
+    views = [(top, left, False) for top, left in five]
+    return views + [(top, left, True) for top, left in five] if crops == 10 else views
+
+
+def _views(images: tf.Tensor, crop: int, offsets: list[tuple[int, int, bool]]) -> tf.Tensor:
+    """[N, R, R, 3] -> [views * N, crop, crop, 3], views outermost."""
+    views = []
+    for top, left, mirrored in offsets:
+        view = images[:, top : top + crop, left : left + crop, :]
+        views.append(tf.reverse(view, axis=[2]) if mirrored else view)
+    return tf.concat(views, axis=0)
+
+
+def _endpoint(model: keras.Model, serving: Serving, crops: int) -> Callable:
+    """The serving function of one endpoint: raw uint8 images -> probabilities and top-5."""
+    crop = int(model.input_shape[1])
+    offsets = crop_offsets(serving.resize, crop, crops)
+    names = tf.constant(serving.class_names)
+    k = min(TOP_K, len(serving.class_names))
+
+    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        views = _views(_resized(images, serving.resize), crop, offsets)
+        probabilities = model(views, training=False)
+        probabilities = tf.reduce_mean(tf.reshape(probabilities, [len(offsets), -1, len(names)]), 0)
+        top = tf.math.top_k(probabilities, k=k)
+        return {
+            "probabilities": probabilities,
+            "top5_indices": top.indices,
+            "top5_class_names": tf.gather(names, top.indices),
+        }
+
+    return serve
+
+
+IMAGES_SPEC = tf.TensorSpec([None, None, None, None], tf.uint8, name="images")
+
+
+def serving_endpoints(model: keras.Model, serving: Serving) -> dict[str, Callable]:
+    """The SavedModel's endpoints by name; ``serving_default`` first (TF Serving's default)."""
+    return {
+        "serving_default": _endpoint(model, serving, 1),
+        "multi_crop": _endpoint(model, serving, serving.crops),
+    }
+
+
+# --- writing and verifying ---------------------------------------------------------------------
+
+
+def check_target(out: Path, force: bool, suffix: str | None) -> None:
+    """Refuse a wrong suffix, or an existing target without ``force`` (before any slow work)."""
+    if suffix and out.suffix != suffix:
+        raise UserError(f"the output {out} must end with {suffix}; change --out")
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it, or change --out")
+    if out.is_dir() and not (out / "saved_model.pb").exists():
+        raise UserError(f"{out} is a directory but not a SavedModel; remove it or change --out")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def _write_verified(
+    out: Path, write: Callable[[Path], None], verify: Callable[[Path], float], what: str
+) -> float:
+    """Write to a temporary sibling, verify it, then move it onto ``out``; return the max diff."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
+    _remove(partial)
+    try:
+        write(partial)
+        diff = verify(partial)
+    except BaseException:
+        _remove(partial)
+        raise
+    _remove(out)
+    partial.rename(out)
+    print(f"{what} written to {out}; verified: max |reloaded - in-memory| = {diff:.2e}")
+    return diff
+
+
+def _max_diff(reloaded: np.ndarray, expected: np.ndarray, what: str) -> float:
+    """Max abs difference of two probability arrays; above TOLERANCE is an error."""
+    diff = float(np.max(np.abs(np.asarray(reloaded) - np.asarray(expected))))
+    if not diff <= TOLERANCE:  # also catches NaN
+        raise ExportMismatchError(
+            f"the reloaded {what} differs from the in-memory model by {diff:.2e} (tolerance "
+            f"{TOLERANCE:.0e}); the export was not written"
+        )
+    return diff
+
+
+def _sample_images(shape: Sequence[int], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def save_keras(model: keras.Model, out: str | Path, *, force: bool = False) -> float:
+    """``model`` as a .keras file that loads with ``safe_mode=True``; returns the verified diff."""
+    out = Path(out)
+    check_target(out, force, ".keras")
+    images = _sample_images((_VERIFY_IMAGES, *model.input_shape[1:]))
+    expected = model.predict(images, verbose=0)
+
+    def verify(path: Path) -> float:
+        reloaded = keras.saving.load_model(path, compile=False, safe_mode=True)
+        return _max_diff(reloaded.predict(images, verbose=0), expected, ".keras model")
+
+    return _write_verified(out, lambda path: model.save(path), verify, "Keras model")
+
+
+def save_saved_model(
+    model: keras.Model, out: str | Path, serving: Serving, *, force=False
+) -> float:
+    """A standalone SavedModel with the endpoints of :func:`serving_endpoints`."""
+    out = Path(out)
+    check_target(out, force, None)
+    endpoints = serving_endpoints(model, serving)
+    # An odd-sized RGB batch and a grey one: what a client may send.
+    batches = [_sample_images((2, 251, 173, 3), 1), _sample_images((2, 97, 131, 1), 2)]
+
+    def write(path: Path) -> None:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        for name, endpoint in endpoints.items():
+            archive.add_endpoint(name, endpoint, input_signature=[IMAGES_SPEC])
+        archive.write_out(path, verbose=False)
+
+    def verify(path: Path) -> float:
+        signatures = tf.saved_model.load(str(path)).signatures
+        return max(
+            _max_diff(
+                signatures[name](images=tf.constant(images))["probabilities"].numpy(),
+                endpoint(tf.constant(images))["probabilities"].numpy(),
+                f"SavedModel endpoint {name}",
+            )
+            for name, endpoint in endpoints.items()
+            for images in batches
+        )
+
+    return _write_verified(out, write, verify, "SavedModel")
+
+
+def _require_onnx() -> None:
+    missing = [
+        name for name in ("tf2onnx", "onnxruntime") if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        raise UserError(
+            f"the ONNX export needs {' and '.join(missing)}: pip install 'paper_repro[onnx]'"
+        )
+
+
+def save_onnx(model: keras.Model, out: str | Path, *, force: bool = False) -> float:
+    """ONNX through Keras' own exporter (tf2onnx), verified with onnxruntime.
+
+    The ONNX graph takes float32 RGB images in 0..255 at the model's input size (the model's
+    ``preprocess`` layer is inside); resizing and cropping are left to the client.
+    """
+    _require_onnx()
+    import onnxruntime
+
+    out = Path(out)
+    check_target(out, force, ".onnx")
+    images = _sample_images((_VERIFY_IMAGES, *model.input_shape[1:])).astype(np.float32)
+    expected = model.predict(images, verbose=0)
+
+    def verify(path: Path) -> float:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (reloaded,) = session.run(None, {session.get_inputs()[0].name: images})
+        return _max_diff(reloaded, expected, "ONNX model")
+
+    def write(path: Path) -> None:
+        model.export(str(path), format="onnx", verbose=False)
+
+    return _write_verified(out, write, verify, "ONNX model")
+
+
+# --- the command: a run directory or a .keras file in, one format out ---------------------------
+
+
+def load_source(source: str | Path) -> tuple[keras.Model, dict]:
+    """The model of a run directory (with its run config) or of a .keras file (config ``{}``)."""
+    source = Path(source)
+    if source.is_dir():
+        found = [source / name for name in RUN_MODEL_FILES if (source / name).is_file()]
+        if not found:
+            raise UserError(
+                f"{source} holds no trained model ({' or '.join(RUN_MODEL_FILES)}); pass a "
+                "finished run directory or a .keras file"
+            )
+        history = source / HISTORY_NAME
+        config = load_history(history).config if history.is_file() else {}
+        return _load_keras(found[0]), config
+    if source.suffix != ".keras" or not source.is_file():
+        raise UserError(f"{source} is neither a run directory nor a .keras file")
+    return _load_keras(source), {}
+
+
+def _load_keras(path: Path) -> keras.Model:
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except (OSError, ValueError) as error:
+        raise UserError(f"cannot load the model {path}: {error}") from error
+
+
+def default_resize(image_size: int) -> int:
+    """Caffe's resize for a crop of ``image_size``: 256 for 227, the same ratio otherwise."""
+    return round(image_size * CAFFE_RESIZE / CAFFE_CROP)
+
+
+def serving_config(
+    model: keras.Model, config: dict, class_names: Sequence[str] | None = None
+) -> Serving:
+    """Test-time geometry from the run config (else Caffe's ratio) and the class names.
+
+    Class names: as given, else the run's dataset's (its ``classes`` subset, in order), else the
+    class indices as strings.
+    """
+    image_size = int(model.input_shape[1])
+    num_classes = int(model.output_shape[-1])
+    if config.get("crop", image_size) != image_size:
+        raise UserError(
+            f"the run config crops {config['crop']} pixels but the model takes {image_size}; "
+            "the run directory is inconsistent"
+        )
+    names = tuple(class_names or _dataset_class_names(config) or map(str, range(num_classes)))
+    if len(names) != num_classes:
+        raise UserError(f"{len(names)} class names given for a model of {num_classes} classes")
+    crops = config.get("test_crops", 10)
+    return Serving(
+        resize=int(config.get("resize", default_resize(image_size))),
+        crops=crops if crops in MULTI_CROPS else 10,
+        class_names=names,
+    )
+
+
+def _dataset_class_names(config: dict) -> list[str] | None:
+    """The label names of the run's tfds dataset, if tfds knows it.
+
+    The names come from the prepared dataset's info under ``$TFDS_DATA_DIR`` (CIFAR-10's are only
+    there; tfds' code alone numbers them) or from the builder's code (ImageNet's synsets).
+    """
+    import tensorflow_datasets as tfds
+
+    if "dataset" not in config:
+        return None
+    try:
+        label = tfds.builder(config["dataset"]).info.features["label"]
+    except tfds.core.DatasetNotFoundError:
+        return None
+    classes = config.get("classes") or range(label.num_classes)
+    return [label.names[c] for c in classes]
+
+
+def export_model(
+    source: str | Path,
+    fmt: str,
+    out: str | Path,
+    force: bool = False,
+    class_names: Sequence[str] | None = None,
+) -> Path:
+    """``paper-repro export``: a run's model (or a .keras file) written in ``fmt`` and verified."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    suffix = {"keras": ".keras", "onnx": ".onnx", "saved_model": None}[fmt]
+    check_target(out, force, suffix)
+    if fmt == "onnx":
+        _require_onnx()
+    model, config = load_source(source)
+    if fmt == "keras":
+        save_keras(model, out, force=force)
+    elif fmt == "onnx":
+        save_onnx(model, out, force=force)
+    else:
+        save_saved_model(model, out, serving_config(model, config, class_names), force=force)
+    return out
