@@ -37,7 +37,26 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     p.add_argument("--force", action="store_true", help="redo a finished run")
-    p.set_defaults(handler=_not_built("train", 4))
+    p.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi-worker"))
+    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to the run")
+    p.set_defaults(handler=_train)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from paper_repro.train import train
+
+    train(
+        args.experiment,
+        args.preset,
+        weights=args.weights,
+        data_dir=args.data_dir,
+        runs_dir=args.runs_dir,
+        seed=args.seed,
+        overrides=args.overrides,
+        force=args.force,
+        strategy=args.strategy,
+        tensorboard=args.tensorboard,
+    )
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -72,7 +91,24 @@ def _add_regenerate(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--histories", default="runs", help="folder searched for history.json")
         p.add_argument("--out", default="figures")
         p.add_argument("--allow-mixed-presets", action="store_true")
-        p.set_defaults(handler=_not_built(f"regenerate-{what}", 5))
+        p.set_defaults(handler=_regenerate_tables if what == "tables" else _regenerate_figures)
+
+
+def _regenerate_tables(args: argparse.Namespace) -> None:
+    from paper_repro.figures import regenerate_tables
+
+    _print_paths(regenerate_tables(args.histories, args.out, args.allow_mixed_presets))
+
+
+def _regenerate_figures(args: argparse.Namespace) -> None:
+    from paper_repro.figures import regenerate_figures
+
+    _print_paths(regenerate_figures(args.histories, args.out, args.allow_mixed_presets))
+
+
+def _print_paths(paths) -> None:
+    for path in paths:
+        print(f"wrote {path}")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -81,7 +117,13 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("keras", "saved_model", "onnx"), default="keras")
     p.add_argument("--out", required=True)
     p.add_argument("--force", action="store_true", help="overwrite an existing export")
-    p.set_defaults(handler=_not_built("export", 6))
+    p.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from paper_repro.export import export_model
+
+    _print_paths([export_model(args.source, args.format, args.out, force=args.force)])
 
 
 def _add_import_caffe(sub: argparse._SubParsersAction) -> None:
@@ -90,7 +132,13 @@ def _add_import_caffe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="caffenet.keras")
     p.add_argument("--mean", help="ilsvrc_2012_mean.npy (default: Caffe's 104/117/123 BGR)")
     p.add_argument("--force", action="store_true")
-    p.set_defaults(handler=_not_built("import-caffe", 6))
+    p.set_defaults(handler=_import_caffe)
+
+
+def _import_caffe(args: argparse.Namespace) -> None:
+    from paper_repro.caffe import import_caffe
+
+    _print_paths([import_caffe(args.caffemodel, args.out, force=args.force, mean=args.mean)])
 
 
 def build_parser() -> argparse.ArgumentParser:
