@@ -34,7 +34,8 @@ import paper_repro.model  # noqa: F401  (registers the custom layers that .keras
 from paper_repro.errors import UserError
 from paper_repro.history import HISTORY_NAME, load_history
 
-FORMATS = ("keras", "saved_model", "onnx")
+# Export format -> the suffix its output must have (a SavedModel is a directory: any name).
+SUFFIXES = {"keras": ".keras", "saved_model": None, "onnx": ".onnx"}
 TOP_K = 5
 # Run-directory files the model is taken from, in order of preference.
 RUN_MODEL_FILES = ("model.keras", "checkpoint.keras")
@@ -193,7 +194,7 @@ def _sample_images(shape: Sequence[int], seed: int = 0) -> np.ndarray:
 def save_keras(model: keras.Model, out: str | Path, *, force: bool = False) -> float:
     """``model`` as a .keras file that loads with ``safe_mode=True``; returns the verified diff."""
     out = Path(out)
-    check_target(out, force, ".keras")
+    check_target(out, force, SUFFIXES["keras"])
     images = _sample_images((_VERIFY_IMAGES, *model.input_shape[1:]))
     expected = model.predict(images, verbose=0)
 
@@ -205,11 +206,11 @@ def save_keras(model: keras.Model, out: str | Path, *, force: bool = False) -> f
 
 
 def save_saved_model(
-    model: keras.Model, out: str | Path, serving: Serving, *, force=False
+    model: keras.Model, out: str | Path, serving: Serving, *, force: bool = False
 ) -> float:
     """A standalone SavedModel with the endpoints of :func:`serving_endpoints`."""
     out = Path(out)
-    check_target(out, force, None)
+    check_target(out, force, SUFFIXES["saved_model"])
     endpoints = serving_endpoints(model, serving)
     # An odd-sized RGB batch and a grey one: what a client may send.
     batches = [_sample_images((2, 251, 173, 3), 1), _sample_images((2, 97, 131, 1), 2)]
@@ -256,7 +257,7 @@ def save_onnx(model: keras.Model, out: str | Path, *, force: bool = False) -> fl
     import onnxruntime
 
     out = Path(out)
-    check_target(out, force, ".onnx")
+    check_target(out, force, SUFFIXES["onnx"])
     images = _sample_images((_VERIFY_IMAGES, *model.input_shape[1:])).astype(np.float32)
     expected = model.predict(images, verbose=0)
 
@@ -356,11 +357,10 @@ def export_model(
     class_names: Sequence[str] | None = None,
 ) -> Path:
     """``paper-repro export``: a run's model (or a .keras file) written in ``fmt`` and verified."""
-    if fmt not in FORMATS:
-        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in SUFFIXES:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(SUFFIXES)}")
     out = Path(out)
-    suffix = {"keras": ".keras", "onnx": ".onnx", "saved_model": None}[fmt]
-    check_target(out, force, suffix)
+    check_target(out, force, SUFFIXES[fmt])
     if fmt == "onnx":
         _require_onnx()
     model, config = load_source(source)

@@ -6,9 +6,11 @@ nothing here depends on 227.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -171,6 +173,16 @@ def test_export_from_a_run_dir_uses_its_config(model, tmp_path, capsys):
         _reference(model, images, five),
         atol=1e-5,
     )
+
+
+def test_class_names_come_from_the_runs_dataset(model):
+    data_dir = os.environ.get("TFDS_DATA_DIR")
+    if not data_dir or not (Path(data_dir) / "cifar10").is_dir():
+        pytest.skip("needs the prepared TFDS dataset cifar10 under $TFDS_DATA_DIR (its names)")
+    config = {"dataset": "cifar10", "classes": [5, 6, 7, 8, 9, 0, 1, 2, 3, 4]}
+    names = export.serving_config(model, config).class_names
+    assert names[:2] == ("dog", "frog") and names[5] == "airplane"
+    assert export.serving_config(model, {}).class_names == tuple(map(str, range(10)))
 
 
 def test_keras_export_loads_in_safe_mode(model, tmp_path, capsys):
