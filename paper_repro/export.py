@@ -8,7 +8,8 @@ The SavedModel carries the whole test-time pipeline of the paper, so that a clie
 images and gets class names back:
 
 - ``serving_default``: uint8 images ``[batch, height, width, 1 or 3]`` of any size -> grey to
-  RGB, bilinear resize to ``resize`` x ``resize``, center crop to the model's input size, the
+  RGB, bilinear resize to ``resize`` x ``resize`` (rounded to uint8, as the training and
+  evaluation pipelines of ``data`` do), center crop to the model's input size, the
   model's own ``preprocess`` layer (mean, BGR), the network and its softmax;
 - ``multi_crop``: the same with the run's test-time crops (10: four corners and center, each also
   mirrored; 5 for MNIST runs: no mirror), softmax outputs averaged, as in Table III.
@@ -31,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 import paper_repro.model  # noqa: F401  (registers the custom layers that .keras files name)
+from paper_repro.data import AugmentConfig, crop_views
 from paper_repro.errors import UserError
 from paper_repro.history import HISTORY_NAME, load_history
 
@@ -78,44 +80,21 @@ def _as_rgb(images: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(rgb, [None, None, None, 3])
 
 
-def _resized(images: tf.Tensor, resize: int) -> tf.Tensor:
-    """Bilinear resize to a square, as the training pipeline does before it crops."""
-    return tf.image.resize(tf.cast(_as_rgb(images), tf.float32), [resize, resize])
-
-
-def crop_offsets(resize: int, crop: int, crops: int) -> list[tuple[int, int, bool]]:
-    """(top, left, mirrored) of Caffe's test crops: center only, 5 (corners and center), or 10.
-
-    Caffe's ``oversample`` order: four corners, center, then the same five mirrored.
-    """
-    far, center = resize - crop, (resize - crop) // 2
-    if crops == 1:
-        return [(center, center, False)]
-    five = [(0, 0), (0, far), (far, 0), (far, far), (center, center)]
-    views = [(top, left, False) for top, left in five]
-    return views + [(top, left, True) for top, left in five] if crops == 10 else views
-
-
-def _views(images: tf.Tensor, crop: int, offsets: list[tuple[int, int, bool]]) -> tf.Tensor:
-    """[N, R, R, 3] -> [views * N, crop, crop, 3], views outermost."""
-    views = []
-    for top, left, mirrored in offsets:
-        view = images[:, top : top + crop, left : left + crop, :]
-        views.append(tf.reverse(view, axis=[2]) if mirrored else view)
-    return tf.concat(views, axis=0)
-
-
 def _endpoint(model: keras.Model, serving: Serving, crops: int) -> Callable:
-    """The serving function of one endpoint: raw uint8 images -> probabilities and top-5."""
-    crop = int(model.input_shape[1])
-    offsets = crop_offsets(serving.resize, crop, crops)
+    """The serving function of one endpoint: raw uint8 images -> probabilities and top-5.
+
+    The views are the evaluation's own (``data.crop_views``: bilinear resize rounded to uint8 as
+    Caffe's stored images are, then Caffe's crops), so a served image scores exactly as in the
+    paper's test protocol.
+    """
+    augment = AugmentConfig(resize=serving.resize, crop=int(model.input_shape[1]))
     names = tf.constant(serving.class_names)
     k = min(TOP_K, len(serving.class_names))
 
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        views = _views(_resized(images, serving.resize), crop, offsets)
+        views = tf.concat(crop_views(_as_rgb(images), augment, crops), axis=0)
         probabilities = model(views, training=False)
-        probabilities = tf.reduce_mean(tf.reshape(probabilities, [len(offsets), -1, len(names)]), 0)
+        probabilities = tf.reduce_mean(tf.reshape(probabilities, [crops, -1, len(names)]), 0)
         top = tf.math.top_k(probabilities, k=k)
         return {
             "probabilities": probabilities,

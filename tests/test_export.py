@@ -57,9 +57,10 @@ def _images(shape, seed=0) -> np.ndarray:
 
 
 def _reference(model, images, offsets) -> np.ndarray:
-    """The paper's test pipeline written out: grey -> RGB, resize, crops, mean of softmax."""
+    """The paper's test pipeline written out: grey -> RGB, bilinear resize stored as uint8 (as
+    Caffe's image databases are), crops, mean of the softmax outputs."""
     rgb = np.repeat(images, 3 // images.shape[-1], axis=-1).astype(np.float32)
-    resized = tf.image.resize(rgb, [RESIZE, RESIZE]).numpy()
+    resized = np.round(tf.image.resize(rgb, [RESIZE, RESIZE]).numpy()).clip(0, 255).astype(np.uint8)
     views = []
     for top, left, mirrored in offsets:
         view = resized[:, top : top + SIZE, left : left + SIZE]
