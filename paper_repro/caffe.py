@@ -143,7 +143,7 @@ def _blob(buf: memoryview) -> np.ndarray:
     data = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if data.size != int(np.prod(shape)):
         raise _WireError(f"blob holds {data.size} floats but its shape is {shape}")
-    return data.astype(np.float32).reshape(shape)
+    return data.astype(np.float32, copy=False).reshape(shape)  # concatenate already copied
 
 
 def _layer(buf: memoryview, name_field: int, blobs_field: int) -> tuple[str, list[np.ndarray]]:
