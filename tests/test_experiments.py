@@ -1,0 +1,89 @@
+"""Experiments and presets: the paper's numbers, scaling, validated overrides."""
+
+import pytest
+
+from paper_repro.errors import UserError
+from paper_repro.experiments import PRESETS, dependency_order, resolve
+
+
+def test_paper_preset_is_the_papers_solver_and_data():
+    config = resolve("retrain-cifar10", "paper")
+    assert (config.epochs, config.batch_size, config.base_lr, config.drop_epochs) == (
+        30,
+        80,
+        0.001,
+        (20,),
+    )
+    assert (config.momentum, config.weight_decay, config.resize, config.crop) == (
+        0.9,
+        0.0005,
+        256,
+        227,
+    )
+    assert config.mode == "retrain" and config.pretrained == "pretrain-imagenet"
+    assert config.mirror and config.test_crops == 10
+
+
+def test_mnist_is_never_mirrored_and_tested_on_five_crops():
+    for preset, runs in PRESETS.items():
+        for name, config in runs.items():
+            if config.dataset == "mnist":
+                assert not config.mirror and config.test_crops == 5, (preset, name)
+
+
+def test_pretraining_follows_the_caffenet_solver():
+    config = resolve("pretrain-imagenet", "paper")
+    assert (config.base_lr, config.batch_size, config.drop_epochs) == (0.01, 256, (20, 40, 60, 80))
+    assert config.epochs == 90 and config.dataset == "imagenet2012"
+
+
+def test_mini_keeps_the_papers_structure():
+    mini = PRESETS["mini"]
+    source = set(mini["pretrain-imagenet"].classes)
+    target = set(mini["retrain-cifar10"].classes)
+    assert source and target and not source & target
+    for config in mini.values():
+        if config.mode != "pretrain":
+            assert config.drop_epochs[0] == pytest.approx(config.epochs * 2 / 3)
+
+
+def test_retraining_comes_after_pretraining():
+    for preset in PRESETS:
+        order = dependency_order(preset)
+        for name in order:
+            needed = PRESETS[preset][name].pretrained
+            if needed:
+                assert order.index(needed) < order.index(name)
+
+
+def test_overrides_are_parsed_by_field_type():
+    config = resolve(
+        "full-mnist",
+        "smoke",
+        ["epochs=3", "base_lr=0.01", "mirror=true", "classes=1,2,3", "test_subset=none"],
+    )
+    assert config.epochs == 3 and config.base_lr == 0.01 and config.mirror
+    assert config.classes == (1, 2, 3) and config.test_subset is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("epoch=3", r"unknown --set key 'epoch' \(did you mean epochs"),
+        ("epochs=three", r"--set epochs=three: expected int"),
+        ("mirror=maybe", "expected bool"),
+        ("epochs", "--set takes key=value"),
+        ("crop=300", "crop 300 is larger than resize 76"),
+        ("mode=finetune", "mode must be one of pretrain, full, retrain"),
+    ],
+)
+def test_bad_overrides_are_refused(override, message):
+    with pytest.raises(UserError, match=message):
+        resolve("full-mnist", "smoke", [override])
+
+
+def test_unknown_experiment_and_preset_list_the_valid_ones():
+    with pytest.raises(UserError, match="did you mean retrain-mnist.*smoke has: pretrain"):
+        resolve("retrain-mnst", "smoke")
+    with pytest.raises(UserError, match="unknown preset 'papr' \\(did you mean paper.*mini"):
+        resolve("full-mnist", "papr")
