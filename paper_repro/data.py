@@ -1,0 +1,816 @@
+"""Datasets for the paper: tfds or an image folder -> uint8 images -> Caffe's augmentation.
+
+Images stay uint8 at their native size (grey copied to 3 channels, as the paper did for MNIST)
+until the augmentation, which is Caffe's, per image:
+
+1. resize to ``resize x resize`` (bilinear) and round back to uint8: Caffe's ``convert_imageset``
+   stores the resized images as uint8 before its data layer ever sees them;
+2. a random ``crop x crop`` window, offsets uniform in ``[0, resize - crop]`` inclusive
+   (``Rand(height - crop_size + 1)`` in Caffe's ``DataTransformer``), drawn per image;
+3. a random horizontal mirror of the window when ``mirror`` (off for MNIST's digits).
+
+Evaluation uses the centre window (offset ``(resize - crop) // 2``, Caffe's TEST phase) or the 5 /
+10 views of Caffe's ``oversample``. Normalisation (mean, channel order) belongs to the model.
+
+The randomness is stateless: every example gets a 63-bit key hashed from ``(seed, epoch, example
+index)`` on the host, and its crop offsets and mirror flag are digits of that key. One function,
+``caffe_augment``, turns a uint8 batch and its keys into crops; it runs either as a tf.data map on
+the host (``augment_on_host``) or inside the training step as the ``CaffeAugment`` layer, so that
+only uint8 native-size batches and keys cross to an accelerator. Both give identical pixels, and a
+resumed run sees the crops an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from paper_repro.errors import UserError
+
+PLACEMENTS = ("auto", "host", "device")
+CROPS = (1, 5, 10)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+DEFAULT_TFDS_DIR = "~/tensorflow_datasets"
+IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
+IN_MEMORY_BYTES = 2 * 1024**3
+SHUFFLE_BUFFER = 16_384
+_KEY_RANGE = 2**63 - 1
+_READ_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Caffe's augmentation sizes: resize to ``resize`` square, crop ``crop`` square, mirror."""
+
+    resize: int = 256
+    crop: int = 227
+    mirror: bool = True
+
+    def __post_init__(self):
+        for name in ("resize", "crop"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        if self.crop > self.resize:
+            raise UserError(
+                f"crop {self.crop} is larger than resize {self.resize}: the crop must fit in "
+                f"the resized image; lower crop or raise resize"
+            )
+
+    @property
+    def span(self) -> int:
+        """How many crop offsets fit along one axis: ``resize - crop + 1``."""
+        return self.resize - self.crop + 1
+
+    @property
+    def center(self) -> int:
+        """Caffe's centre offset, ``(resize - crop) // 2`` (integer division, as in Caffe)."""
+        return (self.resize - self.crop) // 2
+
+
+@dataclass(frozen=True)
+class SplitInfo:
+    """What a loaded split holds (after ``class_subset`` / ``subset_size``)."""
+
+    name: str
+    split: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    num_examples: int
+    image_shape: tuple[int, int, int] | None
+    """Native (height, width, 3) when every image has it; None when sizes vary."""
+
+
+# --------------------------------------------------------------------------------- loading
+
+
+def load_split(
+    name_or_folder: str,
+    split: str,
+    *,
+    data_dir: str | None = None,
+    class_subset: Sequence[int] | None = None,
+    subset_size: int | None = None,
+    seed: int = 0,
+    download: bool = False,
+) -> tuple[tf.data.Dataset, SplitInfo]:
+    """One split of a tfds image-classification dataset or of an image folder.
+
+    Elements are ``{"image": uint8 (H, W, 3), "label": int64, "index": int64}``, in a stable
+    order; ``index`` is the example's position in the whole split, before any subset, and keys
+    the example's random crops. ``class_subset`` keeps those classes, relabelled ``0..k-1`` in
+    the order given; ``subset_size`` keeps a class-balanced subset of that many examples, the
+    same for the same seed (and a larger subset contains a smaller one).
+
+    ``name_or_folder`` is a tfds name (``mnist``, ``cifar100``, ``imagenet2012``, ``name:1.2.3``)
+    or a folder with one sub-folder of images per class (``FOLDER/SPLIT/<class>/`` when that
+    exists, else ``FOLDER/<class>/`` whatever the split). ``data_dir`` defaults to
+    ``$TFDS_DATA_DIR``. Nothing is downloaded unless ``download`` is true.
+    """
+    _check_seed(seed)
+    folder = Path(name_or_folder).expanduser()
+    if folder.is_dir():
+        source = _folder_source(folder, split)
+    elif name_or_folder.startswith(("/", ".", "~")):
+        raise UserError(f"image folder {name_or_folder} does not exist: check the path")
+    else:
+        source = _tfds_source(name_or_folder, split, _tfds_dir(data_dir), download)
+    return _select(source, class_subset, subset_size, seed)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A whole split before selection; ``labels()`` reads every label (one pass, no pixels)."""
+
+    dataset: tf.data.Dataset
+    info: SplitInfo
+    labels: Callable[[], np.ndarray]
+
+
+def _tfds_dir(data_dir: str | None) -> str:
+    """Resolve the directory here so that TFDS_DATA_DIR is read per call, not at tfds import."""
+    return os.path.expanduser(data_dir or os.environ.get("TFDS_DATA_DIR") or DEFAULT_TFDS_DIR)
+
+
+def _tfds_source(name: str, split: str, data_dir: str, download: bool) -> _Source:
+    builder = _builder(name, data_dir)
+    image_key, label_key = _image_label_keys(builder)
+    if not builder.is_prepared():
+        if not download:
+            raise UserError(_not_prepared_message(builder, data_dir))
+        _prepare(builder, data_dir)
+    # Images are read encoded and decoded by our own map: a label pass (for subsets) then decodes
+    # nothing, and its labels come from the very records the pixels do (also under tfds' mocks).
+    try:
+        raw = builder.as_dataset(
+            split=split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()}
+        )
+    except ValueError as error:
+        raise UserError(f"{name}: {str(error).splitlines()[0]}") from None
+    raw = raw.enumerate().map(
+        lambda i, ex: {"image": ex[image_key], "label": ex[label_key], "index": i}
+    )
+    feature = builder.info.features[image_key]
+
+    def decode(example: dict) -> dict:
+        image = _to_rgb(feature.decode_example(example["image"]))
+        return {**example, "image": image}
+
+    height, width, _ = feature.shape
+    info = SplitInfo(
+        name=name,
+        split=split,
+        num_classes=builder.info.features[label_key].num_classes,
+        class_names=tuple(builder.info.features[label_key].names),
+        num_examples=int(raw.cardinality()),
+        image_shape=(height, width, 3) if height and width else None,
+    )
+    dataset = raw.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    return _Source(dataset, info, functools.partial(_read_labels, raw))
+
+
+def _builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        base = name.split(":")[0].split("/")[0]
+        close = difflib.get_close_matches(base, tfds.list_builders(), n=5, cutoff=0.6)
+        hint = f"close names: {', '.join(close)}" if close else "see `tfds.list_builders()`"
+        raise UserError(
+            f"unknown dataset {name!r} (not a tfds dataset nor an existing folder); {hint}"
+        ) from None
+    except (ValueError, AssertionError) as error:
+        raise UserError(f"cannot use dataset {name!r}: {str(error).splitlines()[0]}") from None
+
+
+def _image_label_keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
+    """The (image, label) feature names: the supervised keys when they are an image classifier's."""
+    features = builder.info.features
+    keys = tuple(builder.info.supervised_keys or ("image", "label"))
+    if len(keys) == 2 and all(isinstance(k, str) and k in features for k in keys):
+        image, label = keys
+        if isinstance(features[image], tfds.features.Image) and isinstance(
+            features[label], tfds.features.ClassLabel
+        ):
+            return image, label
+    raise UserError(
+        f"dataset {builder.name!r} is not an image classification dataset (its features are "
+        f"{', '.join(features.keys())}); use one with an image and a class label"
+    )
+
+
+def _manual_dir(data_dir: str) -> str:
+    """tfds' default manual directory (``DownloadConfig.manual_dir`` when none is given)."""
+    return os.path.join(data_dir, "downloads", "manual")
+
+
+def _not_prepared_message(builder: tfds.core.DatasetBuilder, data_dir: str) -> str:
+    where = f"dataset {builder.name} is not prepared in {builder.data_dir}"
+    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        return (
+            f"{where}; {_manual_instructions(builder.name, data_dir)}, then load it with download"
+        )
+    return (
+        f"{where}; prepare it on a machine with network (`tfds build {builder.name} "
+        f"--data_dir {data_dir}`) and copy it there, set TFDS_DATA_DIR to a prepared copy, or "
+        f"load it with download"
+    )
+
+
+def _manual_instructions(name: str, data_dir: str) -> str:
+    files = " and ".join(IMAGENET_MANUAL_FILES) if name == "imagenet2012" else "its source files"
+    return f"put {files} (downloaded by hand, see the tfds catalog) in {_manual_dir(data_dir)}"
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str) -> None:
+    """``download_and_prepare``, with tfds' manual-download datasets checked first."""
+    manual_dir = _manual_dir(data_dir)
+    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        required = IMAGENET_MANUAL_FILES if builder.name == "imagenet2012" else ()
+        missing = [f for f in required if not os.path.exists(os.path.join(manual_dir, f))]
+        if missing or not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
+            raise UserError(
+                f"dataset {builder.name} needs a manual download: "
+                f"{_manual_instructions(builder.name, data_dir)}"
+            )
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+    try:
+        builder.download_and_prepare(download_config=config)
+    except OSError as error:
+        raise UserError(
+            f"downloading {builder.name} into {data_dir} failed ({type(error).__name__}); check "
+            f"the network, or prepare it elsewhere with `tfds build {builder.name}` and copy it"
+        ) from None
+
+
+def _folder_source(root: Path, split: str) -> _Source:
+    folder = root / split if (root / split).is_dir() else root
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise UserError(
+            f"image folder {folder} has {len(classes)} class sub-folder(s); a classifier needs "
+            f"at least 2: put each class's images in {folder}/<class name>/"
+        )
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        images = sorted(
+            str(p) for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not images:
+            raise UserError(
+                f"class folder {folder / name} holds no images ({', '.join(IMAGE_SUFFIXES)}): "
+                f"add images or remove the folder"
+            )
+        paths += images
+        labels += [label] * len(images)
+    label_array = np.asarray(labels, np.int64)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {"image": paths, "label": label_array, "index": np.arange(len(paths), dtype=np.int64)}
+    ).map(_read_image, num_parallel_calls=tf.data.AUTOTUNE)
+    info = SplitInfo(str(folder), split, len(classes), tuple(classes), len(paths), None)
+    return _Source(dataset, info, functools.partial(np.copy, label_array))
+
+
+def _read_image(example: dict) -> dict:
+    """Decode a JPEG/PNG/BMP/GIF file; ``channels=3`` copies grey to 3 channels, drops alpha."""
+    image = tf.io.decode_image(
+        tf.io.read_file(example["image"]), channels=3, expand_animations=False
+    )
+    image.set_shape([None, None, 3])
+    return {**example, "image": image}
+
+
+def _to_rgb(image: tf.Tensor) -> tf.Tensor:
+    """Grey -> 3 equal channels (as the paper did for MNIST); alpha dropped."""
+    channels = image.shape[-1]
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(image)
+    return image[..., :3] if channels == 4 else image
+
+
+def _read_labels(raw: tf.data.Dataset) -> np.ndarray:
+    batches = raw.map(lambda ex: ex["label"]).batch(_READ_BATCH).as_numpy_iterator()
+    return np.concatenate(list(batches)).astype(np.int64)
+
+
+# ------------------------------------------------------------------------------- selection
+
+
+def _select(
+    source: _Source, class_subset: Sequence[int] | None, subset_size: int | None, seed: int
+) -> tuple[tf.data.Dataset, SplitInfo]:
+    """Apply class_subset (relabelled) then subset_size, as a filter on the example index."""
+    info = source.info
+    if class_subset is None and subset_size is None:
+        return source.dataset, info
+    if class_subset is None:
+        relabel, names = np.arange(info.num_classes, dtype=np.int64), info.class_names
+    else:
+        _check_class_subset(class_subset, info)
+        relabel = np.full(info.num_classes, -1, np.int64)
+        relabel[list(class_subset)] = np.arange(len(class_subset))
+        names = tuple(info.class_names[c] for c in class_subset)
+    labels = source.labels()
+    new_labels = relabel[labels]
+    keep = new_labels >= 0
+    if subset_size is not None:
+        keep = np.zeros_like(keep)
+        keep[balanced_subset(new_labels, len(names), subset_size, seed)] = True
+    keep_t, relabel_t = tf.constant(keep), tf.constant(relabel)
+    dataset = (
+        source.dataset.filter(lambda ex: tf.gather(keep_t, ex["index"]))
+        .map(lambda ex: {**ex, "label": tf.gather(relabel_t, ex["label"])})
+        .apply(tf.data.experimental.assert_cardinality(int(keep.sum())))
+    )
+    info = SplitInfo(info.name, info.split, len(names), names, int(keep.sum()), info.image_shape)
+    return dataset, info
+
+
+def _check_class_subset(class_subset: Sequence[int], info: SplitInfo) -> None:
+    chosen = list(class_subset)
+    valid = all(isinstance(c, int | np.integer) and not isinstance(c, bool) for c in chosen)
+    if not valid or any(not 0 <= c < info.num_classes for c in chosen):
+        raise UserError(
+            f"class_subset {chosen} must hold class numbers in 0..{info.num_classes - 1} "
+            f"({info.name} has {info.num_classes} classes)"
+        )
+    if len(set(chosen)) != len(chosen) or len(chosen) < 2:
+        raise UserError(f"class_subset {chosen} must name at least 2 different classes")
+
+
+def balanced_subset(labels: np.ndarray, num_classes: int, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``size`` examples, ``size // k`` per class (the first ``size % k`` get one
+    more), labels ``< 0`` excluded. Within a class, examples are ranked by a hash of
+    ``(seed, index)``: the choice is random-looking yet stable, and nested across sizes."""
+    counts = np.bincount(labels[labels >= 0], minlength=num_classes)
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < num_classes:
+        raise UserError(
+            f"subset_size must be an integer of at least the number of classes ({num_classes}) "
+            f"so that every class is represented, got {size!r}"
+        )
+    quotas = size // num_classes + (np.arange(num_classes) < size % num_classes)
+    short = np.flatnonzero(counts < quotas)
+    if short.size:
+        raise UserError(
+            f"subset_size {size} needs {quotas[short[0]]} examples of class {short[0]} but it has "
+            f"only {counts[short[0]]}; lower subset_size to at most {counts.min() * num_classes}"
+        )
+    ranks = _hash64(seed, "subset", tf.range(len(labels), dtype=tf.int64)).numpy()
+    chosen = [
+        members[np.argsort(ranks[members], kind="stable")[:quota]]
+        for members, quota in ((np.flatnonzero(labels == c), q) for c, q in enumerate(quotas))
+    ]
+    return np.sort(np.concatenate(chosen))
+
+
+def channel_mean(dataset: tf.data.Dataset) -> tuple[float, float, float]:
+    """Per-channel (RGB) mean pixel of a loaded split: the ``mean`` of a network trained on it.
+
+    Caffe's per-channel alternative to the mean image (the 104/117/123 of ILSVRC-12, in BGR). It is
+    taken at native size: bilinear resizing preserves the mean up to border effects.
+    """
+    total, count = np.zeros(3), 0
+    images = dataset.map(lambda ex: ex["image"]).batch(_READ_BATCH)
+    for batch in images.as_numpy_iterator():
+        total += batch.reshape(-1, 3).sum(axis=0, dtype=np.float64)
+        count += batch.shape[0] * batch.shape[1] * batch.shape[2]
+    if not count:
+        raise UserError("cannot take the mean pixel of an empty split: check its subset options")
+    return tuple(float(v) for v in total / count)
+
+
+# ---------------------------------------------------------------------- keys and augmentation
+
+
+def _check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def _hash64(seed: int, stream: str, index: tf.Tensor) -> tf.Tensor:
+    """A 63-bit hash of ``seed/stream/index`` (FarmHash Fingerprint64, stable across versions).
+
+    Why a hash and not tf.random: TF's stateless RNG ops draw one stream per call, so a per-example
+    seed means a per-example op (a while loop on the device); ``index_shuffle`` is vectorised but
+    mixes neighbouring indices poorly (chi-square of adjacent crop offsets ~9x its expectation).
+    The fingerprint is one vectorised op and passes the same test.
+    """
+    text = tf.strings.join(
+        [tf.strings.as_string(tf.cast(seed, tf.int64)), stream, tf.strings.as_string(index)],
+        separator="/",
+    )
+    return tf.strings.to_hash_bucket_fast(text, _KEY_RANGE)
+
+
+def example_keys(seed: int, epoch: int, index: tf.Tensor) -> tf.Tensor:
+    """The int64 augmentation key of each example ``index`` in ``epoch`` of a run with ``seed``."""
+    return _hash64(seed, f"crop{epoch}", tf.cast(index, tf.int64))
+
+
+def crop_parameters(keys: tf.Tensor, augment: AugmentConfig) -> tuple[tf.Tensor, ...]:
+    """(row offset, column offset, mirror flag) per key: digits of the key in base ``span``.
+
+    A key is uniform on [0, 2**63 - 1), so its base-``span`` digits are uniform on ``[0, span)``
+    (bias ~span / 2**63) and independent. Integer ops only: they run on any device.
+    """
+    keys = tf.cast(keys, tf.int64)
+    rest = tf.math.floordiv(keys, augment.span)
+    rows, cols = tf.math.floormod(keys, augment.span), tf.math.floormod(rest, augment.span)
+    mirror = tf.math.floormod(tf.math.floordiv(rest, augment.span), 2) == 1
+    return rows, cols, tf.logical_and(mirror, augment.mirror)
+
+
+def resize_uint8(images: tf.Tensor, size: int) -> tf.Tensor:
+    """Bilinear resize to ``size x size``, rounded back to uint8: Caffe's ``convert_imageset``.
+
+    Caffe's LMDBs hold images resized by OpenCV (INTER_LINEAR: half-pixel centres, edges clamped,
+    no antialiasing) and stored as uint8; tf.image.resize's bilinear mode is that interpolation.
+    Used per image to bring images of varying size to one size; fixed-size batches are resized
+    and cropped in one step by ``resize_and_crop``. Skipped when the static size already matches.
+    """
+    images = tf.convert_to_tensor(images)
+    if tuple(images.shape[-3:-1]) == (size, size):
+        return images
+    resized = tf.image.resize(images, (size, size), method="bilinear", antialias=False)
+    return tf.cast(tf.round(resized), tf.uint8)
+
+
+def _interpolation(in_size: tf.Tensor, out_size: int) -> tf.Tensor:
+    """``[out_size, in_size]`` weights of tf.image.resize's bilinear kernel, as a matrix.
+
+    Same arithmetic as TF's ``compute_interpolation_weights``: source ``(i + 0.5) * in / out -
+    0.5`` in float32, taps ``max(floor, 0)`` and ``min(ceil, in - 1)`` (edges clamped).
+    """
+    length = tf.cast(in_size, tf.float32)
+    source = (tf.range(out_size, dtype=tf.float32) + 0.5) * (length / out_size) - 0.5
+    floor = tf.floor(source)
+    lerp = (source - floor)[:, None]
+    lower = tf.cast(tf.maximum(floor, 0.0), tf.int32)
+    upper = tf.cast(tf.minimum(tf.math.ceil(source), length - 1.0), tf.int32)
+    depth = tf.cast(in_size, tf.int32)
+    return tf.one_hot(lower, depth) * (1.0 - lerp) + tf.one_hot(upper, depth) * lerp
+
+
+def resize_and_crop(
+    images: tf.Tensor,
+    rows: tf.Tensor,
+    cols: tf.Tensor,
+    mirror: tf.Tensor,
+    augment: AugmentConfig,
+) -> tf.Tensor:
+    """``crop x crop`` windows at (rows[i], cols[i]) of each image resized to ``resize``, mirrored
+    where mirror[i]: equal to ``resize_uint8`` then NumPy slicing, computed without the resize.
+
+    Bilinear resizing is separable, so window i of the resized image is ``R_i @ image @ C_i^T``
+    with R_i, C_i the window's rows of the interpolation matrix (C_i read backwards when
+    mirrored): two small batched matmuls from the native image, ~4x faster on the CPU than
+    resizing 32x32 -> 256x256 then cropping, and two batched matmuls on a GPU. At the paper's
+    sizes (28 or 32 -> 256) every weight is a multiple of 1/128, so the float sums are exact and
+    the pixels equal tf.image.resize's bit for bit; other ratios may differ by 1 in a few pixels
+    in 10^4. Images already ``resize`` square (static shape) are cropped by gathers, exactly.
+    """
+    images = tf.convert_to_tensor(images)
+    crop, size = augment.crop, augment.resize
+    steps = tf.range(crop, dtype=tf.int64)
+    row_index = tf.cast(rows, tf.int64)[:, None] + steps
+    cols = tf.cast(cols, tf.int64)[:, None]
+    col_index = tf.where(mirror[:, None], cols + (crop - 1) - steps, cols + steps)
+    if tuple(images.shape[1:3]) == (size, size):
+        strips = tf.gather(images, row_index, axis=1, batch_dims=1)
+        return tf.gather(strips, col_index, axis=2, batch_dims=1)
+    batch, height, width = tf.unstack(tf.shape(images, out_type=tf.int64)[:3])
+    row_weights = tf.gather(_interpolation(height, size), row_index)
+    col_weights = tf.gather(_interpolation(width, size), col_index)
+    # Columns first, while the image is small: transposes touch native-size data only.
+    x = tf.transpose(tf.cast(images, tf.float32), [0, 2, 1, 3])
+    x = tf.matmul(col_weights, tf.reshape(x, tf.stack([batch, width, height * 3])))
+    x = tf.transpose(tf.reshape(x, tf.stack([batch, crop, height, 3])), [0, 2, 1, 3])
+    x = tf.matmul(row_weights, tf.reshape(x, tf.stack([batch, height, crop * 3])))
+    return tf.cast(tf.round(tf.reshape(x, tf.stack([batch, crop, crop, 3]))), tf.uint8)
+
+
+def caffe_augment(images: tf.Tensor, keys: tf.Tensor, augment: AugmentConfig) -> tf.Tensor:
+    """Caffe's training transform of a uint8 batch: resize, per-image random crop and mirror."""
+    return resize_and_crop(images, *crop_parameters(keys, augment), augment)
+
+
+def check_crops(crops: int) -> None:
+    """The paper's test views: 1, 5 or 10."""
+    if crops not in CROPS or isinstance(crops, bool):
+        raise UserError(
+            f"crops must be 1 (centre), 5 (corners + centre) or 10 (+ mirrors), got {crops!r}"
+        )
+
+
+def view_offsets(augment: AugmentConfig, crops: int) -> list[tuple[int, int, bool]]:
+    """(row, column, mirrored) of each test view, in Caffe's ``oversample`` order.
+
+    1: the centre; 5: corners (0,0), (0,m), (m,0), (m,m) then the centre, with m = resize - crop;
+    10: those 5, then the same 5 mirrored. The centre is ``(resize - crop) // 2`` as in Caffe.
+    """
+    check_crops(crops)
+    m, c = augment.resize - augment.crop, augment.center
+    if crops == 1:
+        return [(c, c, False)]
+    five = [(0, 0, False), (0, m, False), (m, 0, False), (m, m, False), (c, c, False)]
+    return five + [(y, x, True) for y, x, _ in five] if crops == 10 else five
+
+
+def crop_views(images: tf.Tensor, augment: AugmentConfig, crops: int) -> list[tf.Tensor]:
+    """The test views of a uint8 batch, each through ``resize_and_crop`` like training crops."""
+    images = tf.convert_to_tensor(images)
+    ones = tf.ones(tf.shape(images)[:1], tf.int64)
+    return [
+        resize_and_crop(images, row * ones, col * ones, tf.fill(tf.shape(ones), mirrored), augment)
+        for row, col, mirrored in view_offsets(augment, crops)
+    ]
+
+
+@keras.saving.register_keras_serializable(package="paper_repro")
+class CaffeAugment(keras.layers.Layer):
+    """Caffe's augmentation inside the model, so that it runs on the training device.
+
+    Training: ``caffe_augment(images, keys)``, the very function of the host path. Otherwise
+    (validation, predict): the centre crop, Caffe's TEST phase. Inputs are uint8 batches of any
+    size and their int64 keys (from ``example_keys``); the output is uint8 ``crop x crop``.
+    TensorFlow backend only (it calls tf ops).
+    """
+
+    def __init__(self, resize: int = 256, crop: int = 227, mirror: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.augment = AugmentConfig(resize, crop, mirror)
+
+    def call(self, images, keys, training=None):
+        if training:
+            return caffe_augment(images, keys, self.augment)
+        return crop_views(images, self.augment, 1)[0]
+
+    def compute_output_shape(self, images_shape, keys_shape=None):
+        return (images_shape[0], self.augment.crop, self.augment.crop, 3)
+
+    def get_config(self):
+        a = self.augment
+        return {**super().get_config(), "resize": a.resize, "crop": a.crop, "mirror": a.mirror}
+
+
+def with_device_augmentation(model: keras.Model, augment: AugmentConfig) -> keras.Model:
+    """``model`` behind a ``CaffeAugment`` layer: inputs ``{"image": uint8, "key": int64}``.
+
+    Fit this model on ``train_dataset(..., placement="device")``; it shares ``model``'s weights,
+    so ``model`` itself is what to evaluate and export.
+    """
+    images = keras.Input((None, None, 3), dtype="uint8", name="image")
+    keys = keras.Input((), dtype="int64", name="key")
+    layer = CaffeAugment(augment.resize, augment.crop, augment.mirror, name="caffe_augment")
+    outputs = model(layer(images, keys))
+    return keras.Model({"image": images, "key": keys}, outputs, name=f"{model.name}_augmented")
+
+
+def default_placement() -> str:
+    """Where the augmentation runs by default: the device when a GPU is visible, else the host
+    (on CPU-only machines the host path is faster: tf.data overlaps it with the step)."""
+    return "device" if tf.config.list_physical_devices("GPU") else "host"
+
+
+def resolve_placement(placement: str) -> str:
+    """``auto`` -> ``default_placement()``; ``host`` and ``device`` as given."""
+    if placement not in PLACEMENTS:
+        raise UserError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    return default_placement() if placement == "auto" else placement
+
+
+# -------------------------------------------------------------------------------- pipelines
+
+
+def augment_on_host(
+    batches: tf.data.Dataset, augment: AugmentConfig, *, seed: int, epoch: int
+) -> tf.data.Dataset:
+    """A tf.data map of batched loaded examples to ``(uint8 crops, label)`` pairs."""
+
+    def transform(batch: dict) -> tuple[tf.Tensor, tf.Tensor]:
+        keys = example_keys(seed, epoch, batch["index"])
+        return caffe_augment(batch["image"], keys, augment), batch["label"]
+
+    return batches.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _device_inputs(batches: tf.data.Dataset, seed: int, epoch: int) -> tf.data.Dataset:
+    def transform(batch: dict) -> tuple[dict, tf.Tensor]:
+        keys = example_keys(seed, epoch, batch["index"])
+        return {"image": batch["image"], "key": keys}, batch["label"]
+
+    return batches.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def train_dataset(
+    dataset: tf.data.Dataset,
+    augment: AugmentConfig,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    first_epoch: int = 0,
+    num_epochs: int = 1,
+    placement: str = "auto",
+    in_memory_bytes: int = IN_MEMORY_BYTES,
+) -> tf.data.Dataset:
+    """Epochs ``first_epoch .. first_epoch + num_epochs - 1`` of shuffled, augmented batches.
+
+    Give ``model.fit`` ``steps_per_epoch=steps_per_epoch(n, batch_size)``: each epoch is that many
+    batches (the last one smaller when batch_size does not divide n). Epoch ``e``'s order and
+    crops depend only on ``(seed, e)``, so ``first_epoch=e`` resumes exactly. Host placement
+    yields ``(uint8 crops, label)``; device placement ``({"image", "key"}, label)`` for
+    ``with_device_augmentation``. A split that fits in ``in_memory_bytes`` (all of the paper's)
+    is decoded once and permuted exactly per epoch; a larger one streams through a seeded
+    tf.data shuffle buffer (whose order also depends on TF's global seed).
+    """
+    _check_batching(dataset, batch_size)
+    _check_seed(seed)
+    if first_epoch < 0 or num_epochs < 1:
+        raise UserError(
+            f"need first_epoch >= 0 and num_epochs >= 1, got {first_epoch}, {num_epochs}"
+        )
+    where = resolve_placement(placement)
+    epoch_batches = _epoch_batches(
+        _uniform_size(dataset, augment), batch_size, seed, in_memory_bytes
+    )
+
+    def one_epoch(epoch: int) -> tf.data.Dataset:
+        batches = epoch_batches(epoch)
+        if where == "host":
+            return augment_on_host(batches, augment, seed=seed, epoch=epoch)
+        return _device_inputs(batches, seed, epoch)
+
+    # Epochs are chained in Python, not by flat_map over a range: tf.data's shuffle takes its seed
+    # as a Python value, and chaining keeps the total number of batches known to Keras.
+    epochs = [one_epoch(e) for e in range(first_epoch, first_epoch + num_epochs)]
+    return _finish(functools.reduce(tf.data.Dataset.concatenate, epochs))
+
+
+def eval_dataset(
+    dataset: tf.data.Dataset, augment: AugmentConfig, *, batch_size: int, placement: str = "auto"
+) -> tf.data.Dataset:
+    """Centre-crop test batches in order, for ``model.fit(validation_data=...)`` (Figure 5).
+
+    Host placement: ``(uint8 centre crops, label)``; device placement: ``({"image", "key"},
+    label)`` for ``with_device_augmentation``, whose layer centre-crops outside training.
+    """
+    _check_batching(dataset, batch_size)
+    batches = _uniform_size(dataset, augment).batch(batch_size)
+    if resolve_placement(placement) == "host":
+        pairs = batches.map(
+            lambda b: (crop_views(b["image"], augment, 1)[0], b["label"]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    else:
+        pairs = batches.map(lambda b: ({"image": b["image"], "key": b["index"]}, b["label"]))
+    return _finish(pairs)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Batches per epoch of ``train_dataset``: ``ceil(num_examples / batch_size)``."""
+    return math.ceil(num_examples / batch_size)
+
+
+def _check_batching(dataset: tf.data.Dataset, batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if int(dataset.cardinality()) < 0:
+        raise UserError("the dataset must come from load_split (its number of examples is known)")
+
+
+def _uniform_size(dataset: tf.data.Dataset, augment: AugmentConfig) -> tf.data.Dataset:
+    """Images of varying size can only be batched once resized: do Caffe's resize per image.
+
+    Fixed-size datasets stay at their native size, so the resize happens batched (or on device).
+    """
+    if dataset.element_spec["image"].shape.is_fully_defined():
+        return dataset
+
+    def resize(example: dict) -> dict:
+        return {**example, "image": resize_uint8(example["image"], augment.resize)}
+
+    return dataset.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _epoch_batches(dataset: tf.data.Dataset, batch_size: int, seed: int, in_memory_bytes: int):
+    """``epoch -> batched dataset in that epoch's order``, in memory or streaming."""
+    count = int(dataset.cardinality())
+    if count * dataset.element_spec["image"].shape.num_elements() <= in_memory_bytes:
+        arrays = {k: tf.constant(v) for k, v in _materialise(dataset, count).items()}
+
+        def in_memory(epoch: int) -> tf.data.Dataset:
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(count, dtype=tf.int64), seed=[seed, epoch], alg="philox"
+            )
+            return (
+                tf.data.Dataset.from_tensor_slices(order)
+                .batch(batch_size)
+                .map(lambda idx: {k: tf.gather(v, idx) for k, v in arrays.items()})
+            )
+
+        return in_memory
+
+    def streamed(epoch: int) -> tf.data.Dataset:
+        shuffle_seed = int(_hash64(seed, "shuffle", tf.constant(epoch, tf.int64)))
+        buffer = min(count, SHUFFLE_BUFFER)
+        shuffled = dataset.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        return shuffled.batch(batch_size)
+
+    return streamed
+
+
+def _materialise(dataset: tf.data.Dataset, count: int) -> dict[str, np.ndarray]:
+    """Decode a split once into arrays (uint8 images, labels, indices) without a second copy."""
+    spec = dataset.element_spec
+    out = {k: np.empty((count, *spec[k].shape), spec[k].dtype.as_numpy_dtype) for k in spec}
+    start = 0
+    for batch in dataset.batch(_READ_BATCH).as_numpy_iterator():
+        for key, value in batch.items():
+            out[key][start : start + len(value)] = value
+        start += len(batch["index"])
+    return out
+
+
+def _finish(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+# ------------------------------------------------------------------------- experiments
+
+
+@dataclass(frozen=True)
+class ExperimentData:
+    """The train and test splits of one experiment, with its augmentation and batching."""
+
+    train: tf.data.Dataset
+    train_info: SplitInfo
+    test: tf.data.Dataset
+    test_info: SplitInfo
+    augment: AugmentConfig
+    batch_size: int
+    seed: int
+    placement: str
+
+    @property
+    def num_classes(self) -> int:
+        return self.train_info.num_classes
+
+    @property
+    def train_examples(self) -> int:
+        return self.train_info.num_examples
+
+    @functools.cached_property
+    def channel_mean(self) -> tuple[float, float, float]:
+        """The training split's mean pixel (RGB), for a network trained from scratch on it."""
+        return channel_mean(self.train)
+
+    def train_batches(self, first_epoch: int, end_epoch: int) -> tf.data.Dataset:
+        """Epochs ``first_epoch .. end_epoch - 1`` for ``model.fit(initial_epoch=first_epoch)``."""
+        return train_dataset(
+            self.train, self.augment, batch_size=self.batch_size, seed=self.seed,
+            first_epoch=first_epoch, num_epochs=end_epoch - first_epoch, placement=self.placement,
+        )  # fmt: skip
+
+    def validation_batches(self) -> tf.data.Dataset:
+        """Centre-crop test batches for fit's per-epoch test accuracy (Figure 5)."""
+        return eval_dataset(
+            self.test, self.augment, batch_size=self.batch_size, placement=self.placement
+        )
+
+    def training_model(self, model: keras.Model) -> keras.Model:
+        """The model to compile and fit: ``model`` itself, or wrapped for device augmentation."""
+        return (
+            with_device_augmentation(model, self.augment) if self.placement == "device" else model
+        )
+
+
+def load_experiment_data(
+    config, *, data_dir: str | None = None, seed: int = 0, download: bool = False
+) -> ExperimentData:
+    """Load an experiment's splits from its config (``experiments.RunConfig`` fields: dataset,
+    train_split, test_split, classes, train_subset, test_subset, resize, crop, mirror,
+    batch_size, augment_on)."""
+    common = dict(data_dir=data_dir, class_subset=config.classes, seed=seed, download=download)
+    train, train_info = load_split(
+        config.dataset, config.train_split, subset_size=config.train_subset, **common
+    )
+    test, test_info = load_split(
+        config.dataset, config.test_split, subset_size=config.test_subset, **common
+    )
+    augment = AugmentConfig(config.resize, config.crop, config.mirror)
+    placement = resolve_placement(config.augment_on)
+    return ExperimentData(
+        train, train_info, test, test_info, augment, config.batch_size, seed, placement
+    )
