@@ -80,7 +80,23 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--out", default="figures", help="where the table and figure go")
-    p.set_defaults(handler=_not_built("reproduce", 5))
+    p.add_argument("--weights", help="pretrained model for every retraining (skips pretraining)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_reproduce)
+
+
+def _reproduce(args: argparse.Namespace) -> None:
+    from paper_repro.train import reproduce
+
+    paths = reproduce(
+        args.preset,
+        weights=args.weights,
+        data_dir=args.data_dir,
+        runs_dir=args.runs_dir,
+        out=args.out,
+        seed=args.seed,
+    )
+    _print_paths(paths)
 
 
 def _add_regenerate(sub: argparse._SubParsersAction) -> None:
@@ -88,7 +104,11 @@ def _add_regenerate(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(
             f"regenerate-{what}", help=f"Table III / Figure 5 ({what}) from histories"
         )
-        p.add_argument("--histories", default="runs", help="folder searched for history.json")
+        p.add_argument(
+            "--histories",
+            default="figures/histories",
+            help="folder searched for history.json / *.history.json (default: figures/histories)",
+        )
         p.add_argument("--out", default="figures")
         p.add_argument("--allow-mixed-presets", action="store_true")
         p.set_defaults(handler=_regenerate_tables if what == "tables" else _regenerate_figures)

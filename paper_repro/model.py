@@ -189,15 +189,24 @@ def _check_build_args(num_classes: int, image_size: int, groups: int) -> None:
         raise UserError(f"groups must divide 96, 256 and 384 (CaffeNet uses 2), got {groups}")
 
 
+INITS = ("gaussian", "xavier")
+
+
 def _seed(seed: int | None, offset: int) -> int | None:
     return None if seed is None else seed + offset
 
 
-def _gaussian(std: float, seed: int | None) -> keras.initializers.Initializer:
+def _filler(init: str, std: float, seed: int | None) -> keras.initializers.Initializer:
+    """Caffe's weight fillers: CaffeNet's ``gaussian`` (its std per layer) or ``xavier``.
+
+    Caffe's xavier filler draws uniformly with variance 1 / fan_in: Keras' LeCun uniform.
+    """
+    if init == "xavier":
+        return keras.initializers.LecunUniform(seed=seed)
     return keras.initializers.RandomNormal(stddev=std, seed=seed)
 
 
-def _features_block(image_size: int, groups: int, seed: int | None) -> keras.Model:
+def _features_block(image_size: int, groups: int, init: str, seed: int | None) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="data")
     x = inputs
     for i, (name, filters, kernel, stride, pad, grouped, bias) in enumerate(_CONV_SPECS):
@@ -207,7 +216,7 @@ def _features_block(image_size: int, groups: int, seed: int | None) -> keras.Mod
             strides=stride,
             padding="same" if pad else "valid",
             groups=groups if grouped else 1,
-            kernel_initializer=_gaussian(_CONV_STD, _seed(seed, i)),
+            kernel_initializer=_filler(init, _CONV_STD, _seed(seed, i)),
             bias_initializer=keras.initializers.Constant(bias),
             name=name,
         )(x)
@@ -220,14 +229,14 @@ def _features_block(image_size: int, groups: int, seed: int | None) -> keras.Mod
 
 
 def _classifier_block(
-    feature_shape: tuple[int, ...], num_classes: int, dropout: float, seed: int | None
+    feature_shape: tuple[int, ...], num_classes: int, dropout: float, init: str, seed: int | None
 ) -> keras.Model:
     inputs = keras.Input(feature_shape, name="pool5")
     x = keras.layers.Flatten(name="flatten")(inputs)
     for i, (name, units, std, bias) in enumerate(_FC_SPECS):
         x = keras.layers.Dense(
             units,
-            kernel_initializer=_gaussian(std, _seed(seed, 10 + i)),
+            kernel_initializer=_filler(init, std, _seed(seed, 10 + i)),
             bias_initializer=keras.initializers.Constant(bias),
             name=name,
         )(x)
@@ -235,7 +244,7 @@ def _classifier_block(
         drop_name = name.replace("fc", "drop")
         x = keras.layers.Dropout(dropout, seed=_seed(seed, 20 + i), name=drop_name)(x)
     x = keras.layers.Dense(
-        num_classes, kernel_initializer=_gaussian(_FC8_STD, _seed(seed, 12)), name="fc8"
+        num_classes, kernel_initializer=_filler(init, _FC8_STD, _seed(seed, 12)), name="fc8"
     )(x)
     # float32 softmax even under mixed precision: the probabilities feed the loss and 10-crop mean.
     outputs = keras.layers.Softmax(dtype="float32", name="prob")(x)
@@ -250,6 +259,7 @@ def build_alexnet(
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     bgr: bool = False,
     dropout: float = 0.5,
+    init: str = "gaussian",
     seed: int | None = None,
     name: str = "alexnet",
 ) -> keras.Model:
@@ -262,11 +272,15 @@ def build_alexnet(
             1 for the ungrouped variant (62.4M instead of 61.0M parameters).
         mean, bgr: the preprocessing (see ``CaffePreprocessing``), from the pretraining data.
         dropout: rate of drop6 and drop7.
+        init: ``gaussian`` (CaffeNet's: std 0.01, 0.005 for fc6/fc7) or ``xavier`` (Caffe's
+            xavier filler); biases are CaffeNet's constants either way.
         seed: makes initial weights and dropout masks reproducible.
     """
     _check_build_args(num_classes, image_size, groups)
-    features = _features_block(image_size, groups, seed)
-    classifier = _classifier_block(features.output.shape[1:], num_classes, dropout, seed)
+    if init not in INITS:
+        raise UserError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    features = _features_block(image_size, groups, init, seed)
+    classifier = _classifier_block(features.output.shape[1:], num_classes, dropout, init, seed)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = CaffePreprocessing(mean=mean, bgr=bgr, name="preprocess")(inputs)
     outputs = classifier(features(x))
@@ -310,16 +324,17 @@ def replace_classifier(
     num_classes: int,
     *,
     keep_fc67: bool = True,
+    init: str = "gaussian",
     seed: int | None = None,
 ) -> keras.Model:
     """A new model with ``model``'s preprocessing and features and a classifier for N classes.
 
     Retraining starts from a pretrained network: conv1 .. conv5 (and, by default, fc6 and fc7)
     start from its values; fc8 is always fresh, sized for the new classes. The source model is
-    left untouched (weights are copied, not shared). ``features`` comes back trainable; freezing
-    it is the caller's decision.
+    left untouched (weights are copied, not shared); ``init`` fills the fresh layers.
+    ``features`` comes back trainable; freezing it is the caller's decision.
     """
-    new = build_alexnet(num_classes, **_describe(model), seed=seed, name=model.name)
+    new = build_alexnet(num_classes, **_describe(model), init=init, seed=seed, name=model.name)
     new.get_layer("features").set_weights(model.get_layer("features").get_weights())
     if keep_fc67:
         old_layers, new_layers = caffe_layers(model), caffe_layers(new)

@@ -1,0 +1,480 @@
+"""One trainer for every experiment: fit with the paper's solver, record, checkpoint, resume.
+
+A run lives in ``RUNS_DIR/PRESET/EXPERIMENT`` (``-seedN`` appended for seeds other than 0)::
+
+    history.json      the record (paper_repro.history), rewritten atomically after every epoch
+    checkpoint.keras  model + optimizer state after the last finished epoch (atomic)
+    model.keras       the final model, without optimizer state, once the run has finished
+    logs/             TensorBoard logs, when asked for
+
+Resuming needs no saved random state: the augmentation, the shuffling and the dropout masks of
+epoch ``e`` are all keyed by ``(seed, e)``, and the epoch to continue from is the optimizer's
+iteration count in the checkpoint. So a run killed at any moment and rerun with the same command
+produces the same history as one that was never interrupted (on CPU, where ops are deterministic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import platform
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from paper_repro import __version__, data, evaluate, experiments
+from paper_repro import model as model_lib
+from paper_repro.errors import UserError
+from paper_repro.experiments import RunConfig
+from paper_repro.history import (
+    EpochRecord,
+    FinalEvaluation,
+    History,
+    Provenance,
+    Weights,
+    load_history,
+    save_history,
+)
+from paper_repro.solver import paper_solver
+
+HISTORY_FILE = "history.json"
+CHECKPOINT_FILE = "checkpoint.keras"
+MODEL_FILE = "model.keras"
+STRATEGIES = ("default", "mirrored", "multi-worker")
+_DRAWS_PER_EPOCH = 2**20  # dropout draws reserved per epoch: one per layer and step
+_VERSIONED = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy")
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def history(self) -> Path:
+        return self.root / HISTORY_FILE
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / CHECKPOINT_FILE
+
+    @property
+    def model(self) -> Path:
+        return self.root / MODEL_FILE
+
+
+def run_directory(runs_dir: str | os.PathLike, preset: str, experiment: str, seed: int) -> Path:
+    suffix = f"-seed{seed}" if seed else ""
+    return Path(runs_dir) / preset / f"{experiment}{suffix}"
+
+
+def train(
+    experiment: str,
+    preset: str = "paper",
+    *,
+    weights: str | None = None,
+    data_dir: str | None = None,
+    runs_dir: str | os.PathLike = "runs",
+    seed: int = 0,
+    overrides: Iterable[str] = (),
+    force: bool = False,
+    strategy: str = "default",
+    tensorboard: bool = False,
+    verbose: int = 1,
+) -> History:
+    """Run (or resume, or skip when finished) one experiment; returns its history."""
+    config = experiments.resolve(experiment, preset, overrides)
+    paths = RunPaths(run_directory(runs_dir, preset, experiment, seed))
+    _prepare_directory(paths.root)
+    previous = _previous_history(paths, config, seed, force)
+    if previous is not None and previous.status == "finished":
+        _say(verbose, f"{paths.root}: already finished (use --force to train it again)")
+        return previous
+    weights_path = _weights_for(config, weights, runs_dir, preset) if previous is None else None
+
+    tf.keras.utils.set_random_seed(seed)
+    if not tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_dtype_policy(config.precision)
+    try:
+        return _fit(
+            experiment, preset, config, paths, previous, weights_path, data_dir, seed,
+            _strategy(strategy), tensorboard, verbose,
+        )  # fmt: skip
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def _fit(
+    experiment, preset, config, paths, previous, weights_path, data_dir, seed, strategy,
+    tensorboard, verbose,
+) -> History:  # fmt: skip
+    splits = data.load_experiment_data(config, data_dir=data_dir, seed=seed)
+    steps_per_epoch = data.steps_per_epoch(splits.train_examples, config.batch_size)
+    with strategy.scope():
+        if previous is not None and paths.checkpoint.exists():
+            trainee = _load_checkpoint(paths.checkpoint)
+            start_epoch = int(trainee.optimizer.iterations.numpy()) // steps_per_epoch
+            history = dataclasses.replace(previous, epochs=previous.epochs[:start_epoch])
+            _say(verbose, f"{paths.root}: resuming after epoch {start_epoch}")
+        else:
+            trainee = splits.training_model(_initial_model(config, splits, weights_path, seed))
+            trainee.compile(
+                optimizer=paper_solver(
+                    steps_per_epoch, config.base_lr, config.drop_epochs, config.momentum,
+                    config.weight_decay, config.gamma,
+                ),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+                jit_compile=False,
+            )  # fmt: skip
+            start_epoch = 0
+            history = _new_history(experiment, preset, config, seed, weights_path)
+    save_history(history, paths.history)
+
+    recorder = RunRecorder(paths, history, seed)
+    callbacks = [recorder]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(paths.root / "logs"))
+    if start_epoch < config.epochs:
+        trainee.fit(
+            splits.train_batches(start_epoch, config.epochs),
+            epochs=config.epochs,
+            initial_epoch=start_epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=splits.validation_batches(),
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=verbose,
+        )
+    return _finish(_network(trainee), config, splits, paths, recorder.history, verbose)
+
+
+def _network(trainee: keras.Model) -> keras.Model:
+    """The AlexNet inside a model wrapped for device augmentation (or the model itself)."""
+    inner = [layer for layer in trainee.layers if isinstance(layer, keras.Model)]
+    return inner[0] if "caffe_augment" in {layer.name for layer in trainee.layers} else trainee
+
+
+def _finish(model, config, splits, paths, history, verbose) -> History:
+    start = time.perf_counter()
+    scores = evaluate.evaluate(
+        model, splits.test, crops=config.test_crops, augment=splits.augment, verbose=verbose
+    )
+    final = FinalEvaluation(
+        crops=config.test_crops,
+        top1=scores["top1"],
+        top5=scores["top5"],
+        wall_seconds=time.perf_counter() - start,
+    )
+    _save_atomic(_without_optimizer(model), paths.model)
+    history = dataclasses.replace(history, final=final, status="finished")
+    save_history(history, paths.history)
+    paths.checkpoint.unlink(missing_ok=True)
+    _say(
+        verbose,
+        f"{paths.root}: {config.test_crops}-crop top-1 {final.top1:.2%}, top-5 {final.top5:.2%}",
+    )
+    return history
+
+
+class RunRecorder(keras.callbacks.Callback):
+    """After every epoch: append the epoch to the history, then checkpoint, both atomically.
+
+    The history is written before the checkpoint: a run killed between the two resumes from the
+    older checkpoint and trims the history to it, then redoes that epoch identically.
+    It also reseeds dropout per epoch (so a resumed epoch draws the same masks) and stops the
+    run at the first non-finite loss, before anything of that epoch is written.
+    """
+
+    def __init__(self, paths: RunPaths, history: History, seed: int):
+        super().__init__()
+        self.paths, self.history, self.seed = paths, history, seed
+        self._epoch_start = self._train_seconds = 0.0
+        self._lr = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for layer in model_lib.caffe_layers(self.model).values():
+            if isinstance(layer, keras.layers.Dropout):
+                # Keras counts draws in state[1]; state[0] is the layer's own seed, so layers
+                # stay distinct and each epoch gets its own, non-overlapping range of draws.
+                layer_seed = layer.seed_generator.state.numpy()[0]
+                layer.seed_generator.state.assign([layer_seed, epoch * _DRAWS_PER_EPOCH])
+        self._lr = float(self.model.optimizer.learning_rate)
+        self._epoch_start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise TrainingDiverged(
+                f"the training loss became {loss} in epoch {len(self.history.epochs) + 1}, "
+                f"batch {batch + 1}; {self.paths.checkpoint} keeps the last good epoch "
+                "(lower base_lr with --set base_lr=...)"
+            )
+
+    def on_test_begin(self, logs=None):
+        self._train_seconds = time.perf_counter() - self._epoch_start
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        record = EpochRecord(
+            epoch=epoch + 1,
+            lr=self._lr,
+            train_loss=float(logs["loss"]),
+            train_accuracy=float(logs["accuracy"]),
+            test_accuracy=float(logs["val_accuracy"]),
+            wall_seconds=self._train_seconds,
+        )
+        self.history = dataclasses.replace(self.history, epochs=(*self.history.epochs, record))
+        save_history(self.history, self.paths.history)
+        _save_atomic(self.model, self.paths.checkpoint)
+
+
+def _initial_model(config: RunConfig, splits, weights_path: Path | None, seed: int):
+    if config.mode == "retrain" or (weights_path and config.mode == "full"):
+        source = _load_model(weights_path)
+        if config.mode == "full":
+            _check_classes(source, splits.num_classes, weights_path)
+            return source
+        new = model_lib.replace_classifier(
+            source, splits.num_classes, keep_fc67=config.keep_fc67, init=config.init, seed=seed
+        )
+        _check_size(new, config, weights_path)
+        new.get_layer("features").trainable = False
+        return new
+    return model_lib.build_alexnet(
+        splits.num_classes,
+        config.crop,
+        config.groups,
+        mean=splits.channel_mean,
+        dropout=config.dropout,
+        init=config.init,
+        seed=seed,
+    )
+
+
+def _check_classes(model: keras.Model, num_classes: int, path: Path) -> None:
+    fc8 = model_lib.caffe_layers(model)["fc8"]
+    if fc8.kernel.shape[-1] != num_classes:
+        raise UserError(
+            f"{path}: layer fc8 has shape {tuple(fc8.kernel.shape)}, but the dataset has "
+            f"{num_classes} classes (expected (..., {num_classes})); retrain it instead"
+        )
+
+
+def _check_size(model: keras.Model, config: RunConfig, path: Path) -> None:
+    size = model.input_shape[1]
+    if size != config.crop:
+        raise UserError(
+            f"{path}: the weights take {size}x{size} images, this run crops {config.crop}: "
+            f"use --set crop={size} (and a resize of at least {size})"
+        )
+
+
+def _weights_for(config: RunConfig, weights: str | None, runs_dir, preset: str) -> Path | None:
+    """The pretrained model a run starts from: --weights, else its preset's pretraining run."""
+    if weights:
+        path = Path(weights)
+        if path.is_dir():
+            path = path / MODEL_FILE
+        if not path.is_file():
+            raise UserError(f"--weights {weights}: no such model file (a run dir or a .keras)")
+        return path
+    if config.mode != "retrain":
+        return None
+    default = run_directory(runs_dir, preset, config.pretrained, 0) / MODEL_FILE
+    if not default.is_file():
+        raise UserError(
+            f"retraining needs pretrained weights: run `paper-repro train {config.pretrained} "
+            f"--preset {preset}` first (it writes {default}), or pass --weights FILE.keras "
+            "(for example CaffeNet from `paper-repro import-caffe`)"
+        )
+    return default
+
+
+def _load_model(path: Path) -> keras.Model:
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # any failure to read means the same to the user
+        raise UserError(
+            f"{path}: not a readable Keras model ({type(error).__name__}: {error})"
+        ) from None
+
+
+def _load_checkpoint(path: Path) -> keras.Model:
+    try:
+        return keras.saving.load_model(path, compile=True, safe_mode=True)
+    except Exception as error:  # any failure to read means the same to the user
+        raise UserError(
+            f"{path}: the checkpoint is corrupted ({type(error).__name__}); it was left as it "
+            "is: move it away to resume from scratch, or rerun with --force"
+        ) from None
+
+
+def _save_atomic(model: keras.Model, path: Path) -> None:
+    temporary = path.with_name(f".{path.stem}.partial.keras")
+    model.save(temporary)
+    os.replace(temporary, path)
+
+
+def _without_optimizer(model: keras.Model) -> keras.Model:
+    """The same model, uncompiled: the exported file carries no momentum (half the size)."""
+    clean = keras.Model.from_config(model.get_config())
+    clean.set_weights(model.get_weights())
+    return clean
+
+
+def _previous_history(paths: RunPaths, config: RunConfig, seed: int, force: bool):
+    if force or not paths.history.exists():
+        for stale in (paths.history, paths.checkpoint, paths.model):
+            stale.unlink(missing_ok=True)
+        return None
+    previous = load_history(paths.history)
+    changed = {
+        key: (previous.config.get(key), value)
+        for key, value in config.to_dict().items()
+        if previous.config.get(key) != value
+    }
+    if changed or previous.seed != seed:
+        what = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+        raise UserError(
+            f"{paths.root} was started with other settings ({what or 'seed'}); "
+            "use --force to start it again, or another --runs-dir"
+        )
+    return previous
+
+
+def _prepare_directory(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write the run directory {root}: {error.strerror}") from None
+
+
+def _strategy(name: str) -> tf.distribute.Strategy:
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise UserError("--strategy multi-worker needs TF_CONFIG describing the cluster")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise UserError(f"unknown strategy '{name}'; use one of {', '.join(STRATEGIES)}")
+
+
+def _new_history(experiment, preset, config, seed, weights_path) -> History:
+    return History(
+        experiment=experiment,
+        preset=preset,
+        dataset=config.dataset,
+        mode=config.mode,
+        seed=seed,
+        config=config.to_dict(),
+        provenance=_provenance(weights_path),
+        epochs=(),
+        final=None,
+        status="running",
+    )
+
+
+def _provenance(weights_path: Path | None) -> Provenance:
+    weights = None
+    if weights_path is not None:
+        weights = Weights(str(weights_path), hashlib.sha256(weights_path.read_bytes()).hexdigest())
+    return Provenance(
+        package_version=__version__,
+        versions=_versions(),
+        git_commit=_git_commit(),
+        weights=weights,
+        device=_device(),
+        host=socket.gethostname(),
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _device() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
+    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def _say(verbose: int, message: str) -> None:
+    if verbose:
+        print(message, flush=True)
+
+
+def reproduce(
+    preset: str,
+    *,
+    weights: str | None = None,
+    data_dir: str | None = None,
+    runs_dir: str | os.PathLike = "runs",
+    out: str | os.PathLike = "figures",
+    seed: int = 0,
+    verbose: int = 1,
+) -> list[Path]:
+    """Every experiment of a preset in dependency order, then Table III and Figure 5.
+
+    Finished runs are skipped and interrupted ones resumed, so rerunning after a crash costs only
+    the unfinished work. With ``weights`` (e.g. an imported CaffeNet) pretraining is skipped and
+    every retraining starts from them. The histories are copied to ``OUT/histories/PRESET`` next
+    to the table and figure made from them, so the three can be committed together.
+    """
+    from paper_repro import figures
+    from paper_repro.history import write_atomic
+
+    names = [
+        name
+        for name in experiments.dependency_order(preset)
+        if not (weights and experiments.resolve(name, preset).mode == "pretrain")
+    ]
+    kept = Path(out) / "histories" / preset
+    for number, name in enumerate(names, 1):
+        _say(verbose, f"[{number}/{len(names)}] {name} ({preset})")
+        train(name, preset, weights=weights, data_dir=data_dir, runs_dir=runs_dir, seed=seed,
+              verbose=verbose)  # fmt: skip
+        source = RunPaths(run_directory(runs_dir, preset, name, seed)).history
+        write_atomic(kept / f"{name}.history.json", source.read_bytes())
+    return [*figures.regenerate_tables(kept, out), *figures.regenerate_figures(kept, out)]
