@@ -207,11 +207,13 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         for layer in model_lib.caffe_layers(self.model).values():
-            if isinstance(layer, keras.layers.Dropout):
-                # Keras counts draws in state[1]; state[0] is the layer's own seed, so layers
-                # stay distinct and each epoch gets its own, non-overlapping range of draws.
-                layer_seed = layer.seed_generator.state.numpy()[0]
-                layer.seed_generator.state.assign([layer_seed, epoch * _DRAWS_PER_EPOCH])
+            # Keras counts draws in state[1]; state[0] is the layer's own seed, so layers stay
+            # distinct and each epoch gets its own, non-overlapping range of draws. (A dropout
+            # of rate 0 has no generator.)
+            generator = getattr(layer, "seed_generator", None)
+            if isinstance(layer, keras.layers.Dropout) and generator is not None:
+                layer_seed = generator.state.numpy()[0]
+                generator.state.assign([layer_seed, epoch * _DRAWS_PER_EPOCH])
         self._lr = float(self.model.optimizer.learning_rate)
         self._epoch_start = time.perf_counter()
 

@@ -4,6 +4,7 @@ two devices, divergence and every bad input of the train command."""
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def test_full_training_writes_a_valid_history_and_model(full_smoke):
     assert history.config["train_subset"] == 800 and history.provenance.device
     assert not (run / "checkpoint.keras").exists()
     model = keras.saving.load_model(run / "model.keras", safe_mode=True)
-    assert model.output_shape == (None, 10) and model.optimizer is None
+    assert model.output_shape == (None, 10) and getattr(model, "optimizer", None) is None
 
 
 @REAL_MNIST
@@ -124,7 +125,8 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path):
     subprocess.run(_train_command(tmp_path / "whole"), cwd=REPO, capture_output=True, check=True)
     whole = load_history(tmp_path / "whole" / "smoke" / "full-mnist" / "history.json")
     assert _metrics(load_history(history_file)) == _metrics(whole)
-    assert load_history(history_file).final == whole.final
+    resumed_final = load_history(history_file).final
+    assert (resumed_final.top1, resumed_final.top5) == (whole.final.top1, whole.final.top5)
 
 
 _TWO_DEVICES = """
@@ -151,11 +153,14 @@ def test_two_logical_devices_equal_one(tmp_path):
 
 
 @REAL_MNIST
-def test_nan_loss_stops_the_run_with_a_clear_message(tmp_path):
-    with pytest.raises(TrainingDiverged, match="training loss became nan in epoch 1"):
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_epoch(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"training loss became nan in epoch (\d+)") as error:
         _run(tmp_path, overrides=[*TINY, "base_lr=1e12"])
-    history = load_history(tmp_path / "smoke" / "full-mnist" / "history.json")
-    assert history.status == "running" and not history.epochs
+    bad_epoch = int(re.search(r"epoch (\d+)", str(error.value)).group(1))
+    run = tmp_path / "smoke" / "full-mnist"
+    history = load_history(run / "history.json")
+    assert history.status == "running" and len(history.epochs) == bad_epoch - 1
+    assert (run / "checkpoint.keras").exists() == (bad_epoch > 1)
 
 
 def _cli(*args) -> int:
