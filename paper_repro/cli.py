@@ -8,23 +8,17 @@ modules. Imports happen inside the handlers so that ``--help`` and the TensorFlo
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from paper_repro import __version__
 from paper_repro.errors import UserError
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not for users
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-
-Handler = Callable[[argparse.Namespace], None]
-
-
-def _not_built(command: str, issue: int) -> Handler:
-    def handler(args: argparse.Namespace) -> None:
-        raise UserError(f"'{command}' is planned but not built yet (issue #{issue})")
-
-    return handler
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -63,15 +57,54 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="multi-crop test accuracy of a run or a .keras model")
     p.add_argument("source", help="a run directory or a .keras file")
     p.add_argument("--dataset", help="tfds name or image folder (default: the run's)")
-    p.add_argument("--crops", type=int, choices=(1, 5, 10), default=10)
+    p.add_argument("--crops", type=int, choices=(1, 5, 10), help="default: the run's (10 or 5)")
+    p.add_argument("--split", help="default: the run's test split")
     p.add_argument("--data-dir")
-    p.set_defaults(handler=_not_built("evaluate", 4))
+    p.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from paper_repro.evaluate import evaluate_source
+
+    scores = evaluate_source(
+        args.source,
+        dataset=args.dataset,
+        crops=args.crops,
+        split=args.split,
+        data_dir=args.data_dir,
+    )
+    print(
+        f"{args.source}: {scores['crops']}-crop top-1 {scores['top1']:.2%}, "
+        f"top-5 {scores['top5']:.2%} on {scores['num_examples']} images"
+    )
 
 
 def _add_list(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="experiments, presets and existing runs")
     p.add_argument("--runs-dir", default="runs")
-    p.set_defaults(handler=_not_built("list", 4))
+    p.set_defaults(handler=_list)
+
+
+def _list(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from paper_repro.experiments import PRESETS
+    from paper_repro.history import find_histories, load_history
+
+    for preset, runs in PRESETS.items():
+        print(f"preset {preset}:")
+        for name, config in runs.items():
+            subset = f", {config.train_subset} images" if config.train_subset else ""
+            print(
+                f"  {name:<18} {config.dataset:<13} {config.mode:<8} {config.epochs:>3} epochs, "
+                f"crop {config.crop}{subset}"
+            )
+    found = find_histories(args.runs_dir) if Path(args.runs_dir).is_dir() else []
+    print(f"runs in {args.runs_dir}: {'none' if not found else ''}")
+    for path in found:
+        history = load_history(path)
+        final = f", top-1 {history.final.top1:.2%}" if history.final else ""
+        print(f"  {path.parent}: {history.status}, {len(history.epochs)} epochs{final}")
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:

@@ -8,6 +8,8 @@ cross to the device, as in training.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -121,3 +123,51 @@ def _hits(probabilities: tf.Tensor, labels: tf.Tensor) -> np.ndarray:
     top = tf.math.top_k(probabilities, k=k).indices
     match = tf.equal(top, tf.cast(labels, top.dtype)[:, None]).numpy()
     return np.array([match[:, 0].sum(), match.any(axis=1).sum()], np.int64)
+
+
+def evaluate_source(
+    source: str,
+    *,
+    dataset: str | None = None,
+    crops: int | None = None,
+    split: str | None = None,
+    data_dir: str | None = None,
+    verbose: int = 1,
+) -> dict[str, float | int]:
+    """``paper-repro evaluate``: a run directory or a .keras model on a dataset's test split.
+
+    The run's config supplies what the model was trained with (dataset, class subset, resize,
+    mirroring, number of test crops, test subset and seed, so that a run's recorded accuracy is
+    reproduced); a bare .keras file gets Caffe's 256/227 ratio, and needs ``dataset``.
+    """
+    from paper_repro.data import load_split
+    from paper_repro.export import default_resize, load_source
+    from paper_repro.history import HISTORY_NAME, load_history
+    from paper_repro.model import caffe_layers
+
+    model, config = load_source(source)
+    history = Path(source) / HISTORY_NAME
+    seed = load_history(history).seed if history.is_file() else 0
+    dataset = dataset or config.get("dataset")
+    if not dataset:
+        raise UserError(f"{source} has no run config naming its dataset: pass --dataset NAME")
+    same_data = dataset == config.get("dataset")
+    test, info = load_split(
+        dataset,
+        split or (config.get("test_split", "test") if same_data else "test"),
+        data_dir=data_dir,
+        class_subset=config.get("classes") if same_data else None,
+        subset_size=config.get("test_subset") if same_data and not split else None,
+        seed=seed,
+    )
+    fc8 = caffe_layers(model)["fc8"].kernel.shape
+    if fc8[-1] != info.num_classes:
+        raise UserError(
+            f"{source}: layer fc8 has shape {tuple(fc8)} but {dataset} has {info.num_classes} "
+            "classes; evaluate on the dataset the model was trained for"
+        )
+    size = int(model.input_shape[1])
+    mirror = bool(config.get("mirror", True))
+    augment = AugmentConfig(int(config.get("resize", default_resize(size))), size, mirror)
+    crops = crops or int(config.get("test_crops", 10 if mirror else 5))
+    return evaluate(model, test, crops=crops, augment=augment, verbose=verbose)

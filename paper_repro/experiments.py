@@ -47,11 +47,11 @@ import typing
 from collections.abc import Iterable
 
 from paper_repro.errors import UserError
-from paper_repro.model import INITS
 
 MODES = ("pretrain", "full", "retrain")
 AUGMENT_PLACEMENTS = ("auto", "host", "device")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+INITS = ("gaussian", "xavier")  # model.INITS, repeated so that this module needs no TensorFlow
 
 
 @dataclasses.dataclass(frozen=True)

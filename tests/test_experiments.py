@@ -87,3 +87,15 @@ def test_unknown_experiment_and_preset_list_the_valid_ones():
         resolve("retrain-mnst", "smoke")
     with pytest.raises(UserError, match=r"unknown preset .papr. \(did you mean paper.*mini"):
         resolve("full-mnist", "papr")
+
+
+def test_experiments_and_the_model_agree_on_fillers_and_import_no_tensorflow():
+    import subprocess
+    import sys
+
+    from paper_repro import experiments, model
+
+    assert experiments.INITS == model.INITS
+    code = "import sys, paper_repro.experiments; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -1,0 +1,99 @@
+"""The command line: every planned command, `reproduce --preset smoke`, evaluate and list."""
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from paper_repro import cli
+from paper_repro.history import load_history
+
+REAL_DATA = pytest.mark.skipif(
+    not all(
+        (Path(os.environ.get("TFDS_DATA_DIR", "/nonexistent")) / name).is_dir()
+        for name in ("mnist", "cifar10")
+    ),
+    reason="needs prepared MNIST (mnist/3.0.1) and CIFAR-10 (cifar10/3.0.2) in TFDS_DATA_DIR",
+)
+COMMANDS = ("train", "evaluate", "list", "reproduce", "regenerate-tables", "regenerate-figures",
+            "export", "import-caffe")  # fmt: skip
+
+
+def test_help_lists_every_command_of_the_design():
+    out = subprocess.run(
+        [sys.executable, "-m", "paper_repro.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for command in COMMANDS:
+        assert command in out
+
+
+@pytest.fixture(scope="module")
+def smoke_reproduction(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    code = cli.main(
+        ["reproduce", "--preset", "smoke", "--runs-dir", str(root / "runs"), "--out", str(root)]
+    )
+    return code, root
+
+
+@REAL_DATA
+def test_reproduce_smoke_puts_its_runs_in_the_table_and_figure(smoke_reproduction):
+    code, root = smoke_reproduction
+    assert code == 0
+    kept = root / "histories" / "smoke"
+    full = load_history(kept / "full-mnist.history.json")
+    retrain = load_history(kept / "retrain-mnist.history.json")
+    assert full.status == retrain.status == "finished"
+    rows = list(csv.DictReader((root / "table3.csv").open()))
+    mnist = {r["column"]: r["value"] for r in rows if r["dataset"] == "mnist"}
+    assert float(mnist["Full training"]) == pytest.approx(100 * full.final.top1, abs=0.005)
+    assert float(mnist["Retraining"]) == pytest.approx(100 * retrain.final.top1, abs=0.005)
+    assert f"{100 * full.final.top1:.2f}" in (root / "table3.md").read_text()
+    assert (root / "figure5.png").stat().st_size > 0 and (root / "figure5.pdf").exists()
+
+
+@REAL_DATA
+def test_reproduce_again_skips_finished_runs(smoke_reproduction, capsys):
+    _, root = smoke_reproduction
+    before = (root / "table3.md").read_bytes()
+    args = ["reproduce", "--preset", "smoke", "--runs-dir", str(root / "runs"), "--out", str(root)]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.count("already finished") == 3
+    assert (root / "table3.md").read_bytes() == before
+
+
+@REAL_DATA
+def test_evaluate_a_run_gives_its_recorded_multi_crop_accuracy(smoke_reproduction, capsys):
+    _, root = smoke_reproduction
+    run = root / "runs" / "smoke" / "retrain-mnist"
+    assert cli.main(["evaluate", str(run)]) == 0
+    final = load_history(run / "history.json").final
+    assert f"5-crop top-1 {final.top1:.2%}" in capsys.readouterr().out
+
+
+@REAL_DATA
+def test_evaluate_on_a_dataset_of_another_class_count_names_fc8(smoke_reproduction, capsys):
+    _, root = smoke_reproduction
+    run = root / "runs" / "smoke" / "pretrain-imagenet"  # 5 classes (CIFAR-10's 0-4)
+    assert cli.main(["evaluate", str(run / "model.keras"), "--dataset", "mnist"]) == 2
+    assert "layer fc8 has shape (4096, 5) but mnist has 10 classes" in capsys.readouterr().err
+
+
+@REAL_DATA
+def test_list_shows_presets_and_runs(smoke_reproduction, capsys):
+    _, root = smoke_reproduction
+    assert cli.main(["list", "--runs-dir", str(root / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert "preset mini:" in out and "retrain-cifar100" in out
+    assert "retrain-mnist: finished, 2 epochs, top-1" in out
+
+
+def test_regenerate_without_histories_says_which_command_makes_them(tmp_path, capsys):
+    assert cli.main(["regenerate-tables", "--histories", str(tmp_path)]) == 2
+    assert "paper-repro reproduce --preset mini" in capsys.readouterr().err
