@@ -31,10 +31,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-import paper_repro.model  # noqa: F401  (registers the custom layers that .keras files name)
 from paper_repro.data import AugmentConfig, crop_views
 from paper_repro.errors import UserError
 from paper_repro.history import HISTORY_NAME, load_history
+from paper_repro.model import load_model
 
 # Export format -> the suffix its output must have (a SavedModel is a directory: any name).
 SUFFIXES = {"keras": ".keras", "saved_model": None, "onnx": ".onnx"}
@@ -266,17 +266,10 @@ def load_source(source: str | Path) -> tuple[keras.Model, dict]:
             )
         history = source / HISTORY_NAME
         config = load_history(history).config if history.is_file() else {}
-        return _load_keras(found[0]), config
+        return load_model(found[0]), config
     if source.suffix != ".keras" or not source.is_file():
         raise UserError(f"{source} is neither a run directory nor a .keras file")
-    return _load_keras(source), {}
-
-
-def _load_keras(path: Path) -> keras.Model:
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except (OSError, ValueError) as error:
-        raise UserError(f"cannot load the model {path}: {error}") from error
+    return load_model(source), {}
 
 
 def default_resize(image_size: int) -> int:

@@ -287,6 +287,16 @@ def build_alexnet(
     return keras.Model(inputs, outputs, name=name)
 
 
+def load_model(path, *, compile: bool = False) -> keras.Model:
+    """A saved model (``.keras``), in safe mode: the layers it may use are registered here."""
+    try:
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as error:  # any failure to read means the same to the user
+        raise UserError(
+            f"{path}: not a readable Keras model ({type(error).__name__}: {error})"
+        ) from None
+
+
 def caffe_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
     """The model's layers by Caffe name (conv1 .. fc8, norm1, pool5, ...), looking inside blocks."""
     layers = {}

@@ -246,7 +246,7 @@ class RunRecorder(keras.callbacks.Callback):
 
 def _initial_model(config: RunConfig, splits, weights_path: Path | None, seed: int):
     if config.mode == "retrain" or (weights_path and config.mode == "full"):
-        source = _load_model(weights_path)
+        source = model_lib.load_model(weights_path)
         if config.mode == "full":
             _check_classes(source, splits.num_classes, weights_path)
             return source
@@ -306,22 +306,13 @@ def _weights_for(config: RunConfig, weights: str | None, runs_dir, preset: str) 
     return default
 
 
-def _load_model(path: Path) -> keras.Model:
-    try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as error:  # any failure to read means the same to the user
-        raise UserError(
-            f"{path}: not a readable Keras model ({type(error).__name__}: {error})"
-        ) from None
-
-
 def _load_checkpoint(path: Path) -> keras.Model:
     try:
-        return keras.saving.load_model(path, compile=True, safe_mode=True)
-    except Exception as error:  # any failure to read means the same to the user
+        return model_lib.load_model(path, compile=True)
+    except UserError:
         raise UserError(
-            f"{path}: the checkpoint is corrupted ({type(error).__name__}); it was left as it "
-            "is: move it away to resume from scratch, or rerun with --force"
+            f"{path}: the checkpoint is corrupted; it was left as it is: move it away to resume "
+            "from scratch, or rerun with --force"
         ) from None
 
 

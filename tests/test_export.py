@@ -85,7 +85,10 @@ def test_saved_model_runs_the_paper_pipeline(model, saved_model):
         for images in (rgb, grey):
             result = signatures[name](images=tf.constant(images))
             probabilities = result["probabilities"].numpy()
-            np.testing.assert_allclose(probabilities, _reference(model, images, offsets), atol=1e-5)
+            # At odd native sizes data.resize_and_crop may differ from tf.image.resize by one
+            # grey level in a few pixels in 10^4 (its docstring): ~1e-4 in the probabilities.
+            want = _reference(model, images, offsets)
+            np.testing.assert_allclose(probabilities, want, atol=1e-3)
             top5 = np.argsort(-probabilities, axis=1)[:, :5]
             np.testing.assert_array_equal(result["top5_indices"].numpy(), top5)
             names = result["top5_class_names"].numpy().astype(str)
