@@ -315,3 +315,29 @@ def test_import_caffe_writes_a_safe_keras_file(caffenet_files, tmp_path, capsys)
     np.testing.assert_allclose(
         np.log(reloaded.predict(rgb, verbose=0)), np.log(expected), atol=1e-3
     )
+
+
+@pytest.mark.skipif(
+    not (Path(os.environ.get("TFDS_DATA_DIR", "/nonexistent")) / "mnist").is_dir(),
+    reason="needs prepared MNIST (mnist/3.0.1) in TFDS_DATA_DIR",
+)
+def test_imported_caffenet_is_retrained_directly(caffenet_files, tmp_path):
+    """`paper-repro train retrain-... --weights caffenet.keras`, on a few real MNIST images."""
+    from paper_repro.cli import main
+    from paper_repro.model import caffe_layers
+
+    paths, _, _ = caffenet_files
+    weights = tmp_path / "caffenet.keras"
+    import_caffe(paths[False], weights)
+    overrides = ["resize=256", "crop=227", "epochs=1", "train_subset=40", "test_subset=20",
+                 "batch_size=20"]  # fmt: skip
+    args = ["train", "retrain-mnist", "--preset", "smoke", "--weights", str(weights),
+            "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    assert main([*args, *(a for o in overrides for a in ("--set", o))]) == 0
+    trained = caffe_layers(
+        keras.saving.load_model(tmp_path / "runs/smoke/retrain-mnist/model.keras")
+    )
+    source = caffe_layers(keras.saving.load_model(weights))
+    np.testing.assert_array_equal(trained["conv3"].kernel.numpy(), source["conv3"].kernel.numpy())
+    assert trained["fc8"].kernel.shape == (4096, 10)
+    assert trained["conv1"].input.shape[1:] == (227, 227, 3)
