@@ -226,3 +226,17 @@ def test_changed_settings_on_an_existing_run_are_refused(full_smoke):
     runs, _ = full_smoke
     with pytest.raises(UserError, match=r"started with other settings \(epochs: 2 -> 3\)"):
         train("full-mnist", "smoke", runs_dir=runs, overrides=["epochs=3"], verbose=0)
+
+
+def test_an_experiment_runs_on_a_users_image_folder(image_folder, tmp_path):
+    """`--set dataset=FOLDER`: the paper's "further datasets", here two classes of own images."""
+    rng = np.random.default_rng(0)
+    classes = {name: rng.integers(0, 256, (12, 40, 36, 3)) for name in ("cat", "dog")}
+    image_folder(classes, "train")
+    folder = image_folder(classes, "test")
+    overrides = [f"dataset={folder}", "train_subset=none", "test_subset=none", "batch_size=8",
+                 "epochs=1", "mirror=true", "test_crops=10"]  # fmt: skip
+    history = train("full-mnist", "smoke", runs_dir=tmp_path / "runs", overrides=overrides,
+                    verbose=0)  # fmt: skip
+    assert history.status == "finished" and history.dataset == str(folder)
+    assert history.final.crops == 10 and history.final.top5 == 1.0  # two classes: always in top 5
