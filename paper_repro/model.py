@@ -310,8 +310,11 @@ def caffe_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
     return layers
 
 
-def _describe(model: keras.Model) -> dict:
-    """Arguments of ``build_alexnet`` that reproduce ``model``'s features and preprocessing."""
+def describe(model: keras.Model) -> dict:
+    """Arguments of ``build_alexnet`` that reproduce ``model``'s features and preprocessing.
+
+    Raises ``UserError`` for a model that is not this package's AlexNet.
+    """
     names = {layer.name for layer in model.layers}
     if not {"preprocess", "features", "classifier"} <= names:
         raise UserError(
@@ -344,7 +347,7 @@ def replace_classifier(
     left untouched (weights are copied, not shared); ``init`` fills the fresh layers.
     ``features`` comes back trainable; freezing it is the caller's decision.
     """
-    new = build_alexnet(num_classes, **_describe(model), init=init, seed=seed, name=model.name)
+    new = build_alexnet(num_classes, **describe(model), init=init, seed=seed, name=model.name)
     new.get_layer("features").set_weights(model.get_layer("features").get_weights())
     if keep_fc67:
         old_layers, new_layers = caffe_layers(model), caffe_layers(new)

@@ -103,6 +103,7 @@ def train(
         _say(verbose, f"{paths.root}: already finished (use --force to train it again)")
         return previous
     weights_path = _weights_for(config, weights, runs_dir, preset) if previous is None else None
+    source = _source_model(weights_path, config) if weights_path else None
 
     tf.keras.utils.set_random_seed(seed)
     if not tf.config.list_physical_devices("GPU"):
@@ -110,7 +111,7 @@ def train(
     keras.mixed_precision.set_dtype_policy(config.precision)
     try:
         return _fit(
-            experiment, preset, config, paths, previous, weights_path, data_dir, seed,
+            experiment, preset, config, paths, previous, source, weights_path, data_dir, seed,
             _strategy(strategy), tensorboard, verbose,
         )  # fmt: skip
     finally:
@@ -118,7 +119,7 @@ def train(
 
 
 def _fit(
-    experiment, preset, config, paths, previous, weights_path, data_dir, seed, strategy,
+    experiment, preset, config, paths, previous, source, weights_path, data_dir, seed, strategy,
     tensorboard, verbose,
 ) -> History:  # fmt: skip
     splits = data.load_experiment_data(config, data_dir=data_dir, seed=seed)
@@ -130,7 +131,7 @@ def _fit(
             history = dataclasses.replace(previous, epochs=previous.epochs[:start_epoch])
             _say(verbose, f"{paths.root}: resuming after epoch {start_epoch}")
         else:
-            trainee = splits.training_model(_initial_model(config, splits, weights_path, seed))
+            trainee = splits.training_model(_initial_model(config, splits, source, seed))
             trainee.compile(
                 optimizer=paper_solver(
                     steps_per_epoch, config.base_lr, config.drop_epochs, config.momentum,
@@ -244,45 +245,45 @@ class RunRecorder(keras.callbacks.Callback):
         _save_atomic(self.model, self.paths.checkpoint)
 
 
-def _initial_model(config: RunConfig, splits, weights_path: Path | None, seed: int):
-    if config.mode == "retrain" or (weights_path and config.mode == "full"):
-        source = model_lib.load_model(weights_path)
-        if config.mode == "full":
-            _check_classes(source, splits.num_classes, weights_path)
-            return source
-        new = model_lib.replace_classifier(
-            source, splits.num_classes, keep_fc67=config.keep_fc67, init=config.init, seed=seed
-        )
-        _check_size(new, config, weights_path)
-        new.get_layer("features").trainable = False
-        return new
-    return model_lib.build_alexnet(
-        splits.num_classes,
-        config.crop,
-        config.groups,
-        mean=splits.channel_mean,
-        dropout=config.dropout,
-        init=config.init,
-        seed=seed,
-    )
-
-
-def _check_classes(model: keras.Model, num_classes: int, path: Path) -> None:
-    fc8 = model_lib.caffe_layers(model)["fc8"]
-    if fc8.kernel.shape[-1] != num_classes:
-        raise UserError(
-            f"{path}: layer fc8 has shape {tuple(fc8.kernel.shape)}, but the dataset has "
-            f"{num_classes} classes (expected (..., {num_classes})); retrain it instead"
-        )
-
-
-def _check_size(model: keras.Model, config: RunConfig, path: Path) -> None:
-    size = model.input_shape[1]
+def _source_model(path: Path, config: RunConfig) -> keras.Model:
+    """The pretrained model, checked before any data is loaded: an AlexNet of the run's size."""
+    source = model_lib.load_model(path)
+    size = model_lib.describe(source)["image_size"]
     if size != config.crop:
         raise UserError(
             f"{path}: the weights take {size}x{size} images, this run crops {config.crop}: "
             f"use --set crop={size} (and a resize of at least {size})"
         )
+    return source
+
+
+def _initial_model(config: RunConfig, splits, source: keras.Model | None, seed: int):
+    """Retrain: the source's features and a new classifier, features frozen. Full training: a
+    fresh network, or the source itself when one is given (fine-tuning all layers)."""
+    if source is None:
+        return model_lib.build_alexnet(
+            splits.num_classes,
+            config.crop,
+            config.groups,
+            mean=splits.channel_mean,
+            dropout=config.dropout,
+            init=config.init,
+            seed=seed,
+        )
+    if config.mode != "retrain":
+        fc8 = model_lib.caffe_layers(source)["fc8"].kernel.shape
+        if fc8[-1] != splits.num_classes:
+            raise UserError(
+                f"the weights' layer fc8 has shape {tuple(fc8)}, but the dataset has "
+                f"{splits.num_classes} classes (expected (..., {splits.num_classes})); "
+                "retrain it instead"
+            )
+        return source
+    new = model_lib.replace_classifier(
+        source, splits.num_classes, keep_fc67=config.keep_fc67, init=config.init, seed=seed
+    )
+    new.get_layer("features").trainable = False
+    return new
 
 
 def _weights_for(config: RunConfig, weights: str | None, runs_dir, preset: str) -> Path | None:
