@@ -21,6 +21,12 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+def _add_download(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--download", action="store_true", help="let tfds download a dataset that is missing"
+    )
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one experiment of the paper (full, retrain, pretrain)")
     p.add_argument("experiment", help="e.g. retrain-cifar10; `paper-repro list` shows them all")
@@ -33,6 +39,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="redo a finished run")
     p.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi-worker"))
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to the run")
+    _add_download(p)
     p.set_defaults(handler=_train)
 
 
@@ -50,6 +57,7 @@ def _train(args: argparse.Namespace) -> None:
         force=args.force,
         strategy=args.strategy,
         tensorboard=args.tensorboard,
+        download=args.download,
     )
 
 
@@ -115,6 +123,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="figures", help="where the table and figure go")
     p.add_argument("--weights", help="pretrained model for every retraining (skips pretraining)")
     p.add_argument("--seed", type=int, default=0)
+    _add_download(p)
     p.set_defaults(handler=_reproduce)
 
 
@@ -128,6 +137,7 @@ def _reproduce(args: argparse.Namespace) -> None:
         runs_dir=args.runs_dir,
         out=args.out,
         seed=args.seed,
+        download=args.download,
     )
     _print_paths(paths)
 

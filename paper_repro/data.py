@@ -218,12 +218,12 @@ def _not_prepared_message(builder: tfds.core.DatasetBuilder, data_dir: str) -> s
     where = f"dataset {builder.name} is not prepared in {builder.data_dir}"
     if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
         return (
-            f"{where}; {_manual_instructions(builder.name, data_dir)}, then load it with download"
+            f"{where}; {_manual_instructions(builder.name, data_dir)}, then rerun with --download"
         )
     return (
         f"{where}; prepare it on a machine with network (`tfds build {builder.name} "
         f"--data_dir {data_dir}`) and copy it there, set TFDS_DATA_DIR to a prepared copy, or "
-        f"load it with download"
+        f"rerun with --download (needs a network)"
     )
 
 

@@ -92,9 +92,13 @@ def train(
     force: bool = False,
     strategy: str = "default",
     tensorboard: bool = False,
+    download: bool = False,
     verbose: int = 1,
 ) -> History:
-    """Run (or resume, or skip when finished) one experiment; returns its history."""
+    """Run (or resume, or skip when finished) one experiment; returns its history.
+
+    ``download`` lets tfds download and prepare a dataset that is not in the data directory.
+    """
     config = experiments.resolve(experiment, preset, overrides)
     paths = RunPaths(run_directory(runs_dir, preset, experiment, seed))
     _prepare_directory(paths.root)
@@ -112,7 +116,7 @@ def train(
     try:
         return _fit(
             experiment, preset, config, paths, previous, source, weights_path, data_dir, seed,
-            _strategy(strategy), tensorboard, verbose,
+            _strategy(strategy), tensorboard, download, verbose,
         )  # fmt: skip
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
@@ -120,9 +124,9 @@ def train(
 
 def _fit(
     experiment, preset, config, paths, previous, source, weights_path, data_dir, seed, strategy,
-    tensorboard, verbose,
+    tensorboard, download, verbose,
 ) -> History:  # fmt: skip
-    splits = data.load_experiment_data(config, data_dir=data_dir, seed=seed)
+    splits = data.load_experiment_data(config, data_dir=data_dir, seed=seed, download=download)
     steps_per_epoch = data.steps_per_epoch(splits.train_examples, config.batch_size)
     with strategy.scope():
         if previous is not None and paths.checkpoint.exists():
@@ -447,6 +451,7 @@ def reproduce(
     runs_dir: str | os.PathLike = "runs",
     out: str | os.PathLike = "figures",
     seed: int = 0,
+    download: bool = False,
     verbose: int = 1,
 ) -> list[Path]:
     """Every experiment of a preset in dependency order, then Table III and Figure 5.
@@ -468,7 +473,7 @@ def reproduce(
     for number, name in enumerate(names, 1):
         _say(verbose, f"[{number}/{len(names)}] {name} ({preset})")
         train(name, preset, weights=weights, data_dir=data_dir, runs_dir=runs_dir, seed=seed,
-              verbose=verbose)  # fmt: skip
+              download=download, verbose=verbose)  # fmt: skip
         source = RunPaths(run_directory(runs_dir, preset, name, seed)).history
         write_atomic(kept / f"{name}.history.json", source.read_bytes())
     return [*figures.regenerate_tables(kept, out), *figures.regenerate_figures(kept, out)]
