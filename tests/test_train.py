@@ -240,3 +240,13 @@ def test_an_experiment_runs_on_a_users_image_folder(image_folder, tmp_path):
                     verbose=0)  # fmt: skip
     assert history.status == "finished" and history.dataset == str(folder)
     assert history.final.crops == 10 and history.final.top5 == 1.0  # two classes: always in top 5
+
+
+@REAL_MNIST
+def test_mixed_precision_runs_and_leaves_the_global_policy_alone(tmp_path):
+    history = _run(tmp_path, overrides=[*TINY, "precision=mixed_bfloat16", "epochs=1"])
+    assert history.status == "finished" and np.isfinite(history.epochs[0].train_loss)
+    model = keras.saving.load_model(tmp_path / "smoke/full-mnist/model.keras")
+    assert caffe_layers(model)["conv1"].compute_dtype == "bfloat16"
+    assert caffe_layers(model)["prob"].compute_dtype == "float32"
+    assert keras.mixed_precision.dtype_policy().name == "float32"
