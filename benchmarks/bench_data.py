@@ -26,11 +26,7 @@ import tensorflow as tf
 from benchmarks.timing import machine, measure_alternating, peak_rss_gb, ratio_line, write_json
 from paper_repro import data
 from paper_repro.errors import UserError
-
-try:
-    from paper_repro.model import build_alexnet
-except ImportError:  # the model is built in parallel; the pipeline column stands alone
-    build_alexnet = None
+from paper_repro.model import build_alexnet
 
 PIPELINE_GOAL = 20.0
 FEED_GOAL = 0.95
@@ -93,8 +89,6 @@ def main(argv=None) -> dict:
 
     split, name = source()
     print(f"{machine()}, TF {tf.__version__}, {name}, batch {args.batch}, {args.mode} step")
-    if build_alexnet is None:
-        print("  paper_repro.model.build_alexnet not found: step columns skipped")
     result = {"machine": machine(), "source": name, "mode": args.mode, "sizes": {}}
     for pair in args.sizes.split(","):
         resize, crop = map(int, pair.split("/"))
@@ -103,16 +97,14 @@ def main(argv=None) -> dict:
             split, augment, batch_size=args.batch, num_epochs=EPOCHS, placement="host"
         )
         rates = {"pipeline": pipeline_rate(pipeline, args.pipeline_batches, args.batch)}
-        if build_alexnet is not None:
-            configs = step_configs(pipeline, crop, args)
-            rates.update(measure_alternating(configs, steps=args.steps, repeats=args.repeats))
+        configs = step_configs(pipeline, crop, args)
+        rates.update(measure_alternating(configs, steps=args.steps, repeats=args.repeats))
         result["sizes"][pair] = rates
         print(f"  {pair}: " + ", ".join(f"{k} {v:8.1f} img/s" for k, v in rates.items()))
-        if len(rates) > 1:
-            step = rates["step, synthetic batch"]
-            print(ratio_line(f"{pair} pipeline / step", rates["pipeline"] / step, PIPELINE_GOAL))
-            fed = rates["step, fed by pipeline"] / step
-            print(ratio_line(f"{pair} fed step / synthetic step", fed, FEED_GOAL))
+        step = rates["step, synthetic batch"]
+        print(ratio_line(f"{pair} pipeline / step", rates["pipeline"] / step, PIPELINE_GOAL))
+        fed = rates["step, fed by pipeline"] / step
+        print(ratio_line(f"{pair} fed step / synthetic step", fed, FEED_GOAL))
     result["peak_rss_gb"] = peak_rss_gb()
     print(f"  peak RSS {result['peak_rss_gb']:.2f} GB")
     write_json(result, args.json)
