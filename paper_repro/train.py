@@ -106,7 +106,8 @@ def train(
     if previous is not None and previous.status == "finished":
         _say(verbose, f"{paths.root}: already finished (use --force to train it again)")
         return previous
-    weights_path = _weights_for(config, weights, runs_dir, preset) if previous is None else None
+    resuming = previous is not None and paths.checkpoint.exists()
+    weights_path = None if resuming else _weights_for(config, weights, runs_dir, preset)
     source = _source_model(weights_path, config) if weights_path else None
 
     tf.keras.utils.set_random_seed(seed)
@@ -115,8 +116,8 @@ def train(
     keras.mixed_precision.set_dtype_policy(config.precision)
     try:
         return _fit(
-            experiment, preset, config, paths, previous, source, weights_path, data_dir, seed,
-            _strategy(strategy), tensorboard, download, verbose,
+            experiment, preset, config, paths, previous if resuming else None, source,
+            weights_path, data_dir, seed, _strategy(strategy), tensorboard, download, verbose,
         )  # fmt: skip
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
@@ -129,7 +130,7 @@ def _fit(
     splits = data.load_experiment_data(config, data_dir=data_dir, seed=seed, download=download)
     steps_per_epoch = data.steps_per_epoch(splits.train_examples, config.batch_size)
     with strategy.scope():
-        if previous is not None and paths.checkpoint.exists():
+        if previous is not None:
             trainee = _load_checkpoint(paths.checkpoint)
             start_epoch = int(trainee.optimizer.iterations.numpy()) // steps_per_epoch
             history = dataclasses.replace(previous, epochs=previous.epochs[:start_epoch])

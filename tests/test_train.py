@@ -17,6 +17,7 @@ import pytest
 
 from paper_repro import cli
 from paper_repro.errors import UserError
+from paper_repro.experiments import resolve
 from paper_repro.history import load_history, save_history
 from paper_repro.model import build_alexnet, caffe_layers
 from paper_repro.train import TrainingDiverged, train
@@ -64,8 +65,14 @@ def test_full_training_writes_a_valid_history_and_model(full_smoke):
 
 @REAL_MNIST
 def test_retraining_keeps_the_features_and_trains_the_classifier(full_smoke, tmp_path):
-    runs, _ = full_smoke
+    runs, full = full_smoke
     weights = runs / "smoke" / "full-mnist" / "model.keras"
+    # As if killed in its first epoch, before any checkpoint: the rerun must still retrain.
+    started = dataclasses.replace(
+        full, experiment="retrain-mnist", mode="retrain", epochs=(), final=None, status="running",
+        config=resolve("retrain-mnist", "smoke").to_dict(),
+    )  # fmt: skip
+    save_history(started, tmp_path / "smoke" / "retrain-mnist" / "history.json")
     history = train("retrain-mnist", "smoke", weights=str(weights), runs_dir=tmp_path, verbose=0)
     source = caffe_layers(keras.saving.load_model(weights))
     result = caffe_layers(keras.saving.load_model(tmp_path / "smoke/retrain-mnist/model.keras"))
