@@ -16,6 +16,7 @@ produces the same history as one that was never interrupted (on CPU, where ops a
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -417,18 +418,26 @@ def _versions() -> dict[str, str]:
     return found
 
 
+@functools.cache
 def _git_commit() -> str | None:
+    """The commit of the code this process imported (read once: a long ``reproduce`` keeps
+    running the code it started with while the checkout moves on), ``+dirty`` with local edits."""
+    package = Path(__file__).parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=package, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.CalledProcessError):
         return None
-    return out.stdout.strip() or None
+    return f"{commit}+dirty" if dirty else commit or None
+
+
+_git_commit()
 
 
 def _device() -> str:
