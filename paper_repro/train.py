@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import math
 import os
 import platform
@@ -154,7 +155,7 @@ def _fit(
     recorder = RunRecorder(paths, history, seed)
     callbacks = [recorder]
     if tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(paths.root / "logs"))
+        callbacks.append(_tensorboard(paths.root / "logs"))
     if start_epoch < config.epochs:
         trainee.fit(
             splits.train_batches(start_epoch, config.epochs),
@@ -167,6 +168,12 @@ def _fit(
             verbose=verbose,
         )
     return _finish(_network(trainee), config, splits, paths, recorder.history, verbose)
+
+
+def _tensorboard(log_dir: Path) -> keras.callbacks.TensorBoard:
+    if importlib.util.find_spec("tensorboard") is None:
+        raise UserError("--tensorboard needs TensorBoard: pip install 'paper_repro[tensorboard]'")
+    return keras.callbacks.TensorBoard(log_dir)
 
 
 def _network(trainee: keras.Model) -> keras.Model:

@@ -250,8 +250,10 @@ def test_an_experiment_runs_on_a_users_image_folder(image_folder, tmp_path):
 
 
 @REAL_MNIST
-def test_mixed_precision_runs_and_leaves_the_global_policy_alone(tmp_path):
-    history = _run(tmp_path, overrides=[*TINY, "precision=mixed_bfloat16", "epochs=1"])
+def test_mixed_precision_and_tensorboard_logs(tmp_path):
+    overrides = [*TINY, "precision=mixed_bfloat16", "epochs=1"]
+    history = _run(tmp_path, overrides=overrides, tensorboard=True)
+    assert list((tmp_path / "smoke/full-mnist/logs").rglob("events.out.tfevents.*"))
     assert history.status == "finished" and np.isfinite(history.epochs[0].train_loss)
     model = keras.saving.load_model(tmp_path / "smoke/full-mnist/model.keras")
     assert caffe_layers(model)["conv1"].compute_dtype == "bfloat16"
