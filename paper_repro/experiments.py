@@ -30,7 +30,7 @@ mini
     ln(classes) -- 3 epochs of 6,000 MNIST images stayed at chance -- so mini uses Caffe's
     ``xavier`` filler (83 % after 2 such epochs); and with it CaffeNet's pretraining lr 0.01 gives
     NaN in the first epoch, so mini also pretrains with the paper's solver (lr 0.001). Cost: about
-    40 minutes on a 2-core CPU. Results: README ("Results") and figures/.
+    42 minutes on an idle 2-core CPU (measured). Results: README ("Results") and figures/.
 
 smoke
     ``paper-repro reproduce --preset smoke`` -- for tests: mini's settings on 800 training and 200
