@@ -36,9 +36,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from paper_repro.errors import UserError
+from paper_repro.history import CROPS
 
 PLACEMENTS = ("auto", "host", "device")
-CROPS = (1, 5, 10)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_TFDS_DIR = "~/tensorflow_datasets"
 IMAGENET_MANUAL_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")

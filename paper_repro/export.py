@@ -33,14 +33,14 @@ import tensorflow as tf
 
 from paper_repro.data import AugmentConfig, crop_views
 from paper_repro.errors import UserError
-from paper_repro.history import HISTORY_NAME, load_history
+from paper_repro.history import CHECKPOINT_NAME, HISTORY_NAME, MODEL_NAME, load_history
 from paper_repro.model import load_model
 
 # Export format -> the suffix its output must have (a SavedModel is a directory: any name).
 SUFFIXES = {"keras": ".keras", "saved_model": None, "onnx": ".onnx"}
 TOP_K = 5
 # Run-directory files the model is taken from, in order of preference.
-RUN_MODEL_FILES = ("model.keras", "checkpoint.keras")
+RUN_MODEL_FILES = (MODEL_NAME, CHECKPOINT_NAME)
 # Caffe's test-time geometry: resize 256, crop 227. A model of another input size without a run
 # config gets the same ratio.
 CAFFE_RESIZE, CAFFE_CROP = 256, 227

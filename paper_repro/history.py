@@ -25,6 +25,9 @@ MODES = ("full", "retrain", "pretrain")
 STATUSES = ("running", "finished")
 CROPS = (1, 5, 10)
 HISTORY_NAME = "history.json"
+# The other files of a run directory, written by training and read by export and evaluate.
+CHECKPOINT_NAME = "checkpoint.keras"
+MODEL_NAME = "model.keras"
 HISTORY_SUFFIX = ".history.json"
 _INF = float("inf")
 

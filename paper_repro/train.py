@@ -38,6 +38,9 @@ from paper_repro import model as model_lib
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 from paper_repro.history import (
+    CHECKPOINT_NAME,
+    HISTORY_NAME,
+    MODEL_NAME,
     EpochRecord,
     FinalEvaluation,
     History,
@@ -48,9 +51,6 @@ from paper_repro.history import (
 )
 from paper_repro.solver import paper_solver
 
-HISTORY_FILE = "history.json"
-CHECKPOINT_FILE = "checkpoint.keras"
-MODEL_FILE = "model.keras"
 STRATEGIES = ("default", "mirrored", "multi-worker")
 _DRAWS_PER_EPOCH = 2**20  # dropout draws reserved per epoch: one per layer and step
 _VERSIONED = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy")
@@ -66,15 +66,15 @@ class RunPaths:
 
     @property
     def history(self) -> Path:
-        return self.root / HISTORY_FILE
+        return self.root / HISTORY_NAME
 
     @property
     def checkpoint(self) -> Path:
-        return self.root / CHECKPOINT_FILE
+        return self.root / CHECKPOINT_NAME
 
     @property
     def model(self) -> Path:
-        return self.root / MODEL_FILE
+        return self.root / MODEL_NAME
 
 
 def run_directory(runs_dir: str | os.PathLike, preset: str, experiment: str, seed: int) -> Path:
@@ -304,13 +304,13 @@ def _weights_for(config: RunConfig, weights: str | None, runs_dir, preset: str) 
     if weights:
         path = Path(weights)
         if path.is_dir():
-            path = path / MODEL_FILE
+            path = path / MODEL_NAME
         if not path.is_file():
             raise UserError(f"--weights {weights}: no such model file (a run dir or a .keras)")
         return path
     if config.mode != "retrain":
         return None
-    default = run_directory(runs_dir, preset, config.pretrained, 0) / MODEL_FILE
+    default = run_directory(runs_dir, preset, config.pretrained, 0) / MODEL_NAME
     if not default.is_file():
         raise UserError(
             f"retraining needs pretrained weights: run `paper-repro train {config.pretrained} "
