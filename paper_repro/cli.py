@@ -27,6 +27,16 @@ def _add_download(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cache_features(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-features",
+        action="store_true",
+        help="retrain runs: compute the frozen features once per view (10 crops) and train the "
+        "classifier on them (cache under RUNS_DIR/feature-cache; --set cache_dtype=float16, "
+        "--set cache_views=5)",
+    )
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one experiment of the paper (full, retrain, pretrain)")
     p.add_argument("experiment", help="e.g. retrain-cifar10; `paper-repro list` shows them all")
@@ -39,6 +49,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="redo a finished run")
     p.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi-worker"))
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to the run")
+    _add_cache_features(p)
     _add_download(p)
     p.set_defaults(handler=_train)
 
@@ -53,7 +64,7 @@ def _train(args: argparse.Namespace) -> None:
         data_dir=args.data_dir,
         runs_dir=args.runs_dir,
         seed=args.seed,
-        overrides=args.overrides,
+        overrides=[*args.overrides, *(["cache_features=true"] if args.cache_features else [])],
         force=args.force,
         strategy=args.strategy,
         tensorboard=args.tensorboard,
@@ -123,6 +134,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="figures", help="where the table and figure go")
     p.add_argument("--weights", help="pretrained model for every retraining (skips pretraining)")
     p.add_argument("--seed", type=int, default=0)
+    _add_cache_features(p)
     _add_download(p)
     p.set_defaults(handler=_reproduce)
 
@@ -137,6 +149,7 @@ def _reproduce(args: argparse.Namespace) -> None:
         runs_dir=args.runs_dir,
         out=args.out,
         seed=args.seed,
+        cache_features=args.cache_features,
         download=args.download,
     )
     _print_paths(paths)
@@ -154,13 +167,27 @@ def _add_regenerate(sub: argparse._SubParsersAction) -> None:
         )
         p.add_argument("--out", default="figures")
         p.add_argument("--allow-mixed-presets", action="store_true")
+        if what == "tables":
+            p.add_argument(
+                "--target",
+                type=_percent,
+                help="time-to-accuracy target, in %% (default: the best accuracy all modes reach)",
+            )
         p.set_defaults(handler=_regenerate_tables if what == "tables" else _regenerate_figures)
+
+
+def _percent(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"must be a percentage in (0, 100], got {text}")
+    return value / 100
 
 
 def _regenerate_tables(args: argparse.Namespace) -> None:
     from paper_repro.figures import regenerate_tables
 
-    _print_paths(regenerate_tables(args.histories, args.out, args.allow_mixed_presets))
+    paths = regenerate_tables(args.histories, args.out, args.allow_mixed_presets, args.target)
+    _print_paths(paths)
 
 
 def _regenerate_figures(args: argparse.Namespace) -> None:

@@ -526,13 +526,19 @@ def view_offsets(augment: AugmentConfig, crops: int) -> list[tuple[int, int, boo
     return five + [(y, x, True) for y, x, _ in five] if crops == 10 else five
 
 
-def crop_views(images: tf.Tensor, augment: AugmentConfig, crops: int) -> list[tf.Tensor]:
-    """The test views of a uint8 batch, each through ``resize_and_crop`` like training crops."""
+def crop_views(
+    images: tf.Tensor, augment: AugmentConfig, crops: int | Sequence[tuple[int, int, bool]]
+) -> list[tf.Tensor]:
+    """The views of a uint8 batch, each through ``resize_and_crop`` like training crops.
+
+    ``crops``: 1, 5 or 10 test views (``view_offsets``), or the (row, column, mirrored) offsets.
+    """
     images = tf.convert_to_tensor(images)
     ones = tf.ones(tf.shape(images)[:1], tf.int64)
+    offsets = view_offsets(augment, crops) if isinstance(crops, int) else crops
     return [
         resize_and_crop(images, row * ones, col * ones, tf.fill(tf.shape(ones), mirrored), augment)
-        for row, col, mirrored in view_offsets(augment, crops)
+        for row, col, mirrored in offsets
     ]
 
 
@@ -641,7 +647,7 @@ def train_dataset(
         )
     where = resolve_placement(placement)
     epoch_batches = _epoch_batches(
-        _uniform_size(dataset, augment), batch_size, seed, in_memory_bytes
+        uniform_size(dataset, augment), batch_size, seed, in_memory_bytes
     )
 
     def one_epoch(epoch: int) -> tf.data.Dataset:
@@ -653,7 +659,7 @@ def train_dataset(
     # Epochs are chained in Python, not by flat_map over a range: tf.data's shuffle takes its seed
     # as a Python value, and chaining keeps the total number of batches known to Keras.
     epochs = [one_epoch(e) for e in range(first_epoch, first_epoch + num_epochs)]
-    return _finish(functools.reduce(tf.data.Dataset.concatenate, epochs))
+    return finish_pipeline(functools.reduce(tf.data.Dataset.concatenate, epochs))
 
 
 def eval_dataset(
@@ -665,7 +671,7 @@ def eval_dataset(
     label)`` for ``with_device_augmentation``, whose layer centre-crops outside training.
     """
     _check_batching(dataset, batch_size)
-    batches = _uniform_size(dataset, augment).batch(batch_size)
+    batches = uniform_size(dataset, augment).batch(batch_size)
     if resolve_placement(placement) == "host":
         pairs = batches.map(
             lambda b: (crop_views(b["image"], augment, 1)[0], b["label"]),
@@ -673,7 +679,7 @@ def eval_dataset(
         )
     else:
         pairs = batches.map(lambda b: ({"image": b["image"], "key": b["index"]}, b["label"]))
-    return _finish(pairs)
+    return finish_pipeline(pairs)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -688,7 +694,7 @@ def _check_batching(dataset: tf.data.Dataset, batch_size: int) -> None:
         raise UserError("the dataset must come from load_split (its number of examples is known)")
 
 
-def _uniform_size(dataset: tf.data.Dataset, augment: AugmentConfig) -> tf.data.Dataset:
+def uniform_size(dataset: tf.data.Dataset, augment: AugmentConfig) -> tf.data.Dataset:
     """Images of varying size can only be batched once resized: do Caffe's resize per image.
 
     Fixed-size datasets stay at their native size, so the resize happens batched (or on device).
@@ -709,11 +715,8 @@ def _epoch_batches(dataset: tf.data.Dataset, batch_size: int, seed: int, in_memo
         arrays = {k: tf.constant(v) for k, v in _materialise(dataset, count).items()}
 
         def in_memory(epoch: int) -> tf.data.Dataset:
-            order = tf.random.experimental.stateless_shuffle(
-                tf.range(count, dtype=tf.int64), seed=[seed, epoch], alg="philox"
-            )
             return (
-                tf.data.Dataset.from_tensor_slices(order)
+                tf.data.Dataset.from_tensor_slices(epoch_order(count, seed, epoch))
                 .batch(batch_size)
                 .map(lambda idx: {k: tf.gather(v, idx) for k, v in arrays.items()})
             )
@@ -729,6 +732,13 @@ def _epoch_batches(dataset: tf.data.Dataset, batch_size: int, seed: int, in_memo
     return streamed
 
 
+def epoch_order(count: int, seed: int, epoch: int) -> tf.Tensor:
+    """The positions ``0 .. count - 1`` in epoch ``epoch``'s order: a function of (seed, epoch)."""
+    return tf.random.experimental.stateless_shuffle(
+        tf.range(count, dtype=tf.int64), seed=[seed, epoch], alg="philox"
+    )
+
+
 def _materialise(dataset: tf.data.Dataset, count: int) -> dict[str, np.ndarray]:
     """Decode a split once into arrays (uint8 images, labels, indices) without a second copy."""
     spec = dataset.element_spec
@@ -741,7 +751,8 @@ def _materialise(dataset: tf.data.Dataset, count: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _finish(dataset: tf.data.Dataset) -> tf.data.Dataset:
+def finish_pipeline(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Deterministic order and prefetching: the end of every pipeline that feeds a model."""
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

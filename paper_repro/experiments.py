@@ -52,6 +52,7 @@ MODES = ("pretrain", "full", "retrain")
 AUGMENT_PLACEMENTS = ("auto", "host", "device")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 INITS = ("gaussian", "xavier")  # model.INITS, repeated so that this module needs no TensorFlow
+CACHE_DTYPES = ("float32", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +84,10 @@ class RunConfig:
     pretrained: str | None = None
     augment_on: str = "auto"
     precision: str = "float32"
+    jit_compile: bool = False
+    cache_features: bool = False
+    cache_views: int = 10
+    cache_dtype: str = "float32"
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
@@ -90,6 +95,13 @@ class RunConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("init", self.init, INITS)
         _check_choice("test_crops", self.test_crops, (1, 5, 10))
+        _check_choice("cache_views", self.cache_views, (1, 5, 10))
+        _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
+        if self.cache_features and self.mode != "retrain":
+            raise UserError(
+                f"cache_features needs frozen features, so only retrain runs can use it; "
+                f"this run's mode is {self.mode}: drop --cache-features"
+            )
         for name in ("epochs", "batch_size", "resize", "crop"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -80,6 +80,17 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class CacheRecord:
+    """The feature caches a ``--cache-features`` run trained from (directory names) and their
+    build time, counted also when a run reuses them: it is part of that mode's time to accuracy."""
+
+    train: str
+    test: str
+    build_seconds: float
+    reused: bool
+
+
+@dataclass(frozen=True)
 class History:
     """A run's whole record. Training extends it with ``dataclasses.replace`` and saves it."""
 
@@ -93,11 +104,14 @@ class History:
     epochs: tuple[EpochRecord, ...]
     final: FinalEvaluation | None
     status: str
+    cache: CacheRecord | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, keys in schema order so that saved files diff cleanly."""
         data = asdict(self)
         data["epochs"] = list(data["epochs"])
+        if data["cache"] is None:  # uncached runs keep the files they had before caching existed
+            del data["cache"]
         return {"schema": SCHEMA, **data}
 
     @classmethod
@@ -204,11 +218,14 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _object(value: Any, where: _Field, keys: tuple[str, ...]) -> Mapping[str, Any]:
-    """A JSON object with exactly these keys: an unknown key is usually a misspelt known one."""
+def _object(
+    value: Any, where: _Field, keys: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> Mapping[str, Any]:
+    """A JSON object with exactly these keys (``optional`` ones may be missing: fields added
+    to the schema later): an unknown key is usually a misspelt known one."""
     value = _mapping(value, where)
     for key in keys:
-        if key not in value:
+        if key not in value and key not in optional:
             where.key(key).fail("is missing")
     for key in value:
         if key not in keys:
@@ -266,7 +283,7 @@ def _seconds(value: Any, where: _Field) -> float:
 
 
 def _read_history(data: Any, where: _Field) -> History:
-    data = _object(data, where, ("schema", *History.__dataclass_fields__))
+    data = _object(data, where, ("schema", *History.__dataclass_fields__), optional=("cache",))
     if data["schema"] != SCHEMA:
         where.key("schema").fail(f"must be {_show(SCHEMA)}, got {_show(data['schema'])}")
     status = _choice(data["status"], where.key("status"), STATUSES)
@@ -290,6 +307,21 @@ def _read_history(data: Any, where: _Field) -> History:
         ),
         final=None if final is None else _read_final(final, where.key("final")),
         status=status,
+        cache=_read_cache(data.get("cache"), where.key("cache")),
+    )
+
+
+def _read_cache(data: Any, where: _Field) -> CacheRecord | None:
+    if data is None:
+        return None
+    data = _object(data, where, tuple(CacheRecord.__dataclass_fields__))
+    if not isinstance(data["reused"], bool):
+        where.key("reused").fail(f"must be true or false, got {_show(data['reused'])}")
+    return CacheRecord(
+        train=_string(data["train"], where.key("train")),
+        test=_string(data["test"], where.key("test")),
+        build_seconds=_seconds(data["build_seconds"], where.key("build_seconds")),
+        reused=data["reused"],
     )
 
 

@@ -13,6 +13,12 @@ The model is three layers deep at the top, so that the paper's retraining is one
 
 Everything Caffe defines differently from Keras is written here and says so: the LRN (Caffe
 divides alpha by the window size), the grouped convolution's fast path, Caffe's initialisation.
+
+The module runs on any Keras 3 backend. TensorFlow is imported only when it is Keras' backend, and
+two layers then call TensorFlow's fused kernels (the LRN, the grouped convolution) for speed; other
+backends (JAX, for the GPU benchmark on a machine without TensorFlow) get portable ``keras.ops``
+code with the same results.
+
 Input sizes: the stack takes 67 + 32k pixels (227 for the paper, 67..195 for quick runs); those are
 also the sizes at which Keras' floor-mode pooling equals Caffe's ceil mode.
 """
@@ -23,9 +29,14 @@ import functools
 from collections.abc import Sequence
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from paper_repro.errors import UserError
+
+# TensorFlow only where Keras runs on it: the TF-only fast paths below are never reached otherwise.
+TENSORFLOW_BACKEND = keras.backend.backend() == "tensorflow"
+if TENSORFLOW_BACKEND:
+    import tensorflow as tf
 
 PAPER_IMAGE_SIZE = 227
 MIN_IMAGE_SIZE = 67
@@ -74,11 +85,11 @@ class CaffePreprocessing(keras.layers.Layer):
         self.scale = float(scale)
 
     def call(self, images):
-        x = tf.cast(images, self.compute_dtype)
+        x = ops.cast(images, self.compute_dtype)
         if self.bgr:
-            x = tf.reverse(x, axis=[-1])
-        x = x - tf.constant(self.mean, dtype=self.compute_dtype)
-        return x * self.scale if self.scale != 1.0 else x
+            x = ops.flip(x, axis=-1)
+        x = ops.subtract(x, ops.convert_to_tensor(self.mean, dtype=self.compute_dtype))
+        return ops.multiply(x, self.scale) if self.scale != 1.0 else x
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -91,9 +102,12 @@ class CaffePreprocessing(keras.layers.Layer):
 class LocalResponseNormalization(keras.layers.Layer):
     """Caffe's across-channel LRN: ``x / (k + alpha/size * sum_{size channels} x^2) ** beta``.
 
-    Keras has no LRN layer. TensorFlow's op takes a half-width and does not divide alpha by the
-    window, so Caffe's (size 5, alpha 1e-4) is ``depth_radius=2, alpha=2e-5`` there; this layer
-    takes Caffe's parameters and does that conversion in one place.
+    Keras has no LRN layer, so there are two implementations of the same formula. On the
+    TensorFlow backend ``call`` uses TensorFlow's fused LRN kernel (``tensorflow_lrn``), the fast
+    one there; its op takes a half-width and does not divide alpha by the window, so Caffe's
+    (size 5, alpha 1e-4) is ``depth_radius=2, alpha=2e-5`` there, converted here in one place.
+    Other backends have no such kernel and use ``portable_lrn``, plain ``keras.ops`` that XLA fuses.
+    Both compute in float32 (also under mixed precision) and return the input's dtype.
     """
 
     def __init__(
@@ -105,7 +119,12 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.size, self.alpha, self.beta, self.k = int(size), float(alpha), float(beta), float(k)
 
     def call(self, inputs):
-        # TF's LRN kernel is float32-only on CPU; mixed precision computes it in float32.
+        if TENSORFLOW_BACKEND:
+            return self.tensorflow_lrn(inputs)
+        return self.portable_lrn(inputs)
+
+    def tensorflow_lrn(self, inputs):
+        """TensorFlow's fused kernel (float32-only on CPU): the TF backend's fast path."""
         x = tf.cast(inputs, tf.float32)
         y = tf.nn.local_response_normalization(
             x,
@@ -115,6 +134,17 @@ class LocalResponseNormalization(keras.layers.Layer):
             beta=self.beta,
         )
         return tf.cast(y, inputs.dtype)
+
+    def portable_lrn(self, inputs):
+        """Caffe's formula in ``keras.ops`` for any backend: channels zero-padded at the edges."""
+        x = ops.cast(inputs, "float32")
+        half, channels = self.size // 2, x.shape[-1]
+        squared = ops.pad(ops.square(x), [(0, 0)] * (len(x.shape) - 1) + [(half, half)])
+        window = squared[..., 0:channels]
+        for i in range(1, self.size):
+            window = window + squared[..., i : i + channels]
+        scale = ops.power(self.k + (self.alpha / self.size) * window, self.beta)
+        return ops.cast(x / scale, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -134,8 +164,11 @@ def grouped_convolution_is_native() -> bool:
     """Whether ``tf.nn.convolution`` runs a grouped kernel on this machine's default device.
 
     It does on GPUs and on CPUs with oneDNN (TensorFlow's default); with
-    ``TF_ENABLE_ONEDNN_OPTS=0`` the CPU kernel refuses grouped convolutions.
+    ``TF_ENABLE_ONEDNN_OPTS=0`` the CPU kernel refuses grouped convolutions. Never on backends
+    other than TensorFlow.
     """
+    if not TENSORFLOW_BACKEND:
+        return False
     try:
         tf.nn.convolution(tf.zeros((1, 3, 3, 4)), tf.zeros((1, 1, 2, 2)))
     except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
@@ -145,12 +178,13 @@ def grouped_convolution_is_native() -> bool:
 
 @keras.saving.register_keras_serializable(package="paper_repro")
 class GroupedConv2D(keras.layers.Conv2D):
-    """Conv2D whose grouped convolution calls ``tf.nn.convolution`` directly.
+    """Conv2D whose grouped convolution calls ``tf.nn.convolution`` directly on the TF backend.
 
     Keras routes every grouped convolution on the TF backend through an XLA-compiled function,
     about 4.5x slower for AlexNet training on a CPU than TensorFlow's own grouped kernel with the
-    same weights and gradients. Where that kernel is missing this falls back to Keras' op, so the
-    layer is always correct and fast where it can be. Kernel layout is Keras' (and Caffe's):
+    same weights and gradients. Where that kernel is missing, and on every other backend (JAX's
+    convolution is grouped natively), this falls back to Keras' op, so the layer is always correct
+    and fast where it can be. Kernel layout is Keras' (and Caffe's):
     output group ``g`` sees input channels ``g*C/G .. (g+1)*C/G``.
     """
 

@@ -33,13 +33,14 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from paper_repro import __version__, data, evaluate, experiments
+from paper_repro import __version__, cache, data, evaluate, experiments
 from paper_repro import model as model_lib
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 from paper_repro.history import (
     CHECKPOINT_NAME,
     HISTORY_NAME,
+    HISTORY_SUFFIX,
     MODEL_NAME,
     EpochRecord,
     FinalEvaluation,
@@ -77,8 +78,11 @@ class RunPaths:
         return self.root / MODEL_NAME
 
 
-def run_directory(runs_dir: str | os.PathLike, preset: str, experiment: str, seed: int) -> Path:
-    suffix = f"-seed{seed}" if seed else ""
+def run_directory(
+    runs_dir: str | os.PathLike, preset: str, experiment: str, seed: int, cached: bool = False
+) -> Path:
+    """``RUNS/PRESET/EXPERIMENT[-cached][-seedN]``: a cached retraining is a run of its own."""
+    suffix = ("-cached" if cached else "") + (f"-seed{seed}" if seed else "")
     return Path(runs_dir) / preset / f"{experiment}{suffix}"
 
 
@@ -102,14 +106,19 @@ def train(
     ``download`` lets tfds download and prepare a dataset that is not in the data directory.
     """
     config = experiments.resolve(experiment, preset, overrides)
-    paths = RunPaths(run_directory(runs_dir, preset, experiment, seed))
+    paths = RunPaths(run_directory(runs_dir, preset, experiment, seed, config.cache_features))
     _prepare_directory(paths.root)
     previous = _previous_history(paths, config, seed, force)
     if previous is not None and previous.status == "finished":
         _say(verbose, f"{paths.root}: already finished (use --force to train it again)")
         return previous
     resuming = previous is not None and paths.checkpoint.exists()
-    weights_path = None if resuming else _weights_for(config, weights, runs_dir, preset)
+    # A cached run checkpoints only its classifier: resuming it needs the features again.
+    weights_path = None
+    if not resuming or config.cache_features:
+        weights_path = _weights_for(config, weights, runs_dir, preset)
+    if resuming and weights_path:
+        _check_same_weights(previous, weights_path)
     source = _source_model(weights_path, config) if weights_path else None
 
     tf.keras.utils.set_random_seed(seed)
@@ -119,26 +128,37 @@ def train(
     try:
         return _fit(
             experiment, preset, config, paths, previous if resuming else None, source,
-            weights_path, data_dir, seed, _strategy(strategy), tensorboard, download, verbose,
+            weights_path, data_dir, runs_dir, seed, _strategy(strategy), tensorboard, download,
+            verbose,
         )  # fmt: skip
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
 
 
 def _fit(
-    experiment, preset, config, paths, previous, source, weights_path, data_dir, seed, strategy,
-    tensorboard, download, verbose,
+    experiment, preset, config, paths, previous, source, weights_path, data_dir, runs_dir, seed,
+    strategy, tensorboard, download, verbose,
 ) -> History:  # fmt: skip
     splits = data.load_experiment_data(config, data_dir=data_dir, seed=seed, download=download)
     steps_per_epoch = data.steps_per_epoch(splits.train_examples, config.batch_size)
     with strategy.scope():
+        network, feeds = None, splits
+        if previous is None or config.cache_features:
+            network = _initial_model(config, splits, source, seed)
+        if config.cache_features:
+            feeds = cache.for_experiment(runs_dir, network, splits, config, verbose)
         if previous is not None:
             trainee = _load_checkpoint(paths.checkpoint)
             start_epoch = int(trainee.optimizer.iterations.numpy()) // steps_per_epoch
             history = dataclasses.replace(previous, epochs=previous.epochs[:start_epoch])
             _say(verbose, f"{paths.root}: resuming after epoch {start_epoch}")
         else:
-            trainee = splits.training_model(_initial_model(config, splits, source, seed))
+            # Cached: the classifier block alone is trained, on the cached pool5 outputs.
+            trainee = (
+                network.get_layer("classifier")
+                if config.cache_features
+                else splits.training_model(network)
+            )
             trainee.compile(
                 optimizer=paper_solver(
                     steps_per_epoch, config.base_lr, config.drop_epochs, config.momentum,
@@ -146,10 +166,12 @@ def _fit(
                 ),
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"],
-                jit_compile=False,
+                jit_compile=config.jit_compile,
             )  # fmt: skip
             start_epoch = 0
             history = _new_history(experiment, preset, config, seed, weights_path)
+    if config.cache_features and history.cache is None:
+        history = dataclasses.replace(history, cache=feeds.record)
     save_history(history, paths.history)
 
     recorder = RunRecorder(paths, history, seed)
@@ -158,16 +180,17 @@ def _fit(
         callbacks.append(_tensorboard(paths.root / "logs"))
     if start_epoch < config.epochs:
         trainee.fit(
-            splits.train_batches(start_epoch, config.epochs),
+            feeds.train_batches(start_epoch, config.epochs),
             epochs=config.epochs,
             initial_epoch=start_epoch,
             steps_per_epoch=steps_per_epoch,
-            validation_data=splits.validation_batches(),
+            validation_data=feeds.validation_batches(),
             callbacks=callbacks,
             shuffle=False,
             verbose=verbose,
         )
-    return _finish(_network(trainee), config, splits, paths, recorder.history, verbose)
+    trained = _with_classifier(network, trainee) if config.cache_features else _network(trainee)
+    return _finish(trained, config, splits, paths, recorder.history, verbose)
 
 
 def _tensorboard(log_dir: Path) -> keras.callbacks.TensorBoard:
@@ -180,6 +203,13 @@ def _network(trainee: keras.Model) -> keras.Model:
     """The AlexNet inside a model wrapped for device augmentation (or the model itself)."""
     inner = [layer for layer in trainee.layers if isinstance(layer, keras.Model)]
     return inner[0] if "caffe_augment" in {layer.name for layer in trainee.layers} else trainee
+
+
+def _with_classifier(network: keras.Model, classifier: keras.Model) -> keras.Model:
+    """The whole network with a (possibly resumed) cached run's trained classifier: the final
+    evaluation and the saved model see images, exactly as for an uncached run."""
+    network.get_layer("classifier").set_weights(classifier.get_weights())
+    return network
 
 
 def _finish(model, config, splits, paths, history, verbose) -> History:
@@ -320,6 +350,19 @@ def _weights_for(config: RunConfig, weights: str | None, runs_dir, preset: str) 
     return default
 
 
+def _check_same_weights(previous: History, weights_path: Path) -> None:
+    recorded = previous.provenance.weights
+    if recorded and recorded.sha256 != _sha256(weights_path):
+        raise UserError(
+            f"{weights_path} changed since this run started from it ({recorded.path}); "
+            "use --force to start the run again"
+        )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _load_checkpoint(path: Path) -> keras.Model:
     try:
         return model_lib.load_model(path, compile=True)
@@ -349,10 +392,12 @@ def _previous_history(paths: RunPaths, config: RunConfig, seed: int, force: bool
             stale.unlink(missing_ok=True)
         return None
     previous = load_history(paths.history)
+    # A key missing from an older history had its default then (fields are only ever added).
+    defaults = RunConfig(dataset=config.dataset, mode=config.mode).to_dict()
     changed = {
-        key: (previous.config.get(key), value)
+        key: (previous.config.get(key, defaults[key]), value)
         for key, value in config.to_dict().items()
-        if previous.config.get(key) != value
+        if previous.config.get(key, defaults[key]) != value
     }
     if changed or previous.seed != seed:
         what = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
@@ -403,7 +448,7 @@ def _new_history(experiment, preset, config, seed, weights_path) -> History:
 def _provenance(weights_path: Path | None) -> Provenance:
     weights = None
     if weights_path is not None:
-        weights = Weights(str(weights_path), hashlib.sha256(weights_path.read_bytes()).hexdigest())
+        weights = Weights(str(weights_path), _sha256(weights_path))
     return Provenance(
         package_version=__version__,
         versions=_versions(),
@@ -468,6 +513,7 @@ def reproduce(
     runs_dir: str | os.PathLike = "runs",
     out: str | os.PathLike = "figures",
     seed: int = 0,
+    cache_features: bool = False,
     download: bool = False,
     verbose: int = 1,
 ) -> list[Path]:
@@ -475,8 +521,10 @@ def reproduce(
 
     Finished runs are skipped and interrupted ones resumed, so rerunning after a crash costs only
     the unfinished work. With ``weights`` (e.g. an imported CaffeNet) pretraining is skipped and
-    every retraining starts from them. The histories are copied to ``OUT/histories/PRESET`` next
-    to the table and figure made from them, so the three can be committed together.
+    every retraining starts from them. With ``cache_features`` the retrain runs train on cached
+    features (runs of their own, ``retrain-*-cached``). The histories are copied to
+    ``OUT/histories/PRESET`` next to the table and figure made from them, so the three can be
+    committed together.
     """
     from paper_repro import figures
     from paper_repro.history import write_atomic
@@ -489,8 +537,10 @@ def reproduce(
     kept = Path(out) / "histories" / preset
     for number, name in enumerate(names, 1):
         _say(verbose, f"[{number}/{len(names)}] {name} ({preset})")
+        cached = cache_features and experiments.resolve(name, preset).mode == "retrain"
         train(name, preset, weights=weights, data_dir=data_dir, runs_dir=runs_dir, seed=seed,
-              download=download, verbose=verbose)  # fmt: skip
-        source = RunPaths(run_directory(runs_dir, preset, name, seed)).history
-        write_atomic(kept / f"{name}.history.json", source.read_bytes())
+              overrides=["cache_features=true"] if cached else [], download=download,
+              verbose=verbose)  # fmt: skip
+        run = run_directory(runs_dir, preset, name, seed, cached)
+        write_atomic(kept / f"{run.name}{HISTORY_SUFFIX}", RunPaths(run).history.read_bytes())
     return [*figures.regenerate_tables(kept, out), *figures.regenerate_figures(kept, out)]

@@ -21,12 +21,14 @@ from paper_repro.figures import (
     regenerate_tables,
     write_figure5,
     write_table3,
+    write_time_to_accuracy,
 )
-from paper_repro.history import save_history
+from paper_repro.history import CacheRecord, EpochRecord, save_history
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "histories"
-OUTPUTS = ["table3.md", "table3.tex", "table3.csv", "figure5.png", "figure5.pdf"]
+TABLES = ["table3.md", "table3.tex", "table3.csv", "time_to_accuracy.md", "time_to_accuracy.csv"]
+OUTPUTS = [*TABLES, "figure5.png", "figure5.pdf"]
 
 
 @pytest.fixture
@@ -151,7 +153,7 @@ def test_regenerate_tables_passes_the_mixed_presets_flag(tmp_path, histories):
     with pytest.raises(UserError, match="--allow-mixed-presets"):
         regenerate_tables(tmp_path / "in", tmp_path / "out")
     paths = regenerate_tables(tmp_path / "in", tmp_path / "out", allow_mixed_presets=True)
-    assert [p.name for p in paths] == ["table3.md", "table3.tex", "table3.csv"]
+    assert [p.name for p in paths] == TABLES
     assert "smoke/full-mnist/history.json" in paths[0].read_text(encoding="utf-8")
 
 
@@ -306,3 +308,47 @@ def test_figures_work_without_tensorflow_and_ignore_hash_seed_and_matplotlibrc(t
     )
     here = _regenerate(tmp_path / "here")
     assert {name: (out / name).read_bytes() for name in OUTPUTS} == here
+
+
+def _with_accuracies(history, accuracies, seconds, cache=None):
+    epochs = tuple(
+        EpochRecord(i + 1, 0.001, 1.0, 0.5, accuracy, seconds)
+        for i, accuracy in enumerate(accuracies)
+    )
+    return replace(history, epochs=epochs, cache=cache)
+
+
+def test_time_to_accuracy_counts_epochs_and_cache_build_until_the_target(tmp_path, histories):
+    full = histories["full-mnist/history.json"]
+    retrain = histories["retrain-mnist/history.json"]
+    cache = CacheRecord("mnist-train", "mnist-test", build_seconds=30.0, reused=True)
+    runs = {
+        "full.history.json": _with_accuracies(full, [0.5, 0.9, 0.95], 100.0),
+        "retrain.history.json": _with_accuracies(retrain, [0.7, 0.8, 0.85], 40.0),
+        "cached.history.json": _with_accuracies(retrain, [0.6, 0.82, 0.84], 5.0, cache),
+    }
+    write_time_to_accuracy(runs, tmp_path)
+    markdown = (tmp_path / "time_to_accuracy.md").read_text(encoding="utf-8")
+    # Target: the best accuracy every mode reaches, 84 % (cached). Full reaches it in epoch 2
+    # (200 s), retrain in epoch 3 (120 s), cached in epoch 3 (30 + 15 s).
+    assert row_of(markdown, "MNIST") == [
+        "MNIST", "mini", "84.00", "200 (2)", "120 (3)", "45 (3)", "30", "1.67", "4.44",
+    ]  # fmt: skip
+    write_time_to_accuracy(runs, tmp_path, target=0.9)
+    markdown = (tmp_path / "time_to_accuracy.md").read_text(encoding="utf-8")
+    row = row_of(markdown, "MNIST")
+    assert row[3] == "200 (2)" and row[4].startswith("—[^") and row[8] == "—"
+    assert "retrain.history.json does not reach the target in 3 epochs" in markdown
+
+
+def test_a_cached_retraining_is_its_own_curve_and_not_table_iiis_retraining(tmp_path, histories):
+    retrain = histories["retrain-mnist/history.json"]
+    cache = CacheRecord("mnist-train", "mnist-test", build_seconds=30.0, reused=False)
+    histories["retrain-mnist-cached.history.json"] = replace(
+        retrain, final=replace(retrain.final, top1=0.5), cache=cache
+    )
+    write_table3(histories, tmp_path)
+    table = (tmp_path / "table3.md").read_text(encoding="utf-8")
+    assert row_of(table, "MNIST")[5] == f"{100 * retrain.final.top1:.2f}"
+    labels = build_figure5(histories).axes[0].get_legend_handles_labels()[1]
+    assert "MNIST retrain-cached" in labels and "MNIST retrain" in labels

@@ -11,6 +11,9 @@ import pytest
 
 from paper_repro.errors import UserError
 from paper_repro.history import (
+    CacheRecord,
+    History,
+    HistoryError,
     find_histories,
     load_history,
     save_history,
@@ -189,3 +192,15 @@ def test_find_histories_finds_both_names_in_a_fixed_order(tmp_path):
         (tmp_path / name).write_text("{}")
     found = [p.relative_to(tmp_path).as_posix() for p in find_histories(tmp_path)]
     assert found == ["a/history.json", "b/run.history.json", "nested/z/history.json"]
+
+
+def test_a_cache_record_round_trips_and_is_validated(tmp_path):
+    history = replace(
+        load_history(RETRAIN), cache=CacheRecord("train-x", "test-x", 12.5, reused=True)
+    )
+    save_history(history, tmp_path / "h.json")
+    assert load_history(tmp_path / "h.json") == history
+    data = history.to_dict()
+    data["cache"]["build_seconds"] = -1
+    with pytest.raises(HistoryError, match=r"cache\.build_seconds must be a finite number >= 0"):
+        History.from_dict(data)

@@ -69,6 +69,31 @@ def test_lrn_equals_caffes_formula():
     assert not np.allclose(got, x, rtol=1e-3)  # it really normalises at this scale
 
 
+@pytest.mark.parametrize("path", ["tensorflow_lrn", "portable_lrn"])
+@pytest.mark.parametrize(
+    "params", [{}, {"size": 3, "alpha": 0.01, "beta": 0.5, "k": 2.0}], ids=["caffenet", "other"]
+)
+def test_both_lrn_paths_equal_caffes_formula(path, params):
+    # TF's fused kernel on the TF backend, keras.ops elsewhere (JAX): both called directly here.
+    x = np.random.default_rng(1).normal(0, 40, (2, 4, 3, 12)).astype(np.float32)
+    got = keras.ops.convert_to_numpy(getattr(LocalResponseNormalization(**params), path)(x))
+    want = caffe_lrn_numpy(x, **params)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert np.abs(got - x).max() > 1.0  # it really normalises (a no-op would not pass)
+    np.testing.assert_allclose(got[..., 0], want[..., 0], rtol=1e-5)  # the zero-padded edges
+    np.testing.assert_allclose(got[..., -1], want[..., -1], rtol=1e-5)
+
+
+@pytest.mark.parametrize("path", ["tensorflow_lrn", "portable_lrn"])
+def test_lrn_paths_compute_mixed_precision_in_float32(path):
+    x = np.random.default_rng(2).normal(0, 40, (1, 3, 3, 8)).astype(np.float32)
+    layer = LocalResponseNormalization()
+    got = getattr(layer, path)(keras.ops.cast(x, "bfloat16"))
+    assert keras.backend.standardize_dtype(got.dtype) == "bfloat16"
+    want = caffe_lrn_numpy(keras.ops.convert_to_numpy(keras.ops.cast(x, "bfloat16")).astype("f4"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(got).astype(np.float32), want, rtol=1e-2)
+
+
 def _grouped_pair(groups=2):
     fast = GroupedConv2D(8, 3, padding="same", groups=groups)
     reference = keras.layers.Conv2D(8, 3, padding="same", groups=groups)

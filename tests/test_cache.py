@@ -1,0 +1,233 @@
+"""Feature caching: stored values equal the network's features of each view, bounded streaming per
+epoch, resumable and reused builds, and cached retraining end to end on real MNIST."""
+
+import dataclasses
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from paper_repro import cache, cli, data
+from paper_repro import train as train_module
+from paper_repro.evaluate import evaluate
+from paper_repro.model import build_alexnet, caffe_layers
+from paper_repro.train import train
+
+REAL_MNIST = pytest.mark.skipif(
+    not (Path(os.environ.get("TFDS_DATA_DIR", "/nonexistent")) / "mnist").is_dir(),
+    reason="needs prepared MNIST (mnist/3.0.1) in TFDS_DATA_DIR",
+)
+AUGMENT = data.AugmentConfig(76, 67, mirror=True)
+TINY = ["train_subset=160", "test_subset=80", "batch_size=40"]
+
+
+@pytest.fixture(scope="module")
+def network():
+    return build_alexnet(10, 67, init="xavier", seed=1, mean=(120.0, 110.0, 100.0))
+
+
+def _split(count: int = 12) -> tf.data.Dataset:
+    rng = np.random.default_rng(0)
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            "image": rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8),
+            "label": rng.integers(0, 10, count).astype(np.int64),
+            "index": np.arange(100, 100 + count, dtype=np.int64),
+        }
+    )
+
+
+def _spec(network, views: int = 10, dtype: str = "float32") -> cache.CacheSpec:
+    return cache.CacheSpec(
+        dataset="random", split="train", classes=None, subset=None, subset_seed=None,
+        resize=AUGMENT.resize, crop=AUGMENT.crop, views=cache.training_views(AUGMENT, views),
+        dtype=dtype, weights=cache.features_digest(network),
+    )  # fmt: skip
+
+
+def _build(root, network, spec=None, split=None):
+    spec = spec or _spec(network)
+    split = split if split is not None else _split()
+    return cache.open_or_build(root, spec, network, split, AUGMENT, batch_size=5, verbose=0)
+
+
+def test_cached_values_are_the_networks_features_of_every_view(tmp_path, network):
+    built = _build(tmp_path, network)
+    batch = next(iter(_split().batch(12)))
+    views = data.crop_views(batch["image"], AUGMENT, 10)
+    features = network.get_layer("features")
+    expected = np.stack(
+        [features(network.get_layer("preprocess")(v)).numpy() for v in views], axis=1
+    )
+    assert built.features.shape == (12, 10, 1, 1, 256)
+    np.testing.assert_allclose(built.features, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(built.labels, batch["label"].numpy())
+    np.testing.assert_array_equal(built.indices, np.arange(100, 112))
+    assert not built.reused and built.build_seconds > 0
+    assert built.path.name.startswith("random-train-67px-10views-float32-")
+
+
+def test_float16_cache_is_half_the_size_and_close(tmp_path, network):
+    full = _build(tmp_path, network)
+    half = _build(tmp_path, network, _spec(network, dtype="float16"))
+    assert half.features.dtype == np.float16 and half.path != full.path
+    assert (half.path / "features.npy").stat().st_size < 0.6 * (
+        full.path / "features.npy"
+    ).stat().st_size
+    np.testing.assert_allclose(
+        half.features.astype(np.float32), full.features, rtol=2e-3, atol=1e-2
+    )
+
+
+def test_without_mirroring_only_the_five_unmirrored_views_are_cached():
+    views = cache.training_views(dataclasses.replace(AUGMENT, mirror=False), 10)
+    assert len(views) == 5 and not any(mirrored for _, _, mirrored in views)
+
+
+def test_a_built_cache_is_reused_and_other_weights_get_their_own(tmp_path, network, monkeypatch):
+    first = _build(tmp_path, network)
+    monkeypatch.setattr(cache, "_extractor", lambda _: pytest.fail("rebuilt a built cache"))
+    again = _build(tmp_path, network)
+    assert again.reused and again.path == first.path
+    assert again.build_seconds == first.build_seconds
+    monkeypatch.undo()
+    other = build_alexnet(10, 67, init="xavier", seed=2)
+    assert _build(tmp_path, other, _spec(other)).path != first.path
+
+
+def test_an_interrupted_build_resumes_to_the_same_cache(tmp_path, network, monkeypatch):
+    calls = {"n": 0}
+    real = cache._extractor
+
+    def failing(model):
+        extract = real(model)
+
+        def run(images):
+            calls["n"] += 1
+            if calls["n"] > 25:  # 2.5 batches of 10 views
+                raise KeyboardInterrupt
+            return extract(images)
+
+        return run
+
+    monkeypatch.setattr(cache, "_extractor", failing)
+    with pytest.raises(KeyboardInterrupt):
+        _build(tmp_path / "interrupted", network)
+    monkeypatch.undo()
+    directory = next((tmp_path / "interrupted" / cache.CACHE_DIR_NAME).iterdir())
+    assert not (directory / "meta.json").exists()
+    assert '"rows": 10' in (directory / "progress.json").read_text()
+    resumed = _build(tmp_path / "interrupted", network)
+    whole = _build(tmp_path / "whole", network)
+    np.testing.assert_array_equal(resumed.features, whole.features)
+    np.testing.assert_array_equal(resumed.labels, whole.labels)
+    assert not (directory / "progress.json").exists()
+
+
+def test_each_epoch_streams_every_image_once_with_a_keyed_view(tmp_path, network):
+    built = _build(tmp_path, network)
+    flat = built.features.reshape(12, 10, -1)
+
+    def epoch(number):
+        rows = []
+        for features, labels in built.train_batches(5, 7, number, number + 1):
+            features = features.numpy().reshape(len(labels), -1)
+            for vector, label in zip(features, labels.numpy(), strict=True):
+                row, view = np.argwhere(np.all(flat == vector, axis=-1))[0]
+                assert built.labels[row] == label
+                rows.append((int(row), int(view)))
+        return rows
+
+    first, second = epoch(0), epoch(1)
+    assert sorted(r for r, _ in first) == list(range(12)) == sorted(r for r, _ in second)
+    assert first != second and len({v for _, v in first + second}) > 3
+    assert first == epoch(0)
+    shapes = [f.shape[0] for f, _ in built.train_batches(5, 7, 0, 2)]
+    assert shapes == [5, 5, 2, 5, 5, 2]
+
+
+def test_validation_batches_are_the_first_view_in_order(tmp_path, network):
+    built = _build(tmp_path, network, _spec(network, views=1))
+    features = np.concatenate([f.numpy() for f, _ in built.validation_batches(5)])
+    np.testing.assert_array_equal(features, built.features[:, 0])
+
+
+def test_cache_features_on_a_full_run_exits_2_with_one_line(tmp_path, capsys):
+    code = cli.main(["train", "full-mnist", "--preset", "smoke", "--runs-dir", str(tmp_path),
+                     "--cache-features"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "only retrain runs" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def source_weights(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "source.keras"
+    build_alexnet(10, 67, init="xavier", seed=5).save(path)
+    return path
+
+
+def _retrain(runs, weights, overrides=(), **kwargs):
+    return train(
+        "retrain-mnist", "smoke", weights=str(weights), runs_dir=runs, verbose=0,
+        overrides=[*TINY, "cache_features=true", *overrides], **kwargs,
+    )  # fmt: skip
+
+
+@REAL_MNIST
+def test_cached_retraining_end_to_end(tmp_path, source_weights):
+    history = _retrain(tmp_path, source_weights)
+    run = tmp_path / "smoke" / "retrain-mnist-cached"
+    assert history.status == "finished" and history.cache is not None
+    assert not history.cache.reused and history.cache.build_seconds > 0
+    assert (tmp_path / cache.CACHE_DIR_NAME / history.cache.train / "meta.json").is_file()
+    model = keras.saving.load_model(run / "model.keras")
+    source = caffe_layers(keras.saving.load_model(source_weights))
+    result = caffe_layers(model)
+    for name in ("conv1", "conv5"):
+        np.testing.assert_array_equal(source[name].kernel.numpy(), result[name].kernel.numpy())
+    assert not np.array_equal(source["fc7"].kernel.numpy(), result["fc7"].kernel.numpy())
+    # The last epoch's test accuracy came from the cached centre crops; the saved model on the
+    # images themselves must score the same.
+    config = train_module.experiments.resolve(
+        "retrain-mnist", "smoke", [*TINY, "cache_features=true"]
+    )
+    splits = data.load_experiment_data(config)
+    scores = evaluate(model, splits.test, crops=1, augment=splits.augment, verbose=0)
+    # (Keras accumulates its metric in float32.)
+    assert scores["top1"] == pytest.approx(history.epochs[-1].test_accuracy, abs=1e-6)
+    cached = np.load(tmp_path / cache.CACHE_DIR_NAME / history.cache.test / "features.npy")
+    images = next(iter(splits.test.batch(80)))["image"]
+    centre = data.crop_views(images, splits.augment, 1)[0]
+    np.testing.assert_allclose(
+        model.get_layer("classifier")(cached[:, 0]), model(centre), rtol=1e-4, atol=1e-6
+    )
+    again = _retrain(tmp_path, source_weights, ["epochs=1", "drop_epochs=1"], force=True)
+    assert again.cache.reused and again.cache.train == history.cache.train
+
+
+@REAL_MNIST
+def test_interrupted_cached_run_resumes_to_the_uninterrupted_history(
+    tmp_path, source_weights, monkeypatch
+):
+    original = train_module.RunRecorder.on_epoch_end
+
+    def stop_after_first(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module.RunRecorder, "on_epoch_end", stop_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        _retrain(tmp_path / "killed", source_weights)
+    monkeypatch.undo()
+    resumed = _retrain(tmp_path / "killed", source_weights)
+    whole = _retrain(tmp_path / "whole", source_weights)
+
+    def numbers(history):
+        return [(e.train_loss, e.test_accuracy) for e in history.epochs], history.final.top1
+
+    assert len(resumed.epochs) == 2 and numbers(resumed) == numbers(whole)
