@@ -1,16 +1,11 @@
-"""Training-step throughput of the Table II network: full, frozen features, inference.
-
-    python -m benchmarks.bench_model [--batch 80] [--size 227] [--repeats 3] [--json out.json]
-
-Prints images/s of each step, the FLOP rate the full step achieves against a large matmul measured
-in the same run, and, when torch is installed (``pip install -e .[bench]``), the same network in
-PyTorch (NCHW and channels_last), every configuration timed alternately. Goals on the 2-core CPU:
-full step >= 1.3x PyTorch's best layout, >= 60 % of the matmul rate; frozen >= 2.2x full.
+"""The training steps the suite (``python -m benchmarks``) times: the Table II network's full,
+frozen-features and inference steps on a fixed batch, a matmul for the machine's FLOP rate, and,
+when torch is installed (``pip install -e .[bench]``), the same network in PyTorch (NCHW and
+channels_last), each as ``{name: (step, images per step)}`` for ``timing.measure_alternating``.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,13 +13,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.timing import (
-    machine,
-    measure_alternating,
-    peak_rss_gb,
-    ratio_line,
-    write_json,
-)
 from paper_repro.model import build_alexnet, caffe_layers
 from paper_repro.solver import CaffeSGD
 
@@ -105,55 +93,3 @@ def torch_steps(size: int, batch: int, classes: int) -> dict:
         "torch full step (NCHW)": (step(torch.contiguous_format), batch),
         "torch full step (channels_last)": (step(torch.channels_last), batch),
     }
-
-
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=80)
-    parser.add_argument("--size", type=int, default=227)
-    parser.add_argument("--classes", type=int, default=1000)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", help="also write the result here")
-    args = parser.parse_args(argv)
-
-    configs, model = keras_steps(args.size, args.batch, args.classes)
-    configs["matmul 4096^3"] = matmul_step()
-    configs.update(torch_steps(args.size, args.batch, args.classes))
-    rates = measure_alternating(configs, steps=args.steps, repeats=args.repeats)
-
-    features, classifier = forward_flops(model)
-    train_flops = 3 * (features + classifier)  # forward + backward (input and weight gradients)
-    matmul_gflops = rates.pop("matmul 4096^3") * 2 * MATMUL_N**3 / 1e9
-    full_gflops = rates["keras full step"] * train_flops / 1e9
-    torch_best = max((v for k, v in rates.items() if k.startswith("torch")), default=None)
-    result = {
-        "machine": machine(),
-        "tensorflow": tf.__version__,
-        "batch": args.batch,
-        "image_size": args.size,
-        "images_per_second": rates,
-        "train_gflop_per_image": train_flops / 1e9,
-        "full_step_gflops": full_gflops,
-        "matmul_gflops": matmul_gflops,
-        "peak_rss_gb": peak_rss_gb(),
-    }
-    print(f"{machine()}, TF {tf.__version__}, batch {args.batch}, size {args.size}")
-    for name, rate in rates.items():
-        print(f"  {name:<44} {rate:8.1f} img/s")
-    print(
-        f"  training step: {train_flops / 1e9:.2f} GFLOP/image -> {full_gflops:.0f} GFLOP/s; "
-        f"matmul {matmul_gflops:.0f} GFLOP/s; peak RSS {result['peak_rss_gb']:.2f} GB"
-    )
-    full = rates["keras full step"]
-    print(ratio_line("full step / matmul FLOP rate", full_gflops / matmul_gflops, 0.6))
-    print(ratio_line("frozen step / full step", rates["keras frozen-features step"] / full, 2.2))
-    if torch_best:
-        print(ratio_line("keras full / best torch full", full / torch_best, 1.3))
-        result["keras_over_torch"] = full / torch_best
-    write_json(result, args.json)
-    return result
-
-
-if __name__ == "__main__":
-    main()

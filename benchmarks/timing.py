@@ -50,8 +50,3 @@ def write_json(result: dict, path: str | None) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-
-
-def ratio_line(name: str, value: float, goal: float) -> str:
-    verdict = "meets" if value >= goal else "MISSES"
-    return f"  {name:<44} {value:6.2f}x  (goal >= {goal}x: {verdict})"

@@ -128,7 +128,8 @@ class FeatureCache:
 
     def _read(self, rows: tf.Tensor, views: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         def gather(rows: np.ndarray, views: np.ndarray):
-            return self.features[rows, views].astype(np.float32), self.labels[rows]
+            # Fancy indexing reads only these rows from the memory map; float32 stays uncopied.
+            return np.asarray(self.features[rows, views], np.float32), self.labels[rows]
 
         features, labels = tf.numpy_function(
             gather, [rows, views], (tf.float32, tf.int64), stateful=False

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from paper_repro import __version__
 from paper_repro.errors import UserError
+from paper_repro.experiments import STRATEGIES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not for users
 
@@ -47,7 +48,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     p.add_argument("--force", action="store_true", help="redo a finished run")
-    p.add_argument("--strategy", default="default", choices=("default", "mirrored", "multi-worker"))
+    p.add_argument(
+        "--strategy",
+        default="default",
+        choices=STRATEGIES,
+        help="default: one device (batches prefetched to the GPU when there is one)",
+    )
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to the run")
     _add_cache_features(p)
     _add_download(p)

@@ -751,6 +751,14 @@ def _materialise(dataset: tf.data.Dataset, count: int) -> dict[str, np.ndarray]:
     return out
 
 
+def prefetch_to(dataset: tf.data.Dataset, device: str | None) -> tf.data.Dataset:
+    """The next batches copied to ``device`` (a GPU) while the current step runs; unchanged
+    for ``None``. tf.data requires this to be the pipeline's last transformation."""
+    if device is None:
+        return dataset
+    return dataset.apply(tf.data.experimental.prefetch_to_device(device, buffer_size=2))
+
+
 def finish_pipeline(dataset: tf.data.Dataset) -> tf.data.Dataset:
     """Deterministic order and prefetching: the end of every pipeline that feeds a model."""
     options = tf.data.Options()

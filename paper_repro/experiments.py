@@ -53,6 +53,7 @@ AUGMENT_PLACEMENTS = ("auto", "host", "device")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 INITS = ("gaussian", "xavier")  # model.INITS, repeated so that this module needs no TensorFlow
 CACHE_DTYPES = ("float32", "float16")
+STRATEGIES = ("default", "mirrored", "multi-worker")  # tf.distribute, by name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +85,8 @@ class RunConfig:
     pretrained: str | None = None
     augment_on: str = "auto"
     precision: str = "float32"
-    jit_compile: bool = False
+    jit_compile: bool = False  # XLA for the training step
+    # Retrain runs: train the classifier on cached pool5 values of cache_views fixed crops.
     cache_features: bool = False
     cache_views: int = 10
     cache_dtype: str = "float32"

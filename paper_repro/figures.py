@@ -367,8 +367,8 @@ def _source_lines(histories: Mapping[str, History]) -> list[tuple[str, str]]:
     return [
         (
             source,
-            f"{h.mode} {h.dataset}, experiment {h.experiment}, preset {h.preset}, seed {h.seed},"
-            f" {len(h.epochs)} epochs, {h.status}, device {h.provenance.device}",
+            f"{_variant(h)} {h.dataset}, experiment {h.experiment}, preset {h.preset},"
+            f" seed {h.seed}, {len(h.epochs)} epochs, {h.status}, device {h.provenance.device}",
         )
         for source, h in sorted(histories.items())
     ]

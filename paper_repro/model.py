@@ -160,19 +160,32 @@ class LocalResponseNormalization(keras.layers.Layer):
 
 
 @functools.cache
-def grouped_convolution_is_native() -> bool:
-    """Whether ``tf.nn.convolution`` runs a grouped kernel on this machine's default device.
+def grouped_convolution_is_native(dtype: str = "float32") -> bool:
+    """Whether TensorFlow runs a grouped convolution and its gradients in ``dtype`` here.
 
-    It does on GPUs and on CPUs with oneDNN (TensorFlow's default); with
-    ``TF_ENABLE_ONEDNN_OPTS=0`` the CPU kernel refuses grouped convolutions. Never on backends
-    other than TensorFlow.
+    It does on GPUs and on CPUs with oneDNN (TensorFlow's default) in float32 and bfloat16; the
+    CPU kernels without oneDNN (``TF_ENABLE_ONEDNN_OPTS=0``, and float16) refuse grouped
+    convolutions or their gradients. Checked eagerly, once per dtype, also when first asked
+    while a model is being traced. Never on backends other than TensorFlow.
     """
     if not TENSORFLOW_BACKEND:
         return False
-    try:
-        tf.nn.convolution(tf.zeros((1, 3, 3, 4)), tf.zeros((1, 1, 2, 2)))
-    except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
-        return False
+    # The forward op and both gradient ops, 2 groups of 2 channels; the gradient ops by name
+    # because init_scope (eager, also inside a trace) pauses gradient tapes.
+    same = {"strides": [1, 1, 1, 1], "padding": "VALID"}
+    with tf.init_scope():
+        images, kernel = tf.zeros((1, 3, 3, 4), dtype), tf.zeros((1, 1, 2, 2), dtype)
+        output_grad = tf.zeros((1, 3, 3, 2), dtype)
+        try:
+            tf.nn.convolution(images, kernel)
+            tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(images), filter=kernel, out_backprop=output_grad, **same
+            )
+            tf.raw_ops.Conv2DBackpropFilter(
+                input=images, filter_sizes=tf.shape(kernel), out_backprop=output_grad, **same
+            )
+        except (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError):
+            return False
     return True
 
 
@@ -189,7 +202,7 @@ class GroupedConv2D(keras.layers.Conv2D):
     """
 
     def convolution_op(self, inputs, kernel):
-        if self.groups == 1 or not grouped_convolution_is_native():
+        if self.groups == 1 or not grouped_convolution_is_native(inputs.dtype.name):
             return super().convolution_op(inputs, kernel)
         return tf.nn.convolution(
             inputs,

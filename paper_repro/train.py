@@ -52,7 +52,6 @@ from paper_repro.history import (
 )
 from paper_repro.solver import paper_solver
 
-STRATEGIES = ("default", "mirrored", "multi-worker")
 _DRAWS_PER_EPOCH = 2**20  # dropout draws reserved per epoch: one per layer and step
 _VERSIONED = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy")
 
@@ -124,6 +123,10 @@ def train(
     tf.keras.utils.set_random_seed(seed)
     if not tf.config.list_physical_devices("GPU"):
         tf.config.experimental.enable_op_determinism()
+        if config.jit_compile:
+            # Keras itself turns XLA off under op determinism; say so rather than warn obscurely.
+            _say(verbose, "jit_compile: XLA stays off on the CPU, where runs are deterministic")
+            config = dataclasses.replace(config, jit_compile=False)
     keras.mixed_precision.set_dtype_policy(config.precision)
     try:
         return _fit(
@@ -179,12 +182,13 @@ def _fit(
     if tensorboard:
         callbacks.append(_tensorboard(paths.root / "logs"))
     if start_epoch < config.epochs:
+        device = _input_device(strategy)
         trainee.fit(
-            feeds.train_batches(start_epoch, config.epochs),
+            data.prefetch_to(feeds.train_batches(start_epoch, config.epochs), device),
             epochs=config.epochs,
             initial_epoch=start_epoch,
             steps_per_epoch=steps_per_epoch,
-            validation_data=feeds.validation_batches(),
+            validation_data=data.prefetch_to(feeds.validation_batches(), device),
             callbacks=callbacks,
             shuffle=False,
             verbose=verbose,
@@ -418,6 +422,13 @@ def _prepare_directory(root: Path) -> None:
         raise UserError(f"cannot write the run directory {root}: {error.strerror}") from None
 
 
+def _input_device(strategy: tf.distribute.Strategy) -> str | None:
+    """Where batches are prefetched to: the GPU when one trains without a tf.distribute strategy
+    (a distributed dataset is placed by its strategy), else nowhere beyond host memory."""
+    gpus = tf.config.list_logical_devices("GPU")
+    return gpus[0].name if gpus and strategy is tf.distribute.get_strategy() else None
+
+
 def _strategy(name: str) -> tf.distribute.Strategy:
     if name == "default":
         return tf.distribute.get_strategy()
@@ -427,7 +438,7 @@ def _strategy(name: str) -> tf.distribute.Strategy:
         if "TF_CONFIG" not in os.environ:
             raise UserError("--strategy multi-worker needs TF_CONFIG describing the cluster")
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise UserError(f"unknown strategy '{name}'; use one of {', '.join(STRATEGIES)}")
+    raise UserError(f"unknown strategy '{name}'; use one of {', '.join(experiments.STRATEGIES)}")
 
 
 def _new_history(experiment, preset, config, seed, weights_path) -> History:

@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,19 @@ def test_list_shows_presets_and_runs(smoke_reproduction, capsys):
 def test_regenerate_without_histories_says_which_command_makes_them(tmp_path, capsys):
     assert cli.main(["regenerate-tables", "--histories", str(tmp_path)]) == 2
     assert "paper-repro reproduce --preset mini" in capsys.readouterr().err
+
+
+@REAL_DATA
+def test_reproduce_with_cache_features_adds_the_cached_retraining(smoke_reproduction, capsys):
+    _, root = smoke_reproduction
+    args = ["reproduce", "--preset", "smoke", "--runs-dir", str(root / "runs"), "--out",
+            str(root), "--cache-features"]  # fmt: skip
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.count("already finished") == 2  # pretrain and full
+    cached = load_history(root / "histories" / "smoke" / "retrain-mnist-cached.history.json")
+    assert cached.cache is not None and cached.status == "finished"
+    rows = list(csv.DictReader((root / "time_to_accuracy.csv").open()))
+    cell = {r["column"]: r["value"] for r in rows if r["dataset"] == "mnist"}
+    # The default target is one every mode reaches: each has its seconds and epoch.
+    assert re.fullmatch(r"\d+ \([12]\)", cell["Cached retraining: s (epoch)"])
+    assert cell["Of which cache build (s)"] == f"{cached.cache.build_seconds:.0f}"

@@ -114,7 +114,7 @@ def _outputs_and_gradients(layer, x):
 
 @pytest.mark.parametrize("native", [True, False], ids=["tf.nn.convolution", "fallback"])
 def test_grouped_conv_equals_keras_grouped_conv(native, monkeypatch):
-    monkeypatch.setattr(model_lib, "grouped_convolution_is_native", lambda: native)
+    monkeypatch.setattr(model_lib, "grouped_convolution_is_native", lambda dtype: native)
     fast, reference, x = _grouped_pair()
     for got, want in zip(
         _outputs_and_gradients(fast, x), _outputs_and_gradients(reference, x), strict=True
@@ -225,3 +225,10 @@ def test_fewer_than_two_classes_is_refused(classes):
 def test_every_quick_size_builds(size):
     model = build_alexnet(2, size)
     assert model.get_layer("features").output.shape[1] == (size - 67) // 32 + 1
+
+
+def test_grouped_kernels_are_checked_per_dtype_with_their_gradients():
+    # oneDNN (TensorFlow's CPU default) has grouped float32 kernels and gradients; TensorFlow's
+    # float16 CPU kernels refuse grouped gradients, so float16 takes Keras' op.
+    assert model_lib.grouped_convolution_is_native("float32")
+    assert not model_lib.grouped_convolution_is_native("float16")

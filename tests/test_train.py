@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from paper_repro import cli
+from paper_repro import train as train_module
 from paper_repro.errors import UserError
 from paper_repro.experiments import resolve
 from paper_repro.history import load_history, save_history
@@ -259,3 +260,56 @@ def test_mixed_precision_and_tensorboard_logs(tmp_path):
     assert caffe_layers(model)["conv1"].compute_dtype == "bfloat16"
     assert caffe_layers(model)["prob"].compute_dtype == "float32"
     assert keras.mixed_precision.dtype_policy().name == "float32"
+
+
+@REAL_MNIST
+def test_gpu_path_options_run_on_cpu(tmp_path, monkeypatch, capsys):
+    """Prefetching to the device gives the default run's numbers (here the device is the CPU);
+    XLA is refused on the CPU with a notice (Keras disables it under op determinism);
+    mixed_float16 trains with Keras' loss scaling and stays finite."""
+    overrides = [*TINY, "epochs=1"]
+    default = _run(tmp_path / "default", overrides=overrides)
+    monkeypatch.setattr(train_module, "_input_device", lambda strategy: "/cpu:0")
+    prefetched = _run(tmp_path / "prefetched", overrides=overrides)
+    monkeypatch.undo()
+    assert _metrics(prefetched) == _metrics(default)
+    assert prefetched.final.top1 == default.final.top1
+    assert prefetched.final.top5 == default.final.top5
+    train("full-mnist", "smoke", runs_dir=tmp_path / "xla", overrides=[*overrides,
+          "jit_compile=true"], verbose=1)  # fmt: skip
+    assert "XLA stays off on the CPU" in capsys.readouterr().out
+    half = _run(tmp_path / "half", overrides=[*overrides, "precision=mixed_float16"])
+    assert np.isfinite(half.epochs[0].train_loss) and half.status == "finished"
+
+
+def test_xla_compiles_the_training_step_where_determinism_is_off():
+    """In a fresh process (no op determinism): the step is XLA-compiled and agrees with TF's."""
+    out = subprocess.run([sys.executable, "-c", _XLA], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.split()  # fmt: skip
+    assert out[0] == "True"
+    assert float(out[1]) == pytest.approx(float(out[2]), rel=1e-4)
+
+
+_XLA = """
+import numpy as np, keras
+from paper_repro.model import build_alexnet
+images = np.random.default_rng(0).integers(0, 256, (8, 67, 67, 3)).astype("uint8")
+labels = np.arange(8) % 10
+losses = []
+for jit in (True, False):
+    model = build_alexnet(10, 67, seed=0, dropout=0.0)
+    model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy", jit_compile=jit)
+    losses.append([float(model.train_on_batch(images, labels)) for _ in range(3)][-1])
+    jit_used = model.jit_compile if jit else jit_used
+print(jit_used, *losses)
+"""
+
+
+def test_mixed_float16_scales_the_loss():
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        model = build_alexnet(10, 67, seed=0)
+        model.compile(keras.optimizers.SGD(0.01), "sparse_categorical_crossentropy")
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)

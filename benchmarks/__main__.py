@@ -1,0 +1,224 @@
+"""The benchmark suite: every speed goal of the package, measured side by side in one run.
+
+    python -m benchmarks [--out DIR] [--size 227] [--batch 80] [--steps 3] [--repeats 3]
+
+Writes ``DIR/benchmark.json`` and ``DIR/benchmark.md`` (default DIR: ``benchmark-results``) and
+prints the Markdown table. Everything runs in one process on the same machine; the configurations
+whose ratios are goals are timed alternately (``timing.measure_alternating``), medians over
+``--repeats``:
+
+1. Training steps on one fixed batch: full, frozen features (uncached retraining), cached
+   retraining (the classifier alone on pool5 features, with and without XLA), inference; a 4096^3
+   matmul for the FLOP rate; the same network in PyTorch when installed (``.[bench]``).
+2. Input pipelines: Caffe's augmentation on the host (CIFAR-10's test split from
+   ``$TFDS_DATA_DIR``, else synthetic images) and the feature cache's per-epoch stream (a cache
+   of random pool5 values written to a temporary directory); each alone, then the step it feeds
+   against the same step on a fixed batch.
+3. 10-crop evaluation: source images/s of ``evaluate.evaluate`` (10 views per image).
+
+Goals (issue 7), on the 2-core CPU: cached step >= 8x full (an epoch is the same number of steps,
+so a cached epoch costs <= 1/8 of a full one); frozen >= 2.2x full; full >= 1.3x PyTorch; full
+step >= 60 % of the matmul FLOP rate; pipelines >= 20x (augmentation) and >= 5x (cache) the step
+they feed, and the fed step within 5 % of the fixed-batch step. About 5 minutes at 227 px.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import tensorflow as tf
+
+from benchmarks.bench_data import fed_and_fixed, pipeline_rate, source, training_model
+from benchmarks.bench_model import MATMUL_N, forward_flops, keras_steps, matmul_step, torch_steps
+from benchmarks.timing import machine, measure_alternating, peak_rss_gb, write_json
+from paper_repro import cache, data
+from paper_repro.evaluate import evaluate
+from paper_repro.history import write_atomic
+from paper_repro.solver import CaffeSGD
+
+CLASSES = 1000
+CACHE_IMAGES = 1000
+EVAL_IMAGES = 160
+# (ratio name, numerator, denominator, goal): the goals the suite checks, in the table's order.
+GOALS = (
+    ("cached step / full step", "cached step", "full step", 8.0),
+    ("frozen step / full step", "frozen-features step", "full step", 2.2),
+    ("full step / PyTorch full step", "full step", "torch full step (best layout)", 1.3),
+    ("full step FLOP rate / matmul FLOP rate", "full step GFLOP/s", "matmul GFLOP/s", 0.6),
+    ("augmentation pipeline / frozen step", "augmentation pipeline", "frozen, fixed batch", 20.0),
+    ("frozen step fed by the pipeline / fixed batch", "frozen, fed", "frozen, fixed batch", 0.95),
+    ("cache pipeline / cached step", "cache pipeline", "cached, fixed batch", 5.0),
+    ("cached step fed by the cache / fixed batch", "cached, fed", "cached, fixed batch", 0.95),
+)
+
+
+def cached_steps(model, batch: int) -> dict:
+    """The classifier trained alone on a fixed pool5 batch: eager-graph and XLA-compiled."""
+    classifier = model.get_layer("classifier")
+    rng = np.random.default_rng(1)
+    features = tf.constant(rng.random((batch, *classifier.input_shape[1:]), np.float32))
+    labels = tf.constant(rng.integers(0, CLASSES, batch))
+    steps = {}
+    for name, jit in (("cached step", False), ("cached step, XLA", True)):
+        trainee = tf.keras.models.clone_model(classifier)
+        trainee.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=jit)
+        steps[name] = (lambda t=trainee: t.train_on_batch(features, labels), batch)
+    return steps
+
+
+def model_rates(args) -> tuple[dict, dict]:
+    """Section 1: step images/s, FLOP rates, PyTorch."""
+    configs, model = keras_steps(args.size, args.batch, CLASSES)
+    configs.update(cached_steps(model, args.batch))
+    configs["matmul"] = matmul_step()
+    configs.update(torch_steps(args.size, args.batch, CLASSES))
+    rates = measure_alternating(configs, steps=args.steps, repeats=args.repeats)
+    names = {"keras full step": "full step", "keras frozen-features step": "frozen-features step",
+             "keras inference": "inference"}  # fmt: skip
+    rates = {names.get(k, k): v for k, v in rates.items()}
+    features, classifier = forward_flops(model)
+    torch = [v for k, v in rates.items() if k.startswith("torch")]
+    if torch:
+        rates["torch full step (best layout)"] = max(torch)
+    derived = {
+        "full step GFLOP/s": rates["full step"] * 3 * (features + classifier) / 1e9,
+        "matmul GFLOP/s": rates.pop("matmul") * 2 * MATMUL_N**3 / 1e9,
+    }
+    return rates, derived
+
+
+def augmentation_rates(args) -> dict:
+    """Section 2a: Caffe's augmentation pipeline and the frozen step it feeds."""
+    split, _ = source()
+    augment = data.AugmentConfig(args.resize, args.size)
+    pipeline = data.train_dataset(split, augment, batch_size=args.batch, num_epochs=2,
+                                  placement="host")  # fmt: skip
+    rates = {"augmentation pipeline": pipeline_rate(pipeline, 40, args.batch)}
+    configs = fed_and_fixed(training_model(args.size, "frozen"), pipeline, args.batch, "frozen")
+    rates.update(measure_alternating(configs, steps=args.steps * 2, repeats=args.repeats))
+    return rates
+
+
+def cache_rates(args, directory: str) -> dict:
+    """Section 2b: the feature cache's stream (random pool5 values, 10 views, on disk)."""
+    model = training_model(args.size, "frozen")
+    classifier = model.get_layer("classifier")
+    shape = classifier.input_shape[1:]
+    spec = _random_cache(directory, (CACHE_IMAGES, 10, *shape), classifier.output_shape[-1])
+    # The cache exists, so nothing is built: open_or_build only opens it.
+    built = cache.open_or_build(directory, spec, model, None, None, batch_size=1, verbose=0)
+    stream = built.train_batches(args.batch, 0, 0, 20)  # more batches than any timing takes
+    rates = {"cache pipeline": pipeline_rate(stream, 40, args.batch)}
+    trainee = tf.keras.models.clone_model(classifier)
+    trainee.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=False)
+    configs = fed_and_fixed(trainee, stream, args.batch, "cached")
+    rates.update(measure_alternating(configs, steps=args.steps * 8, repeats=args.repeats))
+    return rates
+
+
+def _random_cache(directory: str, shape: tuple[int, ...], classes: int) -> cache.CacheSpec:
+    """A finished cache of random values, so that the stream is timed without a build."""
+    spec = cache.CacheSpec("random", "train", None, None, None, 0, 0, (), "float32", "random")
+    root = os.path.join(directory, cache.CACHE_DIR_NAME, spec.name)
+    os.makedirs(root)
+    rng = np.random.default_rng(2)
+    features = np.lib.format.open_memmap(f"{root}/features.npy", "w+", np.float32, shape)
+    for start in range(0, shape[0], 500):
+        features[start : start + 500] = rng.random((500, *shape[1:]), np.float32)
+    features.flush()
+    np.save(f"{root}/labels.npy", rng.integers(0, classes, shape[0]))
+    np.save(f"{root}/indices.npy", np.arange(shape[0]))
+    write_atomic(f"{root}/meta.json", b'{"build_seconds": 0.0}')
+    return spec
+
+
+def evaluation_rate(args) -> dict:
+    """Section 3: source images/s of the 10-crop evaluation."""
+    split, _ = source()
+    model = training_model(args.size, "frozen")
+    augment = data.AugmentConfig(args.resize, args.size)
+    images = split.take(EVAL_IMAGES)
+    evaluate(model, images.take(args.batch), crops=10, augment=augment, verbose=0)  # warm-up
+    start = time.perf_counter()
+    evaluate(model, images, crops=10, augment=augment, batch_size=args.batch, verbose=0)
+    return {"10-crop evaluation (source images)": EVAL_IMAGES / (time.perf_counter() - start)}
+
+
+def goal_rows(values: dict) -> list[dict]:
+    """Each goal's ratio from the measured values; a goal whose inputs are missing is skipped."""
+    rows = []
+    for name, numerator, denominator, goal in GOALS:
+        if numerator in values and denominator in values:
+            ratio = values[numerator] / values[denominator]
+            rows.append({"ratio": name, "value": ratio, "goal": goal, "met": ratio >= goal})
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Benchmarks: {result['machine']}, TensorFlow {result['tensorflow']}, "
+        f"{result['image_size']} px, batch {result['batch']}, medians of {result['repeats']} "
+        "alternated repeats (`python -m benchmarks`).",
+        "",
+        "| measurement | images/s |",
+        "|---|---:|",
+        *(f"| {name} | {value:,.1f} |" for name, value in result["images_per_second"].items()),
+        "",
+        "| ratio | measured | goal | met |",
+        "|---|---:|---:|---|",
+        *(
+            f"| {row['ratio']} | {row['value']:.2f} | {row['goal']} | "
+            f"{'yes' if row['met'] else 'NO'} |"
+            for row in result["goals"]
+        ),
+        "",
+        ", ".join(f"{k} {v:,.0f}" for k, v in result["rates"].items())
+        + f"; peak RSS {result['peak_rss_gb']:.1f} GB.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="benchmark-results", help="folder for the results")
+    parser.add_argument("--size", type=int, default=227, help="crop size (227)")
+    parser.add_argument("--resize", type=int, default=256, help="resize before cropping (256)")
+    parser.add_argument("--batch", type=int, default=80)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    print(f"{machine()}, TF {tf.__version__}, {args.size} px, batch {args.batch}", flush=True)
+    rates, derived = model_rates(args)
+    print("  training steps measured", flush=True)
+    rates.update(augmentation_rates(args))
+    with tempfile.TemporaryDirectory() as directory:
+        rates.update(cache_rates(args, directory))
+    print("  pipelines measured", flush=True)
+    rates.update(evaluation_rate(args))
+    result = {
+        "machine": machine(),
+        "tensorflow": tf.__version__,
+        "image_size": args.size,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "images_per_second": rates,
+        "rates": derived,
+        "goals": goal_rows({**rates, **derived}),
+        "peak_rss_gb": peak_rss_gb(),
+    }
+    text = markdown(result)
+    write_json(result, os.path.join(args.out, "benchmark.json"))
+    write_atomic(os.path.join(args.out, "benchmark.md"), text.encode())
+    print(text, flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()
