@@ -188,7 +188,9 @@ def _fit(
             epochs=config.epochs,
             initial_epoch=start_epoch,
             steps_per_epoch=steps_per_epoch,
-            validation_data=data.prefetch_to(feeds.validation_batches(), device),
+            # Not prefetched to the device: Keras reads a validation set of unknown length (which
+            # prefetch_to_device makes it) to its end and warns that it ran out of data.
+            validation_data=feeds.validation_batches(),
             callbacks=callbacks,
             shuffle=False,
             verbose=verbose,
@@ -423,8 +425,8 @@ def _prepare_directory(root: Path) -> None:
 
 
 def _input_device(strategy: tf.distribute.Strategy) -> str | None:
-    """Where batches are prefetched to: the GPU when one trains without a tf.distribute strategy
-    (a distributed dataset is placed by its strategy), else nowhere beyond host memory."""
+    """Where training batches are prefetched to: the GPU when one trains without a tf.distribute
+    strategy (a distributed dataset is placed by its strategy), else nowhere beyond host memory."""
     gpus = tf.config.list_logical_devices("GPU")
     return gpus[0].name if gpus and strategy is tf.distribute.get_strategy() else None
 
