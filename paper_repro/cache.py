@@ -17,12 +17,14 @@ same key. Its build is resumable: the rows done are recorded after every batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -32,10 +34,16 @@ import tensorflow as tf
 from paper_repro import data
 from paper_repro.history import CacheRecord, write_atomic
 
+try:
+    import fcntl
+except ImportError:  # Windows: builds are not locked against each other there
+    fcntl = None
+
 CACHE_DIR_NAME = "feature-cache"
 _FILES = ("features", "labels", "indices")
 _META = "meta.json"
 _PROGRESS = "progress.json"
+_LOCK = "build.lock"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,14 +160,38 @@ def open_or_build(
     """The cache for ``spec`` under ``root``: opened when built, else built (or its interrupted
     build continued) from ``split`` with ``network``'s preprocess and features."""
     path = Path(root) / CACHE_DIR_NAME / spec.name
-    if not (path / _META).is_file():
-        _build(path, spec, network, split, augment, batch_size, verbose)
-        reused = False
-    else:
-        reused = True
-        if verbose:
-            print(f"feature cache: reusing {path}", flush=True)
+    reused = (path / _META).is_file()
+    if not reused:
+        with _build_lock(path, verbose):
+            # Another run may have built it while this one waited for the lock.
+            reused = (path / _META).is_file()
+            if not reused:
+                _build(path, spec, network, split, augment, batch_size, verbose)
+    if reused and verbose:
+        print(f"feature cache: reusing {path}", flush=True)
     return _open(path, reused)
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path, verbose: int) -> Iterator[None]:
+    """One build per cache at a time: runs started together (other seeds, say) share the cache
+    instead of writing the same files. An OS lock, released when its process ends, so a killed
+    build never leaves a stale lock behind."""
+    path.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(path / _LOCK, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if verbose:
+                print(f"feature cache: waiting for another run building {path}", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _open(path: Path, reused: bool) -> FeatureCache:

@@ -2,7 +2,9 @@
 epoch, resumable and reused builds, and cached retraining end to end on real MNIST."""
 
 import dataclasses
+import fcntl
 import os
+import threading
 from pathlib import Path
 
 import keras
@@ -48,10 +50,10 @@ def _spec(network, views: int = 10, dtype: str = "float32") -> cache.CacheSpec:
     )  # fmt: skip
 
 
-def _build(root, network, spec=None, split=None):
+def _build(root, network, spec=None, split=None, verbose=0):
     spec = spec or _spec(network)
     split = split if split is not None else _split()
-    return cache.open_or_build(root, spec, network, split, AUGMENT, batch_size=5, verbose=0)
+    return cache.open_or_build(root, spec, network, split, AUGMENT, batch_size=5, verbose=verbose)
 
 
 def test_cached_values_are_the_networks_features_of_every_view(tmp_path, network):
@@ -125,6 +127,26 @@ def test_an_interrupted_build_resumes_to_the_same_cache(tmp_path, network, monke
     np.testing.assert_array_equal(resumed.features, whole.features)
     np.testing.assert_array_equal(resumed.labels, whole.labels)
     assert not (directory / "progress.json").exists()
+
+
+def test_a_build_waits_for_another_runs_build_and_reuses_it(tmp_path, network, capsys):
+    spec = _spec(network)
+    path = tmp_path / cache.CACHE_DIR_NAME / spec.name
+    path.mkdir(parents=True)
+    result = {}
+    with open(path / "build.lock", "w") as lock:  # another run holds the build lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiting = threading.Thread(
+            target=lambda: result.update(built=_build(tmp_path, network, verbose=1))
+        )
+        waiting.start()
+        waiting.join(timeout=2.0)
+        assert waiting.is_alive(), "the second build did not wait for the lock"
+        cache._build(path, spec, network, _split(), AUGMENT, 5, 0)  # the other run's build
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    waiting.join(timeout=60)
+    assert result["built"].reused
+    assert "waiting for another run building" in capsys.readouterr().out
 
 
 def test_each_epoch_streams_every_image_once_with_a_keyed_view(tmp_path, network):
