@@ -28,6 +28,7 @@ import argparse
 import os
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -66,10 +67,16 @@ def cached_steps(model, batch: int) -> dict:
     labels = tf.constant(rng.integers(0, CLASSES, batch))
     steps = {}
     for name, jit in (("cached step", False), ("cached step, XLA", True)):
-        trainee = tf.keras.models.clone_model(classifier)
-        trainee.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=jit)
+        trainee = _classifier_trainee(classifier, jit)
         steps[name] = (lambda t=trainee: t.train_on_batch(features, labels), batch)
     return steps
+
+
+def _classifier_trainee(classifier, jit_compile: bool):
+    """A fresh copy of the classifier block, compiled as a cached run compiles it."""
+    trainee = tf.keras.models.clone_model(classifier)
+    trainee.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=jit_compile)
+    return trainee
 
 
 def model_rates(args) -> tuple[dict, dict]:
@@ -109,33 +116,27 @@ def cache_rates(args, directory: str) -> dict:
     """Section 2b: the feature cache's stream (random pool5 values, 10 views, on disk)."""
     model = training_model(args.size, "frozen")
     classifier = model.get_layer("classifier")
-    shape = classifier.input_shape[1:]
-    spec = _random_cache(directory, (CACHE_IMAGES, 10, *shape), classifier.output_shape[-1])
-    # The cache exists, so nothing is built: open_or_build only opens it.
-    built = cache.open_or_build(directory, spec, model, None, None, batch_size=1, verbose=0)
-    stream = built.train_batches(args.batch, 0, 0, 20)  # more batches than any timing takes
+    shape = (CACHE_IMAGES, 10, *classifier.input_shape[1:])
+    random = _random_cache(directory, shape, classifier.output_shape[-1])
+    stream = random.train_batches(args.batch, 0, 0, 20)  # more batches than any timing takes
     rates = {"cache pipeline": pipeline_rate(stream, 40, args.batch)}
-    trainee = tf.keras.models.clone_model(classifier)
-    trainee.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=False)
-    configs = fed_and_fixed(trainee, stream, args.batch, "cached")
+    configs = fed_and_fixed(_classifier_trainee(classifier, False), stream, args.batch, "cached")
     rates.update(measure_alternating(configs, steps=args.steps * 8, repeats=args.repeats))
     return rates
 
 
-def _random_cache(directory: str, shape: tuple[int, ...], classes: int) -> cache.CacheSpec:
-    """A finished cache of random values, so that the stream is timed without a build."""
-    spec = cache.CacheSpec("random", "train", None, None, None, 0, 0, (), "float32", "random")
-    root = os.path.join(directory, cache.CACHE_DIR_NAME, spec.name)
-    os.makedirs(root)
+def _random_cache(directory: str, shape: tuple[int, ...], classes: int) -> cache.FeatureCache:
+    """Random pool5 values memory-mapped from disk, as a built cache is: the stream is timed
+    without a build."""
     rng = np.random.default_rng(2)
-    features = np.lib.format.open_memmap(f"{root}/features.npy", "w+", np.float32, shape)
+    features = np.lib.format.open_memmap(f"{directory}/features.npy", "w+", np.float32, shape)
     for start in range(0, shape[0], 500):
         features[start : start + 500] = rng.random((500, *shape[1:]), np.float32)
     features.flush()
-    np.save(f"{root}/labels.npy", rng.integers(0, classes, shape[0]))
-    np.save(f"{root}/indices.npy", np.arange(shape[0]))
-    write_atomic(f"{root}/meta.json", b'{"build_seconds": 0.0}')
-    return spec
+    return cache.FeatureCache(
+        Path(directory), features, rng.integers(0, classes, shape[0]), np.arange(shape[0]),
+        build_seconds=0.0, reused=True,
+    )  # fmt: skip
 
 
 def evaluation_rate(args) -> dict:

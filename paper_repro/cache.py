@@ -114,7 +114,8 @@ class FeatureCache:
     ) -> tf.data.Dataset:
         """Epochs ``first_epoch .. end_epoch - 1``: ``(features, label)`` batches, each epoch in
         the order of uncached training's in-memory path, one keyed view per image."""
-        epochs = [self._epoch(batch_size, seed, e) for e in range(first_epoch, end_epoch)]
+        indices = tf.constant(self.indices)
+        epochs = [self._epoch(indices, batch_size, seed, e) for e in range(first_epoch, end_epoch)]
         return data.finish_pipeline(functools.reduce(tf.data.Dataset.concatenate, epochs))
 
     def validation_batches(self, batch_size: int) -> tf.data.Dataset:
@@ -124,9 +125,8 @@ class FeatureCache:
             positions.map(lambda rows: self._read(rows, tf.zeros_like(rows)))
         )
 
-    def _epoch(self, batch_size: int, seed: int, epoch: int) -> tf.data.Dataset:
+    def _epoch(self, indices: tf.Tensor, batch_size: int, seed: int, epoch: int) -> tf.data.Dataset:
         order = data.epoch_order(self.num_examples, seed, epoch)
-        indices = tf.constant(self.indices)
 
         def read(rows: tf.Tensor):
             keys = data.example_keys(seed, epoch, tf.gather(indices, rows))
@@ -201,7 +201,6 @@ def _open(path: Path, reused: bool) -> FeatureCache:
 
 
 def _build(path, spec, network, split, augment, batch_size, verbose) -> None:
-    path.mkdir(parents=True, exist_ok=True)
     count = int(split.cardinality())
     extract = _extractor(network)
     shape = tuple(network.get_layer("features").output.shape[1:])
@@ -226,17 +225,14 @@ def _build(path, spec, network, split, augment, batch_size, verbose) -> None:
         for array in arrays.values():
             array.flush()
         done = end
-        write_atomic(path / _PROGRESS, json.dumps(_progress_record(done, start)).encode())
+        record = {"rows": done, "seconds": time.perf_counter() - start}
+        write_atomic(path / _PROGRESS, json.dumps(record).encode())
         progress.update(done)
     for name in _FILES:
         os.replace(path / f"{name}.npy.partial", path / f"{name}.npy")
     meta = {"spec": dataclasses.asdict(spec), "build_seconds": time.perf_counter() - start}
     write_atomic(path / _META, (json.dumps(meta, indent=2) + "\n").encode())
     (path / _PROGRESS).unlink(missing_ok=True)
-
-
-def _progress_record(done: int, start: float) -> dict:
-    return {"rows": done, "seconds": time.perf_counter() - start}
 
 
 def _progress(path: Path) -> tuple[int, float]:
