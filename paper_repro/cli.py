@@ -138,8 +138,17 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--out", default="figures", help="where the table and figure go")
-    p.add_argument("--weights", help="pretrained model for every retraining (skips pretraining)")
+    p.add_argument(
+        "--weights",
+        help="pretrained model for every retraining (skips pretraining; full runs start "
+        "from scratch)",
+    )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="change a setting of every run of the preset",
+    )  # fmt: skip
+    p.add_argument("--force", action="store_true", help="redo finished runs")
     _add_cache_features(p)
     _add_download(p)
     p.set_defaults(handler=_reproduce)
@@ -155,6 +164,8 @@ def _reproduce(args: argparse.Namespace) -> None:
         runs_dir=args.runs_dir,
         out=args.out,
         seed=args.seed,
+        overrides=args.overrides,
+        force=args.force,
         cache_features=args.cache_features,
         download=args.download,
     )

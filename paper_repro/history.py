@@ -23,6 +23,9 @@ from paper_repro.errors import UserError
 SCHEMA = "paper_repro.history/1"
 MODES = ("full", "retrain", "pretrain")
 STATUSES = ("running", "finished")
+# What a run's network started from: the paper's fresh initialisation; a pretrained network's
+# features (frozen) with fc6/fc7 kept or new and fc8 new; or a whole pretrained network.
+STARTS = ("scratch", "pretrained-features", "pretrained-network")
 CROPS = (1, 5, 10)
 HISTORY_NAME = "history.json"
 # The other files of a run directory, written by training and read by export and evaluate.
@@ -105,13 +108,15 @@ class History:
     final: FinalEvaluation | None
     status: str
     cache: CacheRecord | None = None
+    start: str | None = None  # one of STARTS; None in histories written before it was recorded
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, keys in schema order so that saved files diff cleanly."""
         data = asdict(self)
         data["epochs"] = list(data["epochs"])
-        if data["cache"] is None:  # uncached runs keep the files they had before caching existed
-            del data["cache"]
+        for optional in ("cache", "start"):  # absent rather than null: older files stay valid
+            if data[optional] is None:
+                del data[optional]
         return {"schema": SCHEMA, **data}
 
     @classmethod
@@ -283,7 +288,9 @@ def _seconds(value: Any, where: _Field) -> float:
 
 
 def _read_history(data: Any, where: _Field) -> History:
-    data = _object(data, where, ("schema", *History.__dataclass_fields__), optional=("cache",))
+    data = _object(
+        data, where, ("schema", *History.__dataclass_fields__), optional=("cache", "start")
+    )
     if data["schema"] != SCHEMA:
         where.key("schema").fail(f"must be {_show(SCHEMA)}, got {_show(data['schema'])}")
     status = _choice(data["status"], where.key("status"), STATUSES)
@@ -308,6 +315,9 @@ def _read_history(data: Any, where: _Field) -> History:
         final=None if final is None else _read_final(final, where.key("final")),
         status=status,
         cache=_read_cache(data.get("cache"), where.key("cache")),
+        start=None
+        if data.get("start") is None
+        else _choice(data["start"], where.key("start"), STARTS),
     )
 
 

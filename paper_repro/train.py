@@ -455,7 +455,15 @@ def _new_history(experiment, preset, config, seed, weights_path) -> History:
         epochs=(),
         final=None,
         status="running",
+        start=_start(config, weights_path),
     )
+
+
+def _start(config: RunConfig, weights_path: Path | None) -> str:
+    """What the network starts from (history.STARTS), as ``_initial_model`` builds it."""
+    if weights_path is None:
+        return "scratch"
+    return "pretrained-features" if config.mode == "retrain" else "pretrained-network"
 
 
 def _provenance(weights_path: Path | None) -> Provenance:
@@ -526,6 +534,8 @@ def reproduce(
     runs_dir: str | os.PathLike = "runs",
     out: str | os.PathLike = "figures",
     seed: int = 0,
+    overrides: Iterable[str] = (),
+    force: bool = False,
     cache_features: bool = False,
     download: bool = False,
     verbose: int = 1,
@@ -533,27 +543,33 @@ def reproduce(
     """Every experiment of a preset in dependency order, then Table III and Figure 5.
 
     Finished runs are skipped and interrupted ones resumed, so rerunning after a crash costs only
-    the unfinished work. With ``weights`` (e.g. an imported CaffeNet) pretraining is skipped and
-    every retraining starts from them. With ``cache_features`` the retrain runs train on cached
-    features (runs of their own, ``retrain-*-cached``). The histories are copied to
-    ``OUT/histories/PRESET`` next to the table and figure made from them, so the three can be
-    committed together.
+    the unfinished work (``force`` trains every run again). ``overrides`` (``key=value``) apply to
+    every run of the preset. With ``weights`` (e.g. an imported CaffeNet) pretraining is skipped
+    and every retraining starts from them; the full runs still start from scratch. With
+    ``cache_features`` the retrain runs train on cached features (runs of their own,
+    ``retrain-*-cached``). The histories are copied to ``OUT/histories/PRESET`` next to the table
+    and figure made from them, so the three can be committed together.
     """
     from paper_repro import figures
     from paper_repro.history import write_atomic
 
-    names = [
-        name
+    overrides = list(overrides)
+    configs = {
+        name: experiments.resolve(name, preset, overrides)
         for name in experiments.dependency_order(preset)
-        if not (weights and experiments.resolve(name, preset).mode == "pretrain")
-    ]
+    }
+    # The weights stand in for pretraining: only the retrain runs start from them; full runs
+    # train from scratch, as in the paper.
+    names = [name for name in configs if not (weights and configs[name].mode == "pretrain")]
     kept = Path(out) / "histories" / preset
     for number, name in enumerate(names, 1):
         _say(verbose, f"[{number}/{len(names)}] {name} ({preset})")
-        cached = cache_features and experiments.resolve(name, preset).mode == "retrain"
-        train(name, preset, weights=weights, data_dir=data_dir, runs_dir=runs_dir, seed=seed,
-              overrides=["cache_features=true"] if cached else [], download=download,
-              verbose=verbose)  # fmt: skip
+        retrain = configs[name].mode == "retrain"
+        cached = cache_features and retrain
+        train(name, preset, weights=weights if retrain else None, data_dir=data_dir,
+              runs_dir=runs_dir, seed=seed,
+              overrides=[*overrides, *(["cache_features=true"] if cached else [])], force=force,
+              download=download, verbose=verbose)  # fmt: skip
         run = run_directory(runs_dir, preset, name, seed, cached)
         write_atomic(kept / f"{run.name}{HISTORY_SUFFIX}", RunPaths(run).history.read_bytes())
     return [*figures.regenerate_tables(kept, out), *figures.regenerate_figures(kept, out)]
