@@ -85,7 +85,7 @@ def features_digest(network: keras.Model) -> str:
     digest = hashlib.sha256()
     preprocess = network.get_layer("preprocess")
     digest.update(json.dumps(preprocess.get_config(), sort_keys=True, default=str).encode())
-    for weight in network.get_layer("features").get_weights():
+    for weight in [*preprocess.get_weights(), *network.get_layer("features").get_weights()]:
         digest.update(np.ascontiguousarray(weight).tobytes())
     return digest.hexdigest()
 

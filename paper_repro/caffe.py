@@ -288,7 +288,28 @@ def caffe_mean(mean: Sequence[float] | str | Path) -> tuple[float, float, float]
         if len(values) != 3:
             raise UserError(f"the mean needs 3 values (B, G, R), got {list(values)}")
         return values
-    path = Path(mean)
+    image = _read_mean_image(Path(mean))
+    return tuple(float(v) for v in image.reshape(3, -1).mean(axis=1))
+
+
+def caffe_mean_image(path: str | Path, size: int = PAPER_IMAGE_SIZE) -> np.ndarray:
+    """Caffe's mean image cropped as its TEST phase crops it: the centre ``size`` x ``size``.
+
+    Caffe's data layer subtracts ``mean[c, h_off + h, w_off + w]`` with the offsets of the image's
+    own crop, ``(H - size) // 2`` in the TEST phase (14 for 256 -> 227). Returned as
+    (size, size, 3) in the file's BGR channel order, for ``CaffePreprocessing(mean_image=True)``.
+    """
+    image = _read_mean_image(Path(path))
+    height, width = image.shape[-2:]
+    if min(height, width) < size:
+        raise UserError(f"{path}: the mean image is {height}x{width}, smaller than {size}x{size}")
+    top, left = (height - size) // 2, (width - size) // 2
+    crop = image.reshape(3, height, width)[:, top : top + size, left : left + size]
+    return crop.transpose(1, 2, 0).astype(np.float32)
+
+
+def _read_mean_image(path: Path) -> np.ndarray:
+    """A (3, H, W) BGR mean image from a ``.npy`` (no pickles) or a ``.binaryproto``."""
     try:
         if path.suffix == ".binaryproto":
             image = _blob(memoryview(path.read_bytes()))
@@ -297,30 +318,39 @@ def caffe_mean(mean: Sequence[float] | str | Path) -> tuple[float, float, float]
     except (OSError, ValueError) as error:
         raise UserError(f"cannot read the mean file {path}: {error}") from error
     image = np.asarray(image, np.float64)
-    if image.ndim < 3 or image.shape[-3] != 3:
+    if image.ndim < 3 or image.shape[-3] != 3 or any(n != 1 for n in image.shape[:-3]):
         raise UserError(f"{path}: a mean image is (3, H, W) in BGR order, got shape {image.shape}")
-    return tuple(float(v) for v in image.reshape(3, -1).mean(axis=1))
+    return image.reshape(image.shape[-3:])
 
 
 def import_caffenet(
-    caffemodel_path: str | Path, *, mean: Sequence[float] | str | Path = CAFFENET_MEAN_BGR
+    caffemodel_path: str | Path,
+    *,
+    mean: Sequence[float] | str | Path = CAFFENET_MEAN_BGR,
+    mean_image: str | Path | None = None,
 ) -> keras.Model:
     """BVLC's reference CaffeNet as the Table II model: 1000 classes, 227 pixels, groups=2.
 
     The result takes RGB images in 0..255 (uint8 or float); its ``preprocess`` layer reverses them
-    to BGR and subtracts ``mean`` (BGR values, or a mean-image file: see :func:`caffe_mean`).
+    to BGR and subtracts ``mean`` (BGR values, or a mean-image file: see :func:`caffe_mean`), or,
+    with ``mean_image`` (a mean-image file), the centre crop of that image as Caffe's TEST phase
+    does (see :func:`caffe_mean_image`).
     Every weighted CaffeNet layer must be in the file with CaffeNet's shapes; the first one that
     is missing or does not fit raises :class:`UserError` naming it (and both shapes).
     """
+    pixels = None if mean_image is None else caffe_mean_image(mean_image)
     weights = read_caffemodel(caffemodel_path)
     model = build_alexnet(
         CAFFENET_CLASSES,
         PAPER_IMAGE_SIZE,
         CAFFENET_GROUPS,
-        mean=caffe_mean(mean),
+        mean=(0.0, 0.0, 0.0) if pixels is not None else caffe_mean(mean),
         bgr=True,
+        mean_image=pixels is not None,
         name="caffenet",
     )
+    if pixels is not None:
+        model.get_layer("preprocess").set_weights([pixels])
     layers = caffe_layers(model)
     height, width, channels = model.get_layer("features").output.shape[1:]
     for name in _CAFFENET_WEIGHTED:
@@ -344,16 +374,22 @@ def import_caffe(
     out: str | Path,
     force: bool = False,
     mean: Sequence[float] | str | Path | None = None,
+    mean_image: str | Path | None = None,
 ) -> Path:
     """``paper-repro import-caffe``: CaffeNet weights into a verified .keras file.
 
     The file loads with ``keras.saving.load_model(..., safe_mode=True)`` and is a pretrained
     network for ``paper-repro train ... --weights``. ``mean``: see :func:`caffe_mean` (default
-    Caffe's 104/117/123). The output is checked before the (slow) import, so an existing file is
-    refused at once unless ``force``.
+    Caffe's 104/117/123); ``mean_image``: see :func:`import_caffenet` (not with ``mean``). The
+    output is checked before the (slow) import, so an existing file is refused at once unless
+    ``force``.
     """
+    if mean is not None and mean_image is not None:
+        raise UserError("--mean and --mean-image are two ways to give the mean: pass one")
     out = Path(out)
     check_target(out, force, ".keras")
-    model = import_caffenet(caffemodel, mean=CAFFENET_MEAN_BGR if mean is None else mean)
+    model = import_caffenet(
+        caffemodel, mean=CAFFENET_MEAN_BGR if mean is None else mean, mean_image=mean_image
+    )
     save_keras(model, out, force=force)
     return out

@@ -237,7 +237,15 @@ def _add_import_caffe(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-caffe", help="CaffeNet weights from a .caffemodel into .keras")
     p.add_argument("caffemodel")
     p.add_argument("--out", default="caffenet.keras")
-    p.add_argument("--mean", help="ilsvrc_2012_mean.npy (default: Caffe's 104/117/123 BGR)")
+    p.add_argument(
+        "--mean",
+        help="per-channel mean: ilsvrc_2012_mean.npy averaged (default: Caffe's 104/117/123 BGR)",
+    )
+    p.add_argument(
+        "--mean-image",
+        help="ilsvrc_2012_mean.npy (or .binaryproto) subtracted per pixel, centre-cropped, as "
+        "Caffe's TEST phase does",
+    )
     p.add_argument("--force", action="store_true")
     p.set_defaults(handler=_import_caffe)
 
@@ -245,7 +253,14 @@ def _add_import_caffe(sub: argparse._SubParsersAction) -> None:
 def _import_caffe(args: argparse.Namespace) -> None:
     from paper_repro.caffe import import_caffe
 
-    _print_paths([import_caffe(args.caffemodel, args.out, force=args.force, mean=args.mean)])
+    _print_paths(
+        [
+            import_caffe(
+                args.caffemodel, args.out, force=args.force, mean=args.mean,
+                mean_image=args.mean_image,
+            )
+        ]
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

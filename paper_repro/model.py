@@ -68,6 +68,11 @@ class CaffePreprocessing(keras.layers.Layer):
     channel order (BGR when ``bgr``). Caffe subtracts before it scales, so do we. The mean is a
     config constant rather than a weight: it is fixed by the pretraining data, never trained, and
     keeps the parameter count equal to Caffe's.
+
+    ``mean_image=True`` subtracts, in addition, a per-pixel mean of the input's size: Caffe's TEST
+    phase subtracts its 256x256 mean image cropped where the image was cropped (the centre), which
+    ``caffe.import_caffenet(mean_image=...)`` stores here. It is a non-trainable weight (an image
+    is too large for a config), zero until set, so it travels in the ``.keras`` file.
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class CaffePreprocessing(keras.layers.Layer):
         mean: Sequence[float] = (0.0, 0.0, 0.0),
         bgr: bool = False,
         scale: float = 1.0,
+        mean_image: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -83,19 +89,35 @@ class CaffePreprocessing(keras.layers.Layer):
         self.mean = [float(m) for m in mean]
         self.bgr = bool(bgr)
         self.scale = float(scale)
+        self.mean_image = bool(mean_image)
+
+    def build(self, input_shape):
+        if self.mean_image:
+            self.mean_pixels = self.add_weight(
+                shape=tuple(input_shape[1:]), initializer="zeros", trainable=False,
+                name="mean_image",
+            )  # fmt: skip
 
     def call(self, images):
         x = ops.cast(images, self.compute_dtype)
         if self.bgr:
             x = ops.flip(x, axis=-1)
         x = ops.subtract(x, ops.convert_to_tensor(self.mean, dtype=self.compute_dtype))
+        if self.mean_image:
+            x = ops.subtract(x, ops.cast(self.mean_pixels, self.compute_dtype))
         return ops.multiply(x, self.scale) if self.scale != 1.0 else x
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "mean": self.mean, "bgr": self.bgr, "scale": self.scale}
+        return {
+            **super().get_config(),
+            "mean": self.mean,
+            "bgr": self.bgr,
+            "scale": self.scale,
+            "mean_image": self.mean_image,
+        }
 
 
 @keras.saving.register_keras_serializable(package="paper_repro")
@@ -305,6 +327,7 @@ def build_alexnet(
     *,
     mean: Sequence[float] = (0.0, 0.0, 0.0),
     bgr: bool = False,
+    mean_image: bool = False,
     dropout: float = 0.5,
     init: str = "gaussian",
     seed: int | None = None,
@@ -317,7 +340,8 @@ def build_alexnet(
         image_size: square input size, 67 + 32k (227 as in the paper).
         groups: 2 for CaffeNet's grouped conv2, conv4, conv5 (needed to import its weights);
             1 for the ungrouped variant (62.4M instead of 61.0M parameters).
-        mean, bgr: the preprocessing (see ``CaffePreprocessing``), from the pretraining data.
+        mean, bgr, mean_image: the preprocessing (see ``CaffePreprocessing``), from the
+            pretraining data.
         dropout: rate of drop6 and drop7.
         init: ``gaussian`` (CaffeNet's: std 0.01, 0.005 for fc6/fc7) or ``xavier`` (Caffe's
             xavier filler); biases are CaffeNet's constants either way.
@@ -329,7 +353,7 @@ def build_alexnet(
     features = _features_block(image_size, groups, init, seed)
     classifier = _classifier_block(features.output.shape[1:], num_classes, dropout, init, seed)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = CaffePreprocessing(mean=mean, bgr=bgr, name="preprocess")(inputs)
+    x = CaffePreprocessing(mean=mean, bgr=bgr, mean_image=mean_image, name="preprocess")(inputs)
     outputs = classifier(features(x))
     return keras.Model(inputs, outputs, name=name)
 
@@ -375,6 +399,7 @@ def describe(model: keras.Model) -> dict:
         "groups": int(layers["conv2"].groups),
         "mean": pre.mean,
         "bgr": pre.bgr,
+        "mean_image": pre.mean_image,
         "dropout": float(layers["drop6"].rate),
     }
 
@@ -395,7 +420,8 @@ def replace_classifier(
     ``features`` comes back trainable; freezing it is the caller's decision.
     """
     new = build_alexnet(num_classes, **describe(model), init=init, seed=seed, name=model.name)
-    new.get_layer("features").set_weights(model.get_layer("features").get_weights())
+    for block in ("preprocess", "features"):
+        new.get_layer(block).set_weights(model.get_layer(block).get_weights())
     if keep_fc67:
         old_layers, new_layers = caffe_layers(model), caffe_layers(new)
         for name in ("fc6", "fc7"):

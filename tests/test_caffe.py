@@ -341,3 +341,31 @@ def test_imported_caffenet_is_retrained_directly(caffenet_files, tmp_path):
     np.testing.assert_array_equal(trained["conv3"].kernel.numpy(), source["conv3"].kernel.numpy())
     assert trained["fc8"].kernel.shape == (4096, 10)
     assert trained["conv1"].input.shape[1:] == (227, 227, 3)
+
+
+def test_mean_image_is_subtracted_as_caffes_test_phase_does(caffenet_files, tmp_path):
+    """`import-caffe --mean-image`: Caffe's TEST transform of a 256x256 image, against NumPy:
+    the centre 227 crop (offset (256 - 227) // 2 = 14) of the BGR image minus the same crop of
+    the mean image. The weight survives saving and the classifier's replacement for retraining."""
+    from paper_repro.model import replace_classifier
+
+    paths, _, _ = caffenet_files
+    rng = np.random.default_rng(3)
+    mean_image = rng.uniform(90, 140, (3, 256, 256))  # (3, H, W) BGR, like ilsvrc_2012_mean.npy
+    np.save(tmp_path / "mean.npy", mean_image)
+    rgb = rng.integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    datum = rgb[..., ::-1].transpose(0, 3, 1, 2).astype(np.float64)  # Caffe's BGR, NCHW
+    expected = (datum - mean_image)[:, :, 14:241, 14:241].transpose(0, 2, 3, 1)
+
+    out = tmp_path / "caffenet.keras"
+    assert import_caffe(paths[False], out, mean_image=tmp_path / "mean.npy") == out
+    reloaded = keras.saving.load_model(out, safe_mode=True, compile=False)
+    retrained = replace_classifier(reloaded, 10)
+    for model in (reloaded, retrained):
+        got = model.get_layer("preprocess")(rgb[:, 14:241, 14:241]).numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    with pytest.raises(UserError, match="pass one"):
+        import_caffe(paths[False], out, force=True, mean=[1, 2, 3], mean_image="mean.npy")
+    np.save(tmp_path / "small.npy", mean_image[:, :100, :100])
+    with pytest.raises(UserError, match="smaller than 227x227"):
+        import_caffe(paths[False], out, force=True, mean_image=tmp_path / "small.npy")
