@@ -10,10 +10,16 @@ paper
     ``paper-repro reproduce --preset paper`` -- the real thing, for a GPU. Pretraining follows
     BVLC's CaffeNet solver (../shared/caffe/caffenet_solver.prototxt) because the paper trained
     "just like Krizhevsky et al.": lr 0.01 divided by 10 every 100,000 iterations for 450,000
-    iterations of batch 256. With 1,281,167 images that is 89.9 epochs with a drop every 19.98;
-    we run 90 epochs with drops after 20, 40, 60 and 80. The six transfer runs use the paper's
-    solver: 30 epochs, batch 80, lr 0.001 -> 0.0001 after epoch 20, momentum 0.9, decay 0.0005;
-    resize 256, random 227 crop, mirror except MNIST; 10-crop test (5 for MNIST). Expected:
+    iterations of batch 256, followed in iterations (``drop_iterations``, ``max_iterations``):
+    with 1,281,167 images that is 89.9 epochs, the 90th cut short at iteration 450,000. The six
+    transfer runs use the paper's solver, stated in epochs: 30 epochs, batch 80, lr 0.001 ->
+    0.0001 after epoch 20 (iteration 20 * ceil(N / 80): 15,000 for MNIST, 12,500 for CIFAR, as in
+    Caffe, since 80 divides both), momentum 0.9, decay 0.0005; resize 256, random 227 crop, mirror
+    except MNIST; 10-crop test (5 for MNIST). Retraining starts from the pretrained network (or
+    the one given by ``--weights``, such as an imported CaffeNet): conv1 .. conv5 copied and
+    frozen, fc6 and fc7 copied and trained (``--set keep_fc67=false`` draws them fresh), fc8 new
+    for the target's classes; full training starts every layer from the paper's initialisation
+    (``init``, seeded), never from the weights. Expected:
     Table III (full / retrain: MNIST 99.68 / 99.54, CIFAR-10 89.99 / 89.14, CIFAR-100
     63.65 / 67.68) and pretraining top-1 59.23 %, top-5 83.58 %. Cost: days of GPU time for
     pretraining (or import CaffeNet instead: ``paper-repro import-caffe``), hours per transfer run.
@@ -66,6 +72,10 @@ class RunConfig:
     batch_size: int = 80
     base_lr: float = 0.001
     drop_epochs: tuple[float, ...] = (20,)
+    # A schedule stated in iterations (BVLC's CaffeNet solver): drops at these iterations instead
+    # of drop_epochs, and training stops at max_iterations, within its last epoch if need be.
+    drop_iterations: tuple[int, ...] | None = None
+    max_iterations: int | None = None
     gamma: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 0.0005
@@ -107,6 +117,12 @@ class RunConfig:
         for name in ("epochs", "batch_size", "resize", "crop"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_iterations is not None and self.max_iterations < 1:
+            raise UserError(
+                f"max_iterations must be at least 1 (or none), got {self.max_iterations}"
+            )
+        if any(step < 1 for step in self.drop_iterations or ()):
+            raise UserError(f"drop_iterations must be at least 1, got {list(self.drop_iterations)}")
         if self.crop > self.resize:
             raise UserError(f"crop {self.crop} is larger than resize {self.resize}: lower crop")
         if not 0 <= self.dropout < 1:
@@ -123,8 +139,9 @@ def _check_choice(name: str, value, choices: Iterable) -> None:
 
 def _paper() -> dict[str, RunConfig]:
     pretrain = RunConfig(
-        "imagenet2012", "pretrain", epochs=90, batch_size=256, base_lr=0.01,
-        drop_epochs=(20, 40, 60, 80), test_split="validation",
+        "imagenet2012", "pretrain", epochs=90, batch_size=256, base_lr=0.01, drop_epochs=(),
+        drop_iterations=(100_000, 200_000, 300_000, 400_000), max_iterations=450_000,
+        test_split="validation",
     )  # fmt: skip
     runs = {"pretrain-imagenet": pretrain}
     for dataset in ("mnist", "cifar10", "cifar100"):

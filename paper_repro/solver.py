@@ -101,7 +101,16 @@ def epoch_schedule(
     drop_epochs: Sequence[float] = PAPER_DROP_EPOCHS,
     gamma: float = PAPER_GAMMA,
 ) -> keras.optimizers.schedules.LearningRateSchedule:
-    """The paper's schedule in epochs (0.001, divided by 10 after epoch 20), at any epoch scale."""
+    """The paper's schedule in epochs (0.001, divided by 10 after epoch 20), at any epoch scale.
+
+    An epoch here is ``steps_per_epoch = ceil(N / batch)`` steps, the last batch partial, so the
+    drop comes after exactly ``drop_epoch`` passes over the data. Caffe has no epochs: its data
+    layer wraps around to full batches and its step policy counts iterations, so the same drop
+    written as a Caffe ``stepsize`` would be ``drop_epoch * N / batch``. The two agree wherever
+    the batch divides the training set (MNIST 60,000 and CIFAR 50,000 by 80: every paper transfer
+    run); otherwise the drop comes up to ``drop_epoch`` steps later here (README, "Where this
+    differs from Caffe").
+    """
     return step_schedule(base_lr, [round(e * steps_per_epoch) for e in drop_epochs], gamma)
 
 
@@ -112,7 +121,16 @@ def paper_solver(
     momentum: float = PAPER_MOMENTUM,
     weight_decay: float = PAPER_WEIGHT_DECAY,
     gamma: float = PAPER_GAMMA,
+    drop_iterations: Sequence[int] | None = None,
 ) -> CaffeSGD:
-    """The paper's solver for a given number of batches per epoch."""
-    schedule = epoch_schedule(base_lr, steps_per_epoch, drop_epochs, gamma)
+    """The paper's solver for a given number of batches per epoch.
+
+    ``drop_iterations`` (Caffe's ``stepsize`` multiples, as BVLC's CaffeNet solver gives them)
+    replaces ``drop_epochs``: a schedule the source states in iterations is followed in
+    iterations.
+    """
+    if drop_iterations is not None:
+        schedule = step_schedule(base_lr, drop_iterations, gamma)
+    else:
+        schedule = epoch_schedule(base_lr, steps_per_epoch, drop_epochs, gamma)
     return CaffeSGD(schedule, momentum=momentum, coupled_weight_decay=weight_decay)

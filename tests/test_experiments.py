@@ -33,8 +33,11 @@ def test_mnist_is_never_mirrored_and_tested_on_five_crops():
 
 def test_pretraining_follows_the_caffenet_solver():
     config = resolve("pretrain-imagenet", "paper")
-    assert (config.base_lr, config.batch_size, config.drop_epochs) == (0.01, 256, (20, 40, 60, 80))
-    assert config.epochs == 90 and config.dataset == "imagenet2012"
+    assert (config.base_lr, config.batch_size, config.gamma) == (0.01, 256, 0.1)
+    # caffenet_solver.prototxt: stepsize 100000, max_iter 450000, followed in iterations
+    assert config.drop_iterations == (100_000, 200_000, 300_000, 400_000) and not config.drop_epochs
+    assert config.max_iterations == 450_000 and config.epochs == 90  # ceil(450000 / 5005)
+    assert config.dataset == "imagenet2012"
 
 
 def test_mini_keeps_the_papers_structure():

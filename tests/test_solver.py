@@ -73,3 +73,24 @@ def test_solver_survives_serialisation():
     clone = CaffeSGD.from_config(solver.get_config())
     assert clone.coupled_weight_decay == 0.0005 and clone.bias_lr_mult == 2.0
     assert float(clone.learning_rate) == pytest.approx(0.001)
+
+
+def test_a_schedule_in_iterations_replaces_the_one_in_epochs():
+    """BVLC's CaffeNet solver: drops at iterations 100k, 200k, ... whatever an epoch's length."""
+    solver = paper_solver(5005, 0.01, drop_epochs=(20,), drop_iterations=(100_000, 200_000))
+    lr = []
+    for step in (99_999, 100_000, 100_099, 199_999, 200_000):
+        solver.iterations.assign(step)
+        lr.append(float(solver.learning_rate))
+    assert lr == pytest.approx([0.01, 0.001, 0.001, 0.001, 0.0001])
+
+
+def test_epoch_drops_fall_where_caffe_puts_them_when_the_batch_divides_the_data():
+    """The paper's transfer runs: 80 divides MNIST's 60,000 and CIFAR's 50,000, so the drop after
+    epoch 20 is Caffe's floor(iter / stepsize) with stepsize 20 * N / 80, to the iteration."""
+    for examples in (60_000, 50_000):
+        stepsize = 20 * examples // 80
+        schedule = epoch_schedule(0.001, -(-examples // 80))
+        for step in (stepsize - 1, stepsize, stepsize + 1):
+            caffe = 0.001 * 0.1 ** (step // stepsize)
+            assert float(schedule(step)) == pytest.approx(caffe)
