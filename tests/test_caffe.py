@@ -14,6 +14,17 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from caffe_files import (  # tests/caffe_files.py
+    CAFFENET_CONVS,
+    CAFFENET_FCS,
+    MEAN_BGR,
+    blob_proto,
+    field_key,
+    len_field,
+    random_caffenet,
+    varint,
+    write_caffemodel,
+)
 
 from paper_repro.caffe import (
     caffe_mean,
@@ -27,48 +38,6 @@ from paper_repro.errors import UserError
 CAFFE_DIR = Path(__file__).resolve().parents[2] / "shared" / "caffe"
 LENET = CAFFE_DIR / "lenet_mnist.caffemodel"
 LENET_SCALE = 0.00390625  # 1/256, Caffe's LeNet example's input scale
-
-
-# --- a minimal protobuf writer: the test's own, independent of the reader under test ---------
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _key(field: int, wire: int) -> bytes:
-    return _varint(field << 3 | wire)
-
-
-def _len_field(field: int, payload: bytes) -> bytes:
-    return _key(field, 2) + _varint(len(payload)) + payload
-
-
-def _blob_proto(array: np.ndarray, *, legacy: bool) -> bytes:
-    """BlobProto: shape (7) or legacy num/channels/height/width (1-4), then packed data (5)."""
-    if legacy:
-        dims = (1,) * (4 - array.ndim) + array.shape
-        head = b"".join(_key(f, 0) + _varint(d) for f, d in zip((1, 2, 3, 4), dims, strict=True))
-    else:
-        head = _len_field(7, _len_field(1, b"".join(_varint(d) for d in array.shape)))
-    return head + _len_field(5, np.asarray(array, "<f4").tobytes())
-
-
-def write_caffemodel(path: Path, layers: dict[str, list[np.ndarray]], *, legacy: bool) -> None:
-    """NetParameter with field 100 (LayerParameter: name 1, blobs 7), or legacy field 2
-    (V1LayerParameter: name 4, blobs 6); a weightless data layer first, as real files have."""
-    layer_field, name_field, blobs_field = (2, 4, 6) if legacy else (100, 1, 7)
-    out = [_len_field(1, b"net")]
-    for name, blobs in {"data": [], **layers}.items():
-        body = _len_field(name_field, name.encode())
-        body += b"".join(_len_field(blobs_field, _blob_proto(b, legacy=legacy)) for b in blobs)
-        out.append(_len_field(layer_field, body))
-    path.write_bytes(b"".join(out))
 
 
 # --- the reader --------------------------------------------------------------------------------
@@ -94,11 +63,12 @@ def test_reader_round_trips_both_formats(tmp_path, legacy):
 
 def test_reader_accepts_unpacked_floats_and_dims(tmp_path):
     data = [1.5, -2.0, 3.25]
-    shape = _key(1, 0) + _varint(3)  # BlobShape.dim, unpacked
-    floats = b"".join(_key(5, 5) + struct.pack("<f", v) for v in data)  # BlobProto.data, unpacked
-    blob = _len_field(7, shape) + floats
+    shape = field_key(1, 0) + varint(3)  # BlobShape.dim, unpacked
+    # BlobProto.data, unpacked
+    floats = b"".join(field_key(5, 5) + struct.pack("<f", v) for v in data)
+    blob = len_field(7, shape) + floats
     path = tmp_path / "unpacked.caffemodel"
-    path.write_bytes(_len_field(100, _len_field(1, b"ip") + _len_field(7, blob)))
+    path.write_bytes(len_field(100, len_field(1, b"ip") + len_field(7, blob)))
     np.testing.assert_array_equal(read_caffemodel(path)["ip"][0], np.float32(data))
 
 
@@ -166,29 +136,6 @@ def test_real_caffe_lenet_scores_mnist():
 
 # --- CaffeNet: random weights written in both formats, against a NumPy forward pass ------------
 
-# (name, caffe blob shape of the kernel, stride, pad, group) of BVLC's caffenet_deploy.prototxt.
-CAFFENET_CONVS = (
-    ("conv1", (96, 3, 11, 11), 4, 0, 1),
-    ("conv2", (256, 48, 5, 5), 1, 2, 2),
-    ("conv3", (384, 256, 3, 3), 1, 1, 1),
-    ("conv4", (384, 192, 3, 3), 1, 1, 2),
-    ("conv5", (256, 192, 3, 3), 1, 1, 2),
-)
-CAFFENET_FCS = (("fc6", (4096, 9216)), ("fc7", (4096, 4096)), ("fc8", (1000, 4096)))
-MEAN_BGR = (104.0, 117.0, 123.0)
-
-
-def _random_caffenet() -> dict[str, list[np.ndarray]]:
-    """He-scaled weights: conv1 outputs ~60, so the LRN (alpha/5) halves them; fc8 is scaled down
-    to logits of std ~2, so that every probability is far from 0 and 1 and is compared."""
-    rng = np.random.default_rng(2015)
-    layers = {}
-    for name, shape in [(n, s) for n, s, *_ in CAFFENET_CONVS] + list(CAFFENET_FCS):
-        std = np.sqrt(2.0 / np.prod(shape[1:])) * (0.02 if name == "fc8" else 1.0)
-        kernel = (rng.standard_normal(shape, dtype=np.float32) * std).astype("f4")
-        layers[name] = [kernel, rng.normal(0.0, 0.1, shape[0]).astype("f4")]
-    return layers
-
 
 def _caffe_conv(x, kernel, bias, stride, pad, group):
     """Caffe's convolution on NCHW by im2col: each group sees its slice of input channels."""
@@ -249,7 +196,7 @@ def _caffe_forward(layers, rgb_images):
 @pytest.fixture(scope="module")
 def caffenet_files(tmp_path_factory):
     """The same random CaffeNet written in the current and in the legacy (V1) format."""
-    layers = _random_caffenet()
+    layers = random_caffenet()
     rgb = np.random.default_rng(7).integers(0, 256, (2, 227, 227, 3), dtype=np.uint8)
     expected = _caffe_forward(layers, rgb)
     root = tmp_path_factory.mktemp("caffenet")
@@ -292,7 +239,7 @@ def test_mean_from_values_and_mean_image_files(tmp_path):
     assert caffe_mean([1, 2, 3]) == (1.0, 2.0, 3.0)
     image = np.stack([np.full((4, 4), v) for v in (10.0, 20.0, 30.0)])
     np.save(tmp_path / "mean.npy", image)
-    (tmp_path / "mean.binaryproto").write_bytes(_blob_proto(image[None], legacy=True))
+    (tmp_path / "mean.binaryproto").write_bytes(blob_proto(image[None], legacy=True))
     for name in ("mean.npy", "mean.binaryproto"):
         assert caffe_mean(tmp_path / name) == pytest.approx((10.0, 20.0, 30.0))
     np.save(tmp_path / "hwc.npy", image.transpose(1, 2, 0))
