@@ -223,8 +223,16 @@ def _not_prepared_message(builder: tfds.core.DatasetBuilder, data_dir: str) -> s
     return (
         f"{where}; prepare it on a machine with network (`tfds build {builder.name} "
         f"--data_dir {data_dir}`) and copy it there, set TFDS_DATA_DIR to a prepared copy, or "
-        f"rerun with --download (needs a network)"
+        f"rerun with --download (needs a network{_offline(builder, data_dir, '; offline, ')})"
     )
+
+
+def _offline(builder: tfds.core.DatasetBuilder, data_dir: str, lead: str) -> str:
+    """How --download works offline: tfds takes its source files from the manual directory."""
+    files = [info.filename for info in (builder.url_infos or {}).values() if info.filename]
+    if not files:
+        return ""
+    return f"{lead}put {' and '.join(sorted(files))} in {_manual_dir(data_dir)} first"
 
 
 def _manual_instructions(name: str, data_dir: str) -> str:
@@ -246,10 +254,18 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str) -> None:
     config = tfds.download.DownloadConfig(manual_dir=manual_dir)
     try:
         builder.download_and_prepare(download_config=config)
+    except tfds.download.download_manager.NonMatchingChecksumError as error:
+        # First line: "Artifact URL, downloaded to PATH, has wrong checksum:" (e.g. a truncated
+        # file in the manual directory).
+        raise UserError(
+            f"{builder.name}: {str(error).splitlines()[0].rstrip(':')}, so it is not the file "
+            f"tfds expects: replace it with a complete download of that URL and rerun"
+        ) from None
     except OSError as error:
         raise UserError(
             f"downloading {builder.name} into {data_dir} failed ({type(error).__name__}); check "
-            f"the network, or prepare it elsewhere with `tfds build {builder.name}` and copy it"
+            f"the network{_offline(builder, data_dir, ' or (offline) ')}, or prepare it "
+            f"elsewhere with `tfds build {builder.name}` and copy it"
         ) from None
 
 
@@ -377,13 +393,19 @@ def channel_mean(dataset: tf.data.Dataset) -> tuple[float, float, float]:
     """Per-channel (RGB) mean pixel of a loaded split: the ``mean`` of a network trained on it.
 
     Caffe's per-channel alternative to the mean image (the 104/117/123 of ILSVRC-12, in BGR). It is
-    taken at native size: bilinear resizing preserves the mean up to border effects.
+    taken at native size: bilinear resizing preserves the mean up to border effects. Sums are
+    taken per image (exact integers), so images of varying size (ILSVRC-12, folders) need no resize.
     """
-    total, count = np.zeros(3), 0
-    images = dataset.map(lambda ex: ex["image"]).batch(_READ_BATCH)
-    for batch in images.as_numpy_iterator():
-        total += batch.reshape(-1, 3).sum(axis=0, dtype=np.float64)
-        count += batch.shape[0] * batch.shape[1] * batch.shape[2]
+
+    def pixel_sums(example: dict) -> tuple[tf.Tensor, tf.Tensor]:
+        pixels = tf.reshape(tf.cast(example["image"], tf.int64), [-1, 3])
+        return tf.reduce_sum(pixels, axis=0), tf.shape(pixels, out_type=tf.int64)[0]
+
+    total, count = np.zeros(3, np.int64), 0
+    sums = dataset.map(pixel_sums, num_parallel_calls=tf.data.AUTOTUNE).batch(_READ_BATCH)
+    for image_sums, pixel_counts in sums.as_numpy_iterator():
+        total += image_sums.sum(axis=0)
+        count += int(pixel_counts.sum())
     if not count:
         raise UserError("cannot take the mean pixel of an empty split: check its subset options")
     return tuple(float(v) for v in total / count)

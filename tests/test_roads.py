@@ -1,0 +1,244 @@
+"""The paper's full-scale roads (issue 11), walked end to end at tiny size, offline, on the CPU.
+
+Each road starts from fake source files in the real format, in the place a user puts the real
+ones, and goes through the command line as a user would (``--download`` with no network):
+
+- ILSVRC-12: ``ILSVRC2012_img_train.tar`` (a tar of per-synset tars of JPEGs) and
+  ``ILSVRC2012_img_val.tar`` in ``$TFDS_DATA_DIR/downloads/manual``; tfds' own ``imagenet2012``
+  builder prepares them (validation labels from its ``validation_labels.txt``, by sorted file
+  name), then ``train pretrain-imagenet --preset paper`` pretrains one tiny epoch.
+- CIFAR-100: ``cifar-100-binary.tar.gz`` (``train.bin`` / ``test.bin`` records of a coarse label
+  byte, a fine label byte and 3,072 pixel bytes, and the label-name files) in the same manual
+  directory; tfds' own ``cifar100`` builder prepares it, then ``full-cifar100`` and
+  ``retrain-cifar100`` (from the ILSVRC-12 run above, the paper's order) train on the fine labels.
+  The one thing a fake cannot match is the archive's registered SHA-256: the test registers the
+  fake's own checksum for the URL, so tfds still checks it; a file with another checksum (a
+  truncated download) is refused in one line.
+- An image folder (``--set dataset=FOLDER``, ``FOLDER/train/<synset>/`` and ``FOLDER/val/``): the
+  road around tfds' ILSVRC-12 build, for ILSVRC-12 already extracted to folders.
+
+Nothing here needs ../shared or a network.
+"""
+
+import gzip
+import hashlib
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from paper_repro import cli, data
+from paper_repro.errors import UserError
+from paper_repro.history import load_history
+from paper_repro.model import caffe_layers, describe, load_model
+
+TINY = ["--set", "crop=67", "--set", "resize=76", "--set", "epochs=1", "--set", "batch_size=8"]
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"
+
+
+def _jpeg(colour, height: int, width: int) -> bytes:
+    image = np.broadcast_to(np.asarray(colour, np.uint8), (height, width, 3))
+    return tf.io.encode_jpeg(image, quality=95).numpy()
+
+
+def _tar(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------- ILSVRC-12
+
+
+def write_fake_ilsvrc12(manual: Path, val_images: int = 4, per_class: int = 3) -> dict:
+    """Fake ILSVRC-12 tars; returns ``{synset: colour}`` (every image of a synset is that colour).
+
+    tfds labels validation images by zipping their sorted file names with its own
+    ``validation_labels.txt``: the synsets are those of its first ``val_images`` lines, so that
+    the training classes are the validation ones, as in the real data.
+    """
+    labels_file = tfds.core.tfds_path("datasets/imagenet2012/validation_labels.txt")
+    val_synsets = labels_file.read_text().split()[:val_images]
+    colours = {s: (40 + 50 * i, 200 - 45 * i, 90 + 30 * i) for i, s in enumerate(val_synsets)}
+
+    def synset_tar(synset: str, colour) -> bytes:  # n01751748.tar: n01751748_1.JPEG, ...
+        sizes = ((48 + 8 * j, 64 - 6 * j) for j in range(per_class))
+        return _tar({f"{synset}_{j + 1}.JPEG": _jpeg(colour, *hw) for j, hw in enumerate(sizes)})
+
+    train = {f"{synset}.tar": synset_tar(synset, colour) for synset, colour in colours.items()}
+    val = {
+        f"ILSVRC2012_val_{i + 1:08d}.JPEG": _jpeg(colours[synset], 60, 44 + 4 * i)
+        for i, synset in enumerate(val_synsets)
+    }
+    manual.mkdir(parents=True, exist_ok=True)
+    (manual / "ILSVRC2012_img_train.tar").write_bytes(_tar(train))
+    (manual / "ILSVRC2012_img_val.tar").write_bytes(_tar(val))
+    return colours
+
+
+@pytest.fixture(scope="module")
+def road(tmp_path_factory):
+    """A fresh ``$TFDS_DATA_DIR`` and runs directory shared by this module's runs."""
+    root = tmp_path_factory.mktemp("roads")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TFDS_DATA_DIR", str(root / "tfds"))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def ilsvrc12_run(road):
+    colours = write_fake_ilsvrc12(road / "tfds" / "downloads" / "manual")
+    args = ["train", "pretrain-imagenet", "--runs-dir", str(road / "runs"), "--download", *TINY]
+    code = cli.main(args)
+    return code, road / "runs" / "paper" / "pretrain-imagenet", colours
+
+
+def test_ilsvrc12_road_prepares_the_manual_tars_and_pretrains(ilsvrc12_run):
+    code, run, colours = ilsvrc12_run
+    assert code == 0
+    history = load_history(run / "history.json")
+    assert history.status == "finished" and history.dataset == "imagenet2012"
+    assert history.config["test_split"] == "validation" and len(history.epochs) == 1
+    model = load_model(run / "model.keras")
+    assert tuple(caffe_layers(model)["fc8"].kernel.shape) == (4096, 1000)  # tfds' class list
+
+    # What the run read: the fake images, each with its synset's label, in both splits.
+    for split, count in (("train", 12), ("validation", 4)):
+        dataset, info = data.load_split("imagenet2012", split)
+        assert info.num_classes == 1000 and info.num_examples == count
+        images, synsets = [], set()
+        for example in dataset.as_numpy_iterator():
+            pixels, synset = example["image"].reshape(-1, 3), info.class_names[example["label"]]
+            np.testing.assert_allclose(pixels.mean(axis=0), colours[synset], atol=6)
+            images.append(pixels)
+            synsets.add(synset)
+        assert synsets == set(colours)
+        assert len({image.shape for image in images}) > 1  # native sizes, as in ILSVRC-12
+        if split == "train":  # the network's mean pixel is the fake training images' mean
+            expected = np.concatenate(images).mean(axis=0)
+            np.testing.assert_allclose(describe(model)["mean"], expected, rtol=1e-6)
+
+
+def test_image_folder_road_pretrains_on_train_and_val_class_folders(tmp_path):
+    """The alternative to tfds' build: ILSVRC-12 as FOLDER/train/<synset>/ and FOLDER/val/."""
+    for split, sizes in (("train", ((50, 40), (36, 70), (64, 64))), ("val", ((45, 60),))):
+        for k, synset in enumerate(("n01440764", "n01443537", "n01484850")):
+            (tmp_path / "ilsvrc" / split / synset).mkdir(parents=True)
+            for j, (height, width) in enumerate(sizes):
+                jpeg = _jpeg((60 * k, 90, 200 - 60 * k), height, width)
+                (tmp_path / "ilsvrc" / split / synset / f"{synset}_{j}.JPEG").write_bytes(jpeg)
+    folder = tmp_path / "ilsvrc"
+    args = ["train", "pretrain-imagenet", "--runs-dir", str(tmp_path / "runs"), *TINY,
+            "--set", f"dataset={folder}", "--set", "test_split=val"]  # fmt: skip
+    assert cli.main(args) == 0
+    run = tmp_path / "runs" / "paper" / "pretrain-imagenet"
+    history = load_history(run / "history.json")
+    assert history.status == "finished" and history.dataset == str(folder)
+    model = load_model(run / "model.keras")
+    assert tuple(caffe_layers(model)["fc8"].kernel.shape) == (4096, 3)
+
+
+# ----------------------------------------------------------------------------- CIFAR-100
+
+
+def write_fake_cifar100(manual: Path, fine=(3, 42, 97), train: int = 4, test: int = 2) -> dict:
+    """A fake ``cifar-100-binary.tar.gz``; returns ``{image bytes: (coarse, fine)}``.
+
+    The fine classes are above 19 (coarse labels stop there) and differ from the coarse ones.
+    """
+    rng = np.random.default_rng(0)
+    truth = {}
+
+    def records(per_class: int) -> bytes:
+        out = []
+        for label in fine:
+            for _ in range(per_class):
+                chw = rng.integers(0, 256, (3, 32, 32), dtype=np.uint8)
+                coarse = 19 - label % 20
+                truth[chw.transpose(1, 2, 0).tobytes()] = (coarse, label)
+                out.append(bytes([coarse, label]) + chw.tobytes())
+        return b"".join(out)
+
+    folder = {
+        "cifar-100-binary/train.bin": records(train),
+        "cifar-100-binary/test.bin": records(test),
+        "cifar-100-binary/coarse_label_names.txt": "\n".join(f"super{i}" for i in range(20)),
+        "cifar-100-binary/fine_label_names.txt": "\n".join(f"fake{i}" for i in range(100)),
+    }
+    manual.mkdir(parents=True, exist_ok=True)
+    archive = manual / "cifar-100-binary.tar.gz"
+    archive.write_bytes(gzip.compress(_tar({k: _bytes(v) for k, v in folder.items()}), mtime=0))
+    return truth
+
+
+def _bytes(value) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _register_checksum(monkeypatch, archive: Path) -> None:
+    """Register the fake's SHA-256 for tfds' CIFAR-100 URL (the real one's cannot be faked)."""
+    payload = archive.read_bytes()
+    info = tfds.core.download.checksums.UrlInfo(
+        size=tfds.core.utils.Size(len(payload)),
+        checksum=hashlib.sha256(payload).hexdigest(),
+        filename=archive.name,
+    )
+    monkeypatch.setattr(tfds.builder_cls("cifar100"), "url_infos", {CIFAR100_URL: info})
+
+
+def test_cifar100_road_trains_full_and_retrain_on_the_fine_labels(road, ilsvrc12_run, monkeypatch):
+    manual = road / "tfds" / "downloads" / "manual"
+    truth = write_fake_cifar100(manual)
+    _register_checksum(monkeypatch, manual / "cifar-100-binary.tar.gz")
+    runs = ["--runs-dir", str(road / "runs")]
+    assert cli.main(["train", "full-cifar100", *runs, "--download", *TINY]) == 0
+    assert ilsvrc12_run[0] == 0  # retrain-cifar100 starts from it, as in the paper
+    assert cli.main(["train", "retrain-cifar100", *runs, *TINY]) == 0
+
+    for experiment, start in (
+        ("full-cifar100", "scratch"),
+        ("retrain-cifar100", "pretrained-features"),
+    ):
+        run = road / "runs" / "paper" / experiment
+        history = load_history(run / "history.json")
+        assert history.status == "finished" and history.dataset == "cifar100"
+        assert history.start == start
+        fc8 = caffe_layers(load_model(run / "model.keras"))["fc8"].kernel.shape
+        assert tuple(fc8) == (4096, 100)
+
+    for split, count in (("train", 12), ("test", 6)):
+        dataset, info = data.load_split("cifar100", split)
+        assert info.num_examples == count and info.class_names[97] == "fake97"
+        labels = []
+        for example in dataset.as_numpy_iterator():
+            coarse, fine = truth[example["image"].tobytes()]
+            assert example["label"] == fine != coarse
+            labels.append(fine)
+        assert sorted(set(labels)) == [3, 42, 97]
+
+
+def test_cifar100_archive_with_another_checksum_is_refused_in_one_line(tmp_path, capsys):
+    write_fake_cifar100(tmp_path / "downloads" / "manual", train=1, test=1)
+    args = ["train", "full-cifar100", "--data-dir", str(tmp_path), "--runs-dir", str(tmp_path)]
+    assert cli.main([*args, "--download", *TINY]) == 2
+    # stderr also holds tfds' progress bars; the error is one line of its own.
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("paper-repro train: error: cifar100: ")
+    assert "cifar-100-binary.tar.gz, has wrong checksum" in errors[0]
+    assert str(tmp_path / "downloads" / "manual") in errors[0]
+
+
+def test_unprepared_cifar100_says_where_its_archive_goes_for_an_offline_download(tmp_path):
+    with pytest.raises(UserError) as error:
+        data.load_split("cifar100", "train", data_dir=str(tmp_path))
+    message = str(error.value)
+    assert "\n" not in message
+    assert f"put cifar-100-binary.tar.gz in {tmp_path / 'downloads' / 'manual'} first" in message
