@@ -15,6 +15,8 @@ old file or the new one, never a half-written one.
 Nothing here imports TensorFlow or Keras (nor the history schema, which imports this module for
 its writer): the tables and figures, made without TensorFlow, find histories with
 ``find_histories``, and a Keras model is written by handing its ``save`` to ``replace_atomic``.
+For the same reason a run's model is only located here (``model_file``); ``evaluate.load_source``
+loads it with its run's record, for the evaluation and the export.
 """
 
 from __future__ import annotations
