@@ -39,8 +39,10 @@ from benchmarks.bench_data import fed_and_fixed, pipeline_rate, source, training
 from benchmarks.bench_model import MATMUL_N, forward_flops, keras_steps, matmul_step, torch_steps
 from benchmarks.timing import machine, measure_alternating, peak_rss_gb, write_json
 from paper_repro import cache, data
+from paper_repro.augment import AugmentConfig
 from paper_repro.evaluate import evaluate
-from paper_repro.history import write_atomic
+from paper_repro.model import CLASSIFIER
+from paper_repro.runs import write_atomic
 from paper_repro.solver import CaffeSGD
 
 CLASSES = 1000
@@ -61,7 +63,7 @@ GOALS = (
 
 def cached_steps(model, batch: int) -> dict:
     """The classifier trained alone on a fixed pool5 batch: eager-graph and XLA-compiled."""
-    classifier = model.get_layer("classifier")
+    classifier = model.get_layer(CLASSIFIER)
     rng = np.random.default_rng(1)
     features = tf.constant(rng.random((batch, *classifier.input_shape[1:]), np.float32))
     labels = tf.constant(rng.integers(0, CLASSES, batch))
@@ -103,7 +105,7 @@ def model_rates(args) -> tuple[dict, dict]:
 def augmentation_rates(args) -> dict:
     """Section 2a: Caffe's augmentation pipeline and the frozen step it feeds."""
     split, _ = source()
-    augment = data.AugmentConfig(args.resize, args.size)
+    augment = AugmentConfig(args.resize, args.size)
     pipeline = data.train_dataset(split, augment, batch_size=args.batch, num_epochs=2,
                                   placement="host")  # fmt: skip
     rates = {"augmentation pipeline": pipeline_rate(pipeline, 40, args.batch)}
@@ -115,7 +117,7 @@ def augmentation_rates(args) -> dict:
 def cache_rates(args, directory: str) -> dict:
     """Section 2b: the feature cache's stream (random pool5 values, 10 views, on disk)."""
     model = training_model(args.size, "frozen")
-    classifier = model.get_layer("classifier")
+    classifier = model.get_layer(CLASSIFIER)
     shape = (CACHE_IMAGES, 10, *classifier.input_shape[1:])
     random = _random_cache(directory, shape, classifier.output_shape[-1])
     stream = random.train_batches(args.batch, 0, 0, 20)  # more batches than any timing takes
@@ -143,7 +145,7 @@ def evaluation_rate(args) -> dict:
     """Section 3: source images/s of the 10-crop evaluation."""
     split, _ = source()
     model = training_model(args.size, "frozen")
-    augment = data.AugmentConfig(args.resize, args.size)
+    augment = AugmentConfig(args.resize, args.size)
     images = split.take(EVAL_IMAGES)
     evaluate(model, images.take(args.batch), crops=10, augment=augment, verbose=0)  # warm-up
     start = time.perf_counter()

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from paper_repro import data
 from paper_repro.errors import UserError
-from paper_repro.model import build_alexnet
+from paper_repro.model import FEATURES, build_alexnet
 
 
 def source(synthetic_examples: int = 4000) -> tuple[tf.data.Dataset, str]:
@@ -35,7 +35,7 @@ def training_model(crop: int, mode: str):
     from paper_repro.solver import CaffeSGD
 
     model = build_alexnet(10, crop, seed=0)
-    model.get_layer("features").trainable = mode == "full"
+    model.get_layer(FEATURES).trainable = mode == "full"
     model.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=False)
     return model
 

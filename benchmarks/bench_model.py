@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from paper_repro.model import build_alexnet, caffe_layers
+from paper_repro.model import FEATURES, build_alexnet, caffe_layers
 from paper_repro.solver import CaffeSGD
 
 MATMUL_N = 4096
@@ -40,7 +40,7 @@ def keras_steps(size: int, batch: int, classes: int) -> dict:
     full = build_alexnet(classes, size, seed=0)
     full.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=False)
     frozen = build_alexnet(classes, size, seed=0)
-    frozen.get_layer("features").trainable = False
+    frozen.get_layer(FEATURES).trainable = False
     frozen.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=False)
     infer = tf.function(lambda x: full(x, training=False))
     return {

@@ -31,23 +31,24 @@ import tensorflow as tf
 from benchmarks.bench_data import pipeline_rate, source
 from benchmarks.timing import write_json
 from paper_repro import data
-from paper_repro.model import build_alexnet
+from paper_repro.augment import AugmentConfig, caffe_augment, with_device_augmentation
+from paper_repro.model import FEATURES, build_alexnet
 from paper_repro.solver import CaffeSGD
 
 PLACEMENT = re.compile(r"^(\S*caffe_augment\S*): \((\w+)\): (\S+)$")
 
 
-def training_model(augment: data.AugmentConfig, mode: str, placement: str):
+def training_model(augment: AugmentConfig, mode: str, placement: str):
     """The Table II network (frozen features or full), behind CaffeAugment for the device."""
     model = build_alexnet(10, augment.crop, seed=0)
-    model.get_layer("features").trainable = mode == "full"
+    model.get_layer(FEATURES).trainable = mode == "full"
     if placement == "device":
-        model = data.with_device_augmentation(model, augment)
+        model = with_device_augmentation(model, augment)
     model.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=False)
     return model
 
 
-def log_two_steps(split, augment: data.AugmentConfig, batch: int) -> None:
+def log_two_steps(split, augment: AugmentConfig, batch: int) -> None:
     """Two device-augmented training steps (run with the placement log on, in a subprocess)."""
     model = training_model(augment, "frozen", "device")
     batches = data.train_dataset(split, augment, batch_size=batch, placement="device")
@@ -67,7 +68,7 @@ def augmentation_placement(pair: str, batch: int) -> dict[str, str]:
     return {m[1]: f"{m[2]} on {m[3]}" for m in map(PLACEMENT.match, lines) if m}
 
 
-def pixel_differences(split, augment: data.AugmentConfig, batch: int) -> tuple[int, int]:
+def pixel_differences(split, augment: AugmentConfig, batch: int) -> tuple[int, int]:
     """(differing pixels, pixels) between GPU:0 and CPU augmentation of one device batch."""
     features, _ = next(
         iter(data.train_dataset(split, augment, batch_size=batch, placement="device"))
@@ -75,7 +76,7 @@ def pixel_differences(split, augment: data.AugmentConfig, batch: int) -> tuple[i
     results = []
     for device in ("/GPU:0", "/CPU:0"):
         with tf.device(device):
-            results.append(data.caffe_augment(features["image"], features["key"], augment).numpy())
+            results.append(caffe_augment(features["image"], features["key"], augment).numpy())
     return int(np.sum(results[0] != results[1])), results[0].size
 
 
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     first = args.sizes.split(",")[0]
     if args.log_placement:
         tf.debugging.set_log_device_placement(True)
-        log_two_steps(source()[0], data.AugmentConfig(*map(int, first.split("/"))), args.batch)
+        log_two_steps(source()[0], AugmentConfig(*map(int, first.split("/"))), args.batch)
         return 0
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     # Constants may stay on the host without moving pixels; any other op off the GPU fails.
     ok = bool(gpus) and bool(placement) and all(w.startswith("Const ") for w in off_gpu)
     for pair in args.sizes.split(","):
-        augment = data.AugmentConfig(*map(int, pair.split("/")))
+        augment = AugmentConfig(*map(int, pair.split("/")))
         rates = {"host pipeline alone": pipeline_rate(
             data.train_dataset(split, augment, batch_size=args.batch, num_epochs=2),
             args.steps, args.batch,

@@ -47,7 +47,7 @@ import jax
 import keras
 import numpy as np
 
-from paper_repro.model import PAPER_IMAGE_SIZE, build_alexnet
+from paper_repro.model import CLASSIFIER, FEATURES, PAPER_IMAGE_SIZE, build_alexnet
 from paper_repro.solver import PAPER_BASE_LR, PAPER_MOMENTUM, CaffeSGD
 
 PRECISIONS = ("float32", "mixed_bfloat16")
@@ -84,9 +84,9 @@ def build(precision: str, mode: str, size: int, optimizer: str) -> keras.Model:
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     if mode == "cached":  # retraining on cached pool5 features: the classifier alone
-        model = model.get_layer("classifier")
+        model = model.get_layer(CLASSIFIER)
     else:
-        model.get_layer("features").trainable = mode != "retrain"
+        model.get_layer(FEATURES).trainable = mode != "retrain"
     model.compile(make_optimizer(optimizer), "sparse_categorical_crossentropy", jit_compile=True)
     return model
 
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     shape = (args.batch, args.size, args.size, 3)
     images = jax.device_put(rng.integers(0, 256, shape, dtype=np.uint8), device)
     labels = jax.device_put(rng.integers(0, NUM_CLASSES, args.batch).astype(np.int32), device)
-    pool5_shape = build_alexnet(NUM_CLASSES, args.size).get_layer("classifier").input_shape[1:]
+    pool5_shape = build_alexnet(NUM_CLASSES, args.size).get_layer(CLASSIFIER).input_shape[1:]
     pool5 = jax.device_put(rng.random((args.batch, *pool5_shape), dtype=np.float32), device)
 
     configs = {}

@@ -32,7 +32,10 @@ import numpy as np
 import tensorflow as tf
 
 from paper_repro import data
-from paper_repro.history import CacheRecord, write_atomic
+from paper_repro.augment import AugmentConfig, crop_views, example_keys, view_offsets
+from paper_repro.history import CacheRecord
+from paper_repro.model import FEATURES, PREPROCESS
+from paper_repro.runs import write_atomic
 
 try:
     import fcntl
@@ -73,19 +76,19 @@ class CacheSpec:
         )
 
 
-def training_views(augment: data.AugmentConfig, views: int) -> tuple[tuple[int, int, bool], ...]:
+def training_views(augment: AugmentConfig, views: int) -> tuple[tuple[int, int, bool], ...]:
     """The first ``views`` of Caffe's 10 test views, without the mirrored ones when the run
     does not mirror (MNIST): a cached run never sees a crop that uncached training could not."""
-    offsets = data.view_offsets(augment, views)
+    offsets = view_offsets(augment, views)
     return tuple(view for view in offsets if augment.mirror or not view[2])
 
 
 def features_digest(network: keras.Model) -> str:
     """sha256 of what the cached values depend on in the model: preprocess + features."""
     digest = hashlib.sha256()
-    preprocess = network.get_layer("preprocess")
+    preprocess = network.get_layer(PREPROCESS)
     digest.update(json.dumps(preprocess.get_config(), sort_keys=True, default=str).encode())
-    for weight in [*preprocess.get_weights(), *network.get_layer("features").get_weights()]:
+    for weight in [*preprocess.get_weights(), *network.get_layer(FEATURES).get_weights()]:
         digest.update(np.ascontiguousarray(weight).tobytes())
     return digest.hexdigest()
 
@@ -129,7 +132,7 @@ class FeatureCache:
         order = data.epoch_order(self.num_examples, seed, epoch)
 
         def read(rows: tf.Tensor):
-            keys = data.example_keys(seed, epoch, tf.gather(indices, rows))
+            keys = example_keys(seed, epoch, tf.gather(indices, rows))
             return self._read(rows, tf.math.floormod(keys, self.num_views))
 
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(read)
@@ -152,7 +155,7 @@ def open_or_build(
     spec: CacheSpec,
     network: keras.Model,
     split: tf.data.Dataset,
-    augment: data.AugmentConfig,
+    augment: AugmentConfig,
     *,
     batch_size: int,
     verbose: int = 1,
@@ -203,7 +206,7 @@ def _open(path: Path, reused: bool) -> FeatureCache:
 def _build(path, spec, network, split, augment, batch_size, verbose) -> None:
     count = int(split.cardinality())
     extract = _extractor(network)
-    shape = tuple(network.get_layer("features").output.shape[1:])
+    shape = tuple(network.get_layer(FEATURES).output.shape[1:])
     arrays = {
         "features": _partial(path / "features", (count, len(spec.views), *shape), spec.dtype),
         "labels": _partial(path / "labels", (count,), "int64"),
@@ -218,7 +221,7 @@ def _build(path, spec, network, split, augment, batch_size, verbose) -> None:
     remaining = data.uniform_size(split, augment).skip(done).batch(batch_size)
     for batch in remaining.prefetch(tf.data.AUTOTUNE):
         end = done + len(batch["label"])
-        for v, view in enumerate(data.crop_views(batch["image"], augment, spec.views)):
+        for v, view in enumerate(crop_views(batch["image"], augment, spec.views)):
             arrays["features"][done:end, v] = extract(view).numpy()
         arrays["labels"][done:end] = batch["label"].numpy()
         arrays["indices"][done:end] = batch["index"].numpy()
@@ -256,7 +259,7 @@ def _partial(stem: Path, shape: tuple[int, ...], dtype: str) -> np.ndarray:
 
 
 def _extractor(network: keras.Model):
-    preprocess, features = network.get_layer("preprocess"), network.get_layer("features")
+    preprocess, features = network.get_layer(PREPROCESS), network.get_layer(FEATURES)
 
     @tf.function(reduce_retracing=True)
     def extract(images: tf.Tensor) -> tf.Tensor:

@@ -30,7 +30,7 @@ import numpy as np
 
 from paper_repro.errors import UserError
 from paper_repro.export import check_target, save_keras
-from paper_repro.model import PAPER_IMAGE_SIZE, build_alexnet, caffe_layers
+from paper_repro.model import FEATURES, PAPER_IMAGE_SIZE, PREPROCESS, build_alexnet, caffe_layers
 
 # Protobuf wire types (https://protobuf.dev/programming-guides/encoding/).
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
@@ -350,9 +350,9 @@ def import_caffenet(
         name="caffenet",
     )
     if pixels is not None:
-        model.get_layer("preprocess").set_weights([pixels])
+        model.get_layer(PREPROCESS).set_weights([pixels])
     layers = caffe_layers(model)
-    height, width, channels = model.get_layer("features").output.shape[1:]
+    height, width, channels = model.get_layer(FEATURES).output.shape[1:]
     for name in _CAFFENET_WEIGHTED:
         if name not in weights:
             raise UserError(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from paper_repro import __version__
 from paper_repro.errors import UserError
-from paper_repro.experiments import STRATEGIES
+from paper_repro.experiments import CROPS, PRESETS, STRATEGIES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not for users
 
@@ -22,13 +22,22 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
-def _add_download(p: argparse.ArgumentParser) -> None:
+def _run_options(*, preset: str, which: str) -> argparse.ArgumentParser:
+    """The flags ``train`` and ``reproduce`` share, as an argparse parent.
+
+    A new parent per command: argparse shares a parent's actions with its children, so one
+    child's defaults would otherwise change the other's. ``which`` names the runs they apply to.
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--preset", default=preset, help=f"{', '.join(PRESETS)} (default: {preset})")
+    p.add_argument("--data-dir", help="tfds data directory (default: $TFDS_DATA_DIR)")
+    p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--download", action="store_true", help="let tfds download a dataset that is missing"
-    )
-
-
-def _add_cache_features(p: argparse.ArgumentParser) -> None:
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help=f"change a setting of {which}",
+    )  # fmt: skip
+    p.add_argument("--force", action="store_true", help="train again, also when finished")
     p.add_argument(
         "--cache-features",
         action="store_true",
@@ -36,18 +45,20 @@ def _add_cache_features(p: argparse.ArgumentParser) -> None:
         "classifier on them (cache under RUNS_DIR/feature-cache; --set cache_dtype=float16, "
         "--set cache_views=5)",
     )
+    p.add_argument(
+        "--download", action="store_true", help="let tfds download a dataset that is missing"
+    )
+    return p
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one experiment of the paper (full, retrain, pretrain)")
+    p = sub.add_parser(
+        "train",
+        parents=[_run_options(preset="paper", which="the run")],
+        help="train one experiment of the paper (full, retrain, pretrain)",
+    )
     p.add_argument("experiment", help="e.g. retrain-cifar10; `paper-repro list` shows them all")
-    p.add_argument("--preset", default="paper", help="paper, mini or smoke (default: paper)")
     p.add_argument("--weights", help="pretrained model to retrain from: a run dir or a .keras")
-    p.add_argument("--data-dir", help="tfds data directory (default: $TFDS_DATA_DIR)")
-    p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
-    p.add_argument("--force", action="store_true", help="redo a finished run")
     p.add_argument(
         "--strategy",
         default="default",
@@ -55,8 +66,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="default: one device (batches prefetched to the GPU when there is one)",
     )
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to the run")
-    _add_cache_features(p)
-    _add_download(p)
     p.set_defaults(handler=_train)
 
 
@@ -82,7 +91,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="multi-crop test accuracy of a run or a .keras model")
     p.add_argument("source", help="a run directory or a .keras file")
     p.add_argument("--dataset", help="tfds name or image folder (default: the run's)")
-    p.add_argument("--crops", type=int, choices=(1, 5, 10), help="default: the run's (10 or 5)")
+    p.add_argument("--crops", type=int, choices=CROPS, help="default: the run's (10 or 5)")
     p.add_argument("--split", help="default: the run's test split")
     p.add_argument("--data-dir")
     p.set_defaults(handler=_evaluate)
@@ -114,7 +123,8 @@ def _list(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from paper_repro.experiments import PRESETS
-    from paper_repro.history import find_histories, load_history
+    from paper_repro.history import load_history
+    from paper_repro.runs import find_histories
 
     for preset, runs in PRESETS.items():
         print(f"preset {preset}:")
@@ -133,29 +143,22 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("reproduce", help="every experiment of a preset, then Table III + Fig. 5")
-    p.add_argument("--preset", default="mini")
-    p.add_argument("--data-dir")
-    p.add_argument("--runs-dir", default="runs")
+    p = sub.add_parser(
+        "reproduce",
+        parents=[_run_options(preset="mini", which="every run of the preset")],
+        help="every experiment of a preset, then Table III + Fig. 5",
+    )
     p.add_argument("--out", default="figures", help="where the table and figure go")
     p.add_argument(
         "--weights",
         help="pretrained model for every retraining (skips pretraining; full runs start "
         "from scratch)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-        help="change a setting of every run of the preset",
-    )  # fmt: skip
-    p.add_argument("--force", action="store_true", help="redo finished runs")
-    _add_cache_features(p)
-    _add_download(p)
     p.set_defaults(handler=_reproduce)
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-    from paper_repro.train import reproduce
+    from paper_repro.reproduce import reproduce
 
     paths = reproduce(
         args.preset,

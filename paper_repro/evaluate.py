@@ -4,20 +4,32 @@ The paper averages the softmax outputs of the views of each test image (Krizhevs
 10-crop test: four corners and the centre, each also mirrored; no mirrors for MNIST). The views
 are cut inside a ``tf.function`` from uint8 batches at native size, so on a GPU only those batches
 cross to the device, as in training.
+
+This module is the one definition of the test protocol: ``views_mean`` (the averaged outputs) and
+``resolve_geometry`` (the resize, mirroring and views a model is tested with) are also what the
+exported SavedModel serves (``paper_repro.export``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from paper_repro.data import AugmentConfig, check_crops, crop_views, resize_uint8
+from paper_repro.augment import AugmentConfig, check_crops, crop_views, resize_uint8
+from paper_repro.data import load_split
 from paper_repro.errors import UserError
+from paper_repro.history import load_history
+from paper_repro.model import FC8, caffe_layers, load_model
+from paper_repro.runs import RunPaths, model_file
 
 TOP_K = 5
+# Caffe's test-time geometry: resize 256, crop 227. A model of another input size without a run
+# config gets the same ratio.
+CAFFE_RESIZE, CAFFE_CROP = 256, 227
 _BAD_DATA = "evaluate needs a split from data.load_split or (images, labels) arrays"
 
 
@@ -102,27 +114,75 @@ def _image_arrays(images, labels) -> tuple[np.ndarray, np.ndarray]:
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images, labels
 
 
+def views_mean(
+    model: keras.Model, images: tf.Tensor, augment: AugmentConfig, crops: int
+) -> tf.Tensor:
+    """The model's float32 outputs averaged over the ``crops`` views of a uint8 batch (TF ops).
+
+    One call of the model per view, each on the whole batch, as the evaluation always did; the
+    exported ``multi_crop`` endpoint traces this very function.
+    """
+    views = crop_views(images, augment, crops)
+    outputs = [tf.cast(model(tf.cast(v, tf.float32), training=False), tf.float32) for v in views]
+    return tf.add_n(outputs) / len(views)
+
+
 def _averaged_probabilities(model: keras.Model, augment: AugmentConfig, crops: int):
-    """A compiled step: uint8 batch -> mean of the model's outputs over the views."""
+    """A compiled step: uint8 batch -> ``views_mean``."""
 
     @tf.function(reduce_retracing=True)
     def step(images: tf.Tensor) -> tf.Tensor:
-        views = crop_views(images, augment, crops)
-        outputs = [
-            tf.cast(model(tf.cast(v, tf.float32), training=False), tf.float32) for v in views
-        ]
-        total = tf.add_n(outputs)
-        return total / len(views)
+        return views_mean(model, images, augment, crops)
 
     return step
 
 
 def _hits(probabilities: tf.Tensor, labels: tf.Tensor) -> np.ndarray:
-    """(top-1 hits, top-k hits). Ties go to the lower class index, as argmax would."""
+    """(top-1 hits, top-k hits) of a batch, by Keras' top-k accuracy.
+
+    The classes are ranked by ``tf.math.top_k``, whose ties go to the lower class index as
+    argmax's do, and handed to the metric sorted (``from_sorted_ids``): ranked from the scores,
+    Keras' ``in_top_k`` would count every class tied at the k-th place. The hits are counted as
+    integers, through the function ``SparseTopKCategoricalAccuracy`` averages: the metric object's
+    float32 mean would round the recorded fractions (187 of 200 is 0.935, not 0.9350000024).
+    """
     k = min(TOP_K, probabilities.shape[-1])
-    top = tf.math.top_k(probabilities, k=k).indices
-    match = tf.equal(top, tf.cast(labels, top.dtype)[:, None]).numpy()
-    return np.array([match[:, 0].sum(), match.any(axis=1).sum()], np.int64)
+    ranked = tf.math.top_k(probabilities, k=k).indices
+    hits = [
+        keras.metrics.sparse_top_k_categorical_accuracy(labels, ranked, k=top, from_sorted_ids=True)
+        for top in (1, k)
+    ]
+    return np.array([int(tf.reduce_sum(h)) for h in hits], np.int64)
+
+
+def default_resize(image_size: int) -> int:
+    """Caffe's resize for a crop of ``image_size``: 256 for 227, the same ratio otherwise."""
+    return round(image_size * CAFFE_RESIZE / CAFFE_CROP)
+
+
+def resolve_geometry(
+    image_size: int, config: Mapping, crops: int | None = None
+) -> tuple[AugmentConfig, int]:
+    """The views a model taking ``image_size`` pixels is tested with, and how many.
+
+    From its run's config (resize, mirroring, test crops), else Caffe's: the 256/227 ratio,
+    mirrored views, 10 crops (5 without mirrors, as for MNIST). ``crops`` overrides the number.
+    """
+    mirror = bool(config.get("mirror", True))
+    augment = AugmentConfig(
+        int(config.get("resize", default_resize(image_size))), image_size, mirror
+    )
+    return augment, crops or int(config.get("test_crops", 10 if mirror else 5))
+
+
+def load_source(source: str | Path) -> tuple[keras.Model, dict, int]:
+    """The model of a run directory with its run config and seed, or of a .keras file (``{}``,
+    seed 0): what ``evaluate`` and ``export`` take."""
+    path = model_file(source)
+    history = RunPaths(Path(source)).history
+    record = load_history(history) if Path(source).is_dir() and history.is_file() else None
+    model = load_model(path)
+    return (model, record.config, record.seed) if record else (model, {}, 0)
 
 
 def evaluate_source(
@@ -140,14 +200,7 @@ def evaluate_source(
     mirroring, number of test crops, test subset and seed, so that a run's recorded accuracy is
     reproduced); a bare .keras file gets Caffe's 256/227 ratio, and needs ``dataset``.
     """
-    from paper_repro.data import load_split
-    from paper_repro.export import default_resize, load_source
-    from paper_repro.history import HISTORY_NAME, load_history
-    from paper_repro.model import caffe_layers
-
-    model, config = load_source(source)
-    history = Path(source) / HISTORY_NAME
-    seed = load_history(history).seed if history.is_file() else 0
+    model, config, seed = load_source(source)
     dataset = dataset or config.get("dataset")
     if not dataset:
         raise UserError(f"{source} has no run config naming its dataset: pass --dataset NAME")
@@ -160,14 +213,11 @@ def evaluate_source(
         subset_size=config.get("test_subset") if same_data and not split else None,
         seed=seed,
     )
-    fc8 = caffe_layers(model)["fc8"].kernel.shape
+    fc8 = caffe_layers(model)[FC8].kernel.shape
     if fc8[-1] != info.num_classes:
         raise UserError(
             f"{source}: layer fc8 has shape {tuple(fc8)} but {dataset} has {info.num_classes} "
             "classes; evaluate on the dataset the model was trained for"
         )
-    size = int(model.input_shape[1])
-    mirror = bool(config.get("mirror", True))
-    augment = AugmentConfig(int(config.get("resize", default_resize(size))), size, mirror)
-    crops = crops or int(config.get("test_crops", 10 if mirror else 5))
+    augment, crops = resolve_geometry(int(model.input_shape[1]), config, crops)
     return evaluate(model, test, crops=crops, augment=augment, verbose=verbose)

@@ -54,10 +54,14 @@ from collections.abc import Iterable
 
 from paper_repro.errors import UserError
 
+# The choices of a run, declared here once: this module needs no TensorFlow, so the history
+# (read without TensorFlow), the data pipelines, the model and the command line all take them
+# from here.
 MODES = ("pretrain", "full", "retrain")
-AUGMENT_PLACEMENTS = ("auto", "host", "device")
+PLACEMENTS = ("auto", "host", "device")  # where the augmentation runs (``auto``: GPU if any)
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-INITS = ("gaussian", "xavier")  # model.INITS, repeated so that this module needs no TensorFlow
+INITS = ("gaussian", "xavier")  # Caffe's weight fillers (model._filler)
+CROPS = (1, 5, 10)  # test views: centre; corners and centre; those and their mirrors
 CACHE_DTYPES = ("float32", "float16")
 STRATEGIES = ("default", "mirrored", "multi-worker")  # tf.distribute, by name
 
@@ -103,11 +107,11 @@ class RunConfig:
 
     def __post_init__(self):
         _check_choice("mode", self.mode, MODES)
-        _check_choice("augment_on", self.augment_on, AUGMENT_PLACEMENTS)
+        _check_choice("augment_on", self.augment_on, PLACEMENTS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("init", self.init, INITS)
-        _check_choice("test_crops", self.test_crops, (1, 5, 10))
-        _check_choice("cache_views", self.cache_views, (1, 5, 10))
+        _check_choice("test_crops", self.test_crops, CROPS)
+        _check_choice("cache_views", self.cache_views, CROPS)
         _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
         if self.cache_features and self.mode != "retrain":
             raise UserError(

@@ -12,7 +12,8 @@ images and gets class names back:
   evaluation pipelines of ``data`` do), center crop to the model's input size, the
   model's own ``preprocess`` layer (mean, BGR), the network and its softmax;
 - ``multi_crop``: the same with the run's test-time crops (10: four corners and center, each also
-  mirrored; 5 for MNIST runs: no mirror), softmax outputs averaged, as in Table III.
+  mirrored; 5 for MNIST runs: no mirror), softmax outputs averaged, as in Table III: the
+  evaluation's own ``views_mean`` and geometry (``paper_repro.evaluate``).
 
 Both return ``probabilities``, ``top5_indices`` and ``top5_class_names``. The SavedModel holds a
 TensorFlow graph only: it loads with ``tf.saved_model.load`` and needs neither Keras nor this
@@ -22,7 +23,6 @@ package.
 from __future__ import annotations
 
 import importlib.util
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,19 +31,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from paper_repro.data import AugmentConfig, crop_views
+from paper_repro.augment import AugmentConfig
 from paper_repro.errors import UserError
-from paper_repro.history import CHECKPOINT_NAME, HISTORY_NAME, MODEL_NAME, load_history
-from paper_repro.model import load_model
+from paper_repro.evaluate import TOP_K, load_source, resolve_geometry, views_mean
+from paper_repro.runs import replace_atomic
 
 # Export format -> the suffix its output must have (a SavedModel is a directory: any name).
 SUFFIXES = {"keras": ".keras", "saved_model": None, "onnx": ".onnx"}
-TOP_K = 5
-# Run-directory files the model is taken from, in order of preference.
-RUN_MODEL_FILES = (MODEL_NAME, CHECKPOINT_NAME)
-# Caffe's test-time geometry: resize 256, crop 227. A model of another input size without a run
-# config gets the same ratio.
-CAFFE_RESIZE, CAFFE_CROP = 256, 227
 MULTI_CROPS = (5, 10)
 # Largest |reloaded - in-memory| probability accepted by the verification. The graphs are the
 # same; only kernel choice and summation order may differ (a few 1e-7 in practice).
@@ -83,18 +77,16 @@ def _as_rgb(images: tf.Tensor) -> tf.Tensor:
 def _endpoint(model: keras.Model, serving: Serving, crops: int) -> Callable:
     """The serving function of one endpoint: raw uint8 images -> probabilities and top-5.
 
-    The views are the evaluation's own (``data.crop_views``: bilinear resize rounded to uint8 as
-    Caffe's stored images are, then Caffe's crops), so a served image scores exactly as in the
-    paper's test protocol.
+    The probabilities are the evaluation's own (``evaluate.views_mean``: bilinear resize rounded to
+    uint8 as Caffe's stored images are, then Caffe's crops), so a served image scores exactly as
+    in the paper's test protocol.
     """
     augment = AugmentConfig(resize=serving.resize, crop=int(model.input_shape[1]))
     names = tf.constant(serving.class_names)
     k = min(TOP_K, len(serving.class_names))
 
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        views = tf.concat(crop_views(_as_rgb(images), augment, crops), axis=0)
-        probabilities = model(views, training=False)
-        probabilities = tf.reduce_mean(tf.reshape(probabilities, [crops, -1, len(names)]), 0)
+        probabilities = views_mean(model, _as_rgb(images), augment, crops)
         top = tf.math.top_k(probabilities, k=k)
         return {
             "probabilities": probabilities,
@@ -129,28 +121,16 @@ def check_target(out: Path, force: bool, suffix: str | None) -> None:
         raise UserError(f"{out} is a directory but not a SavedModel; remove it or change --out")
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
 def _write_verified(
     out: Path, write: Callable[[Path], None], verify: Callable[[Path], float], what: str
 ) -> float:
     """Write to a temporary sibling, verify it, then move it onto ``out``; return the max diff."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.stem}.partial{out.suffix}")
-    _remove(partial)
-    try:
-        write(partial)
-        diff = verify(partial)
-    except BaseException:
-        _remove(partial)
-        raise
-    _remove(out)
-    partial.rename(out)
+
+    def write_and_verify(path: Path) -> float:
+        write(path)
+        return verify(path)
+
+    diff = replace_atomic(out, write_and_verify)
     print(f"{what} written to {out}; verified: max |reloaded - in-memory| = {diff:.2e}")
     return diff
 
@@ -254,33 +234,10 @@ def save_onnx(model: keras.Model, out: str | Path, *, force: bool = False) -> fl
 # --- the command: a run directory or a .keras file in, one format out ---------------------------
 
 
-def load_source(source: str | Path) -> tuple[keras.Model, dict]:
-    """The model of a run directory (with its run config) or of a .keras file (config ``{}``)."""
-    source = Path(source)
-    if source.is_dir():
-        found = [source / name for name in RUN_MODEL_FILES if (source / name).is_file()]
-        if not found:
-            raise UserError(
-                f"{source} holds no trained model ({' or '.join(RUN_MODEL_FILES)}); pass a "
-                "finished run directory or a .keras file"
-            )
-        history = source / HISTORY_NAME
-        config = load_history(history).config if history.is_file() else {}
-        return load_model(found[0]), config
-    if source.suffix != ".keras" or not source.is_file():
-        raise UserError(f"{source} is neither a run directory nor a .keras file")
-    return load_model(source), {}
-
-
-def default_resize(image_size: int) -> int:
-    """Caffe's resize for a crop of ``image_size``: 256 for 227, the same ratio otherwise."""
-    return round(image_size * CAFFE_RESIZE / CAFFE_CROP)
-
-
 def serving_config(
     model: keras.Model, config: dict, class_names: Sequence[str] | None = None
 ) -> Serving:
-    """Test-time geometry from the run config (else Caffe's ratio) and the class names.
+    """Test-time geometry from the run config (``evaluate.resolve_geometry``) and class names.
 
     Class names: as given, else the run's dataset's (its ``classes`` subset, in order), else the
     class indices as strings.
@@ -295,11 +252,9 @@ def serving_config(
     names = tuple(class_names or _dataset_class_names(config) or map(str, range(num_classes)))
     if len(names) != num_classes:
         raise UserError(f"{len(names)} class names given for a model of {num_classes} classes")
-    crops = config.get("test_crops", 10)
+    augment, crops = resolve_geometry(image_size, config)
     return Serving(
-        resize=int(config.get("resize", default_resize(image_size))),
-        crops=crops if crops in MULTI_CROPS else 10,
-        class_names=names,
+        resize=augment.resize, crops=crops if crops in MULTI_CROPS else 10, class_names=names
     )
 
 
@@ -335,7 +290,7 @@ def export_model(
     check_target(out, force, SUFFIXES[fmt])
     if fmt == "onnx":
         _require_onnx()
-    model, config = load_source(source)
+    model, config, _ = load_source(source)
     if fmt == "keras":
         save_keras(model, out, force=force)
     elif fmt == "onnx":

@@ -5,6 +5,10 @@ with matplotlib, from the histories committed under ``figures/``. Outputs are by
 reproducible (no timestamps, no absolute paths, no hash-ordered iteration, matplotlib's own
 defaults instead of a user's matplotlibrc) and written atomically, so regenerating shows a diff
 only when a number changed.
+
+Over 500 lines, for a reason: Table III, Figure 5 and the time-to-accuracy table are three views
+of one grouping of histories (preset, dataset, mode, seeds) and share its checks and formatting;
+split apart, each would import the others' private helpers.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from paper_repro.errors import UserError
-from paper_repro.history import History, find_histories, load_history, write_atomic
+from paper_repro.history import History, load_history
+from paper_repro.runs import find_histories, write_atomic
 
 PAPER_DATASETS = ("mnist", "cifar10", "cifar100")
 DISPLAY_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}

@@ -3,7 +3,8 @@
 Training writes a run's ``history.json`` after every epoch; Table III and Figure 5 are regenerated
 from these files alone, later and possibly on a machine without TensorFlow. This module is the one
 definition of the format, imports nothing heavy, and rejects a malformed file by naming the file and
-the field, so that a table never shows a wrong number silently.
+the field, so that a table never shows a wrong number silently. Where histories live and how they
+are written atomically is ``paper_repro.runs``'s.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -19,19 +19,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from paper_repro.errors import UserError
+from paper_repro.experiments import CROPS, MODES
+from paper_repro.runs import write_atomic
 
 SCHEMA = "paper_repro.history/1"
-MODES = ("full", "retrain", "pretrain")
 STATUSES = ("running", "finished")
 # What a run's network started from: the paper's fresh initialisation; a pretrained network's
 # features (frozen) with fc6/fc7 kept or new and fc8 new; or a whole pretrained network.
 STARTS = ("scratch", "pretrained-features", "pretrained-network")
-CROPS = (1, 5, 10)
-HISTORY_NAME = "history.json"
-# The other files of a run directory, written by training and read by export and evaluate.
-CHECKPOINT_NAME = "checkpoint.keras"
-MODEL_NAME = "model.keras"
-HISTORY_SUFFIX = ".history.json"
 _INF = float("inf")
 
 
@@ -149,55 +144,6 @@ def load_history(path: str | os.PathLike[str]) -> History:
     except json.JSONDecodeError as error:
         raise HistoryError(f"{source}: not valid JSON ({error})") from None
     return History.from_dict(data, source=source)
-
-
-def find_histories(directory: str | os.PathLike[str]) -> list[Path]:
-    """All ``history.json`` and ``*.history.json`` files below a directory, in a fixed order.
-
-    Sorted by their POSIX path relative to the directory, so tables list them the same way on
-    every machine.
-    """
-    root = Path(directory)
-    found = [
-        path
-        for path in root.rglob(f"*{HISTORY_NAME}")
-        if path.is_file() and (path.name == HISTORY_NAME or path.name.endswith(HISTORY_SUFFIX))
-    ]
-    return sorted(found, key=lambda path: path.relative_to(root).as_posix())
-
-
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Replace a file by new contents so that readers and crashes see the old or the new file.
-
-    The temporary file lives in the target's directory because ``os.replace`` is atomic only
-    within one file system; it is fsynced before the rename, and the directory after it, so the
-    rename cannot reach the disk before the data. ``os.open`` with mode 0o666 keeps the umask.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    try:
-        with os.fdopen(os.open(temporary, flags, 0o666), "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(target.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename durable on POSIX; Windows cannot open a directory and needs no such step."""
-    if os.name == "nt":
-        return
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 @dataclass(frozen=True)

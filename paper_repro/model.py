@@ -3,7 +3,7 @@
 The model is three layers deep at the top, so that the paper's retraining is one line::
 
     model = build_alexnet(num_classes=10)
-    model.get_layer("features").trainable = False   # conv1 .. pool5 frozen, fc6 .. fc8 trained
+    model.get_layer(FEATURES).trainable = False   # conv1 .. pool5 frozen, fc6 .. fc8 trained
 
 - ``preprocess``: raw RGB pixels in 0..255 (uint8 or float) -> the network's input: optional
   RGB -> BGR and the mean subtraction. It lives in the model, not in the data pipeline, so an
@@ -32,6 +32,7 @@ import keras
 from keras import ops
 
 from paper_repro.errors import UserError
+from paper_repro.experiments import INITS
 
 # TensorFlow only where Keras runs on it: the TF-only fast paths below are never reached otherwise.
 TENSORFLOW_BACKEND = keras.backend.backend() == "tensorflow"
@@ -42,6 +43,14 @@ PAPER_IMAGE_SIZE = 227
 MIN_IMAGE_SIZE = 67
 IMAGE_SIZE_STEP = 32
 DEFAULT_GROUPS = 2
+
+# The blocks' and the output layer's names: contracts with the trainer (freezing, the cached
+# classifier), the feature cache, the evaluation and the Caffe import.
+PREPROCESS = "preprocess"
+FEATURES = "features"
+CLASSIFIER = "classifier"
+FC8 = "fc8"
+DROPOUT_DRAWS_PER_EPOCH = 2**20  # reserved per epoch by ``reseed_dropout``: one per layer and step
 
 # (name, filters, kernel, stride, Caffe's padding, grouped, bias init) as in CaffeNet's
 # train_val.prototxt: grouped conv2/4/5, bias 1 for conv2, conv4, conv5, fc6, fc7. Caffe's pad
@@ -258,9 +267,6 @@ def _check_build_args(num_classes: int, image_size: int, groups: int) -> None:
         raise UserError(f"groups must divide 96, 256 and 384 (CaffeNet uses 2), got {groups}")
 
 
-INITS = ("gaussian", "xavier")
-
-
 def _seed(seed: int | None, offset: int) -> int | None:
     return None if seed is None else seed + offset
 
@@ -294,7 +300,7 @@ def _features_block(image_size: int, groups: int, init: str, seed: int | None) -
             x = keras.layers.MaxPooling2D(3, strides=2, name=_POOL_AFTER[name])(x)
         if name in _NORM_AFTER:
             x = LocalResponseNormalization(name=_NORM_AFTER[name])(x)
-    return keras.Model(inputs, x, name="features")
+    return keras.Model(inputs, x, name=FEATURES)
 
 
 def _classifier_block(
@@ -313,11 +319,11 @@ def _classifier_block(
         drop_name = name.replace("fc", "drop")
         x = keras.layers.Dropout(dropout, seed=_seed(seed, 20 + i), name=drop_name)(x)
     x = keras.layers.Dense(
-        num_classes, kernel_initializer=_filler(init, _FC8_STD, _seed(seed, 12)), name="fc8"
+        num_classes, kernel_initializer=_filler(init, _FC8_STD, _seed(seed, 12)), name=FC8
     )(x)
     # float32 softmax even under mixed precision: the probabilities feed the loss and 10-crop mean.
     outputs = keras.layers.Softmax(dtype="float32", name="prob")(x)
-    return keras.Model(inputs, outputs, name="classifier")
+    return keras.Model(inputs, outputs, name=CLASSIFIER)
 
 
 def build_alexnet(
@@ -353,7 +359,7 @@ def build_alexnet(
     features = _features_block(image_size, groups, init, seed)
     classifier = _classifier_block(features.output.shape[1:], num_classes, dropout, init, seed)
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = CaffePreprocessing(mean=mean, bgr=bgr, mean_image=mean_image, name="preprocess")(inputs)
+    x = CaffePreprocessing(mean=mean, bgr=bgr, mean_image=mean_image, name=PREPROCESS)(inputs)
     outputs = classifier(features(x))
     return keras.Model(inputs, outputs, name=name)
 
@@ -381,18 +387,34 @@ def caffe_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
     return layers
 
 
+def reseed_dropout(model: keras.Model, epoch: int) -> None:
+    """Give every dropout layer of ``model`` epoch ``epoch``'s own range of random draws.
+
+    So that a resumed epoch draws the masks an uninterrupted one would, without saving any random
+    state. Keras' ``SeedGenerator.state`` holds ``[seed, draws so far]``: the layer's own seed
+    (layers stay distinct) and a counter that each draw advances by one. Writing the counter is
+    the one place this package relies on that layout; ``test_model`` checks it against the
+    installed Keras. (A dropout of rate 0 has no generator.)
+    """
+    for layer in caffe_layers(model).values():
+        generator = getattr(layer, "seed_generator", None)
+        if isinstance(layer, keras.layers.Dropout) and generator is not None:
+            layer_seed = generator.state.numpy()[0]
+            generator.state.assign([layer_seed, epoch * DROPOUT_DRAWS_PER_EPOCH])
+
+
 def describe(model: keras.Model) -> dict:
     """Arguments of ``build_alexnet`` that reproduce ``model``'s features and preprocessing.
 
     Raises ``UserError`` for a model that is not this package's AlexNet.
     """
     names = {layer.name for layer in model.layers}
-    if not {"preprocess", "features", "classifier"} <= names:
+    if not {PREPROCESS, FEATURES, CLASSIFIER} <= names:
         raise UserError(
             f"model '{model.name}' is not a paper_repro AlexNet (it needs the layers preprocess, "
             f"features and classifier; it has {sorted(names)})"
         )
-    pre = model.get_layer("preprocess")
+    pre = model.get_layer(PREPROCESS)
     layers = caffe_layers(model)
     return {
         "image_size": int(model.input_shape[1]),
@@ -420,7 +442,7 @@ def replace_classifier(
     ``features`` comes back trainable; freezing it is the caller's decision.
     """
     new = build_alexnet(num_classes, **describe(model), init=init, seed=seed, name=model.name)
-    for block in ("preprocess", "features"):
+    for block in (PREPROCESS, FEATURES):
         new.get_layer(block).set_weights(model.get_layer(block).get_weights())
     if keep_fc67:
         old_layers, new_layers = caffe_layers(model), caffe_layers(new)

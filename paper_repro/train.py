@@ -1,11 +1,7 @@
 """One trainer for every experiment: fit with the paper's solver, record, checkpoint, resume.
 
-A run lives in ``RUNS_DIR/PRESET/EXPERIMENT`` (``-seedN`` appended for seeds other than 0)::
-
-    history.json      the record (paper_repro.history), rewritten atomically after every epoch
-    checkpoint.keras  model + optimizer state after the last finished epoch (atomic)
-    model.keras       the final model, without optimizer state, once the run has finished
-    logs/             TensorBoard logs, when asked for
+A run lives in a run directory (``paper_repro.runs``: its layout and atomic writer); its history
+is rewritten after every epoch, then its checkpoint, and its final model once it has finished.
 
 Resuming needs no saved random state: the augmentation, the shuffling and the dropout masks of
 epoch ``e`` are all keyed by ``(seed, e)``, and the epoch to continue from is the optimizer's
@@ -35,13 +31,10 @@ import tensorflow as tf
 
 from paper_repro import __version__, cache, data, evaluate, experiments
 from paper_repro import model as model_lib
+from paper_repro.augment import AUGMENT_LAYER
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 from paper_repro.history import (
-    CHECKPOINT_NAME,
-    HISTORY_NAME,
-    HISTORY_SUFFIX,
-    MODEL_NAME,
     EpochRecord,
     FinalEvaluation,
     History,
@@ -50,9 +43,10 @@ from paper_repro.history import (
     load_history,
     save_history,
 )
+from paper_repro.model import CLASSIFIER, FC8, FEATURES
+from paper_repro.runs import RunPaths, pretrained_model, replace_atomic, run_directory
 from paper_repro.solver import paper_solver
 
-_DRAWS_PER_EPOCH = 2**20  # dropout draws reserved per epoch: one per layer and step
 _VERSIONED = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy")
 
 
@@ -61,28 +55,23 @@ class TrainingDiverged(UserError):
 
 
 @dataclasses.dataclass(frozen=True)
-class RunPaths:
-    root: Path
+class _Run:
+    """One run as ``train`` resolved it: what every step of the fit reads."""
 
-    @property
-    def history(self) -> Path:
-        return self.root / HISTORY_NAME
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / CHECKPOINT_NAME
-
-    @property
-    def model(self) -> Path:
-        return self.root / MODEL_NAME
-
-
-def run_directory(
-    runs_dir: str | os.PathLike, preset: str, experiment: str, seed: int, cached: bool = False
-) -> Path:
-    """``RUNS/PRESET/EXPERIMENT[-cached][-seedN]``: a cached retraining is a run of its own."""
-    suffix = ("-cached" if cached else "") + (f"-seed{seed}" if seed else "")
-    return Path(runs_dir) / preset / f"{experiment}{suffix}"
+    experiment: str
+    preset: str
+    config: RunConfig
+    paths: RunPaths
+    seed: int
+    runs_dir: str | os.PathLike
+    data_dir: str | None
+    weights_path: Path | None  # the pretrained model it starts (or restarts) from
+    source: keras.Model | None  # that model, loaded
+    previous: History | None  # the history to resume, None for a new run
+    strategy: tf.distribute.Strategy
+    tensorboard: bool
+    download: bool
+    verbose: int
 
 
 def train(
@@ -104,6 +93,7 @@ def train(
 
     ``download`` lets tfds download and prepare a dataset that is not in the data directory.
     """
+    _git_commit()  # read once, when the first run of this process starts
     config = experiments.resolve(experiment, preset, overrides)
     paths = RunPaths(run_directory(runs_dir, preset, experiment, seed, config.cache_features))
     _prepare_directory(paths.root)
@@ -115,12 +105,12 @@ def train(
     # A cached run checkpoints only its classifier: resuming it needs the features again.
     weights_path = None
     if not resuming or config.cache_features:
-        weights_path = _weights_for(config, weights, runs_dir, preset)
+        weights_path = pretrained_model(config, weights, runs_dir, preset)
     if resuming and weights_path:
         _check_same_weights(previous, weights_path)
     source = _source_model(weights_path, config) if weights_path else None
 
-    tf.keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(seed)
     if not tf.config.list_physical_devices("GPU"):
         tf.config.experimental.enable_op_determinism()
         if config.jit_compile:
@@ -130,35 +120,48 @@ def train(
     keras.mixed_precision.set_dtype_policy(config.precision)
     try:
         return _fit(
-            experiment, preset, config, paths, previous if resuming else None, source,
-            weights_path, data_dir, runs_dir, seed, _strategy(strategy), tensorboard, download,
-            verbose,
-        )  # fmt: skip
+            _Run(
+                experiment=experiment,
+                preset=preset,
+                config=config,
+                paths=paths,
+                seed=seed,
+                runs_dir=runs_dir,
+                data_dir=data_dir,
+                weights_path=weights_path,
+                source=source,
+                previous=previous if resuming else None,
+                strategy=_strategy(strategy),
+                tensorboard=tensorboard,
+                download=download,
+                verbose=verbose,
+            )
+        )
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
 
 
-def _fit(
-    experiment, preset, config, paths, previous, source, weights_path, data_dir, runs_dir, seed,
-    strategy, tensorboard, download, verbose,
-) -> History:  # fmt: skip
-    splits = data.load_experiment_data(config, data_dir=data_dir, seed=seed, download=download)
+def _fit(run: _Run) -> History:
+    config, paths, verbose = run.config, run.paths, run.verbose
+    splits = data.load_experiment_data(
+        config, data_dir=run.data_dir, seed=run.seed, download=run.download
+    )
     steps_per_epoch = data.steps_per_epoch(splits.train_examples, config.batch_size)
-    with strategy.scope():
+    with run.strategy.scope():
         network, feeds = None, splits
-        if previous is None or config.cache_features:
-            network = _initial_model(config, splits, source, seed)
+        if run.previous is None or config.cache_features:
+            network = _initial_model(config, splits, run.source, run.seed)
         if config.cache_features:
-            feeds = cache.for_experiment(runs_dir, network, splits, config, verbose)
-        if previous is not None:
+            feeds = cache.for_experiment(run.runs_dir, network, splits, config, verbose)
+        if run.previous is not None:
             trainee = _load_checkpoint(paths.checkpoint)
             start_epoch = int(trainee.optimizer.iterations.numpy()) // steps_per_epoch
-            history = dataclasses.replace(previous, epochs=previous.epochs[:start_epoch])
+            history = dataclasses.replace(run.previous, epochs=run.previous.epochs[:start_epoch])
             _say(verbose, f"{paths.root}: resuming after epoch {start_epoch}")
         else:
             # Cached: the classifier block alone is trained, on the cached pool5 outputs.
             trainee = (
-                network.get_layer("classifier")
+                network.get_layer(CLASSIFIER)
                 if config.cache_features
                 else splits.training_model(network)
             )
@@ -172,17 +175,17 @@ def _fit(
                 jit_compile=config.jit_compile,
             )  # fmt: skip
             start_epoch = 0
-            history = _new_history(experiment, preset, config, seed, weights_path)
+            history = _new_history(run)
     if config.cache_features and history.cache is None:
         history = dataclasses.replace(history, cache=feeds.record)
     save_history(history, paths.history)
 
-    recorder = RunRecorder(paths, history, seed)
+    recorder = RunRecorder(paths, history)
     callbacks = [recorder]
-    if tensorboard:
-        callbacks.append(_tensorboard(paths.root / "logs"))
+    if run.tensorboard:
+        callbacks.append(_tensorboard(paths.logs))
     if start_epoch < config.epochs:
-        device = _input_device(strategy)
+        device = _input_device(run.strategy)
         trainee.fit(
             data.prefetch_to(feeds.train_batches(start_epoch, config.epochs), device),
             epochs=config.epochs,
@@ -196,7 +199,7 @@ def _fit(
             verbose=verbose,
         )
     trained = _with_classifier(network, trainee) if config.cache_features else _network(trainee)
-    return _finish(trained, config, splits, paths, recorder.history, verbose)
+    return _finish(run, trained, splits, recorder.history)
 
 
 def _tensorboard(log_dir: Path) -> keras.callbacks.TensorBoard:
@@ -208,20 +211,21 @@ def _tensorboard(log_dir: Path) -> keras.callbacks.TensorBoard:
 def _network(trainee: keras.Model) -> keras.Model:
     """The AlexNet inside a model wrapped for device augmentation (or the model itself)."""
     inner = [layer for layer in trainee.layers if isinstance(layer, keras.Model)]
-    return inner[0] if "caffe_augment" in {layer.name for layer in trainee.layers} else trainee
+    return inner[0] if AUGMENT_LAYER in {layer.name for layer in trainee.layers} else trainee
 
 
 def _with_classifier(network: keras.Model, classifier: keras.Model) -> keras.Model:
     """The whole network with a (possibly resumed) cached run's trained classifier: the final
     evaluation and the saved model see images, exactly as for an uncached run."""
-    network.get_layer("classifier").set_weights(classifier.get_weights())
+    network.get_layer(CLASSIFIER).set_weights(classifier.get_weights())
     return network
 
 
-def _finish(model, config, splits, paths, history, verbose) -> History:
+def _finish(run: _Run, model: keras.Model, splits, history: History) -> History:
+    config, paths = run.config, run.paths
     start = time.perf_counter()
     scores = evaluate.evaluate(
-        model, splits.test, crops=config.test_crops, augment=splits.augment, verbose=verbose
+        model, splits.test, crops=config.test_crops, augment=splits.augment, verbose=run.verbose
     )
     final = FinalEvaluation(
         crops=config.test_crops,
@@ -229,12 +233,12 @@ def _finish(model, config, splits, paths, history, verbose) -> History:
         top5=scores["top5"],
         wall_seconds=time.perf_counter() - start,
     )
-    _save_atomic(_without_optimizer(model), paths.model)
+    replace_atomic(paths.model, _without_optimizer(model).save)
     history = dataclasses.replace(history, final=final, status="finished")
     save_history(history, paths.history)
     paths.checkpoint.unlink(missing_ok=True)
     _say(
-        verbose,
+        run.verbose,
         f"{paths.root}: {config.test_crops}-crop top-1 {final.top1:.2%}, top-5 {final.top5:.2%}",
     )
     return history
@@ -249,21 +253,14 @@ class RunRecorder(keras.callbacks.Callback):
     run at the first non-finite loss, before anything of that epoch is written.
     """
 
-    def __init__(self, paths: RunPaths, history: History, seed: int):
+    def __init__(self, paths: RunPaths, history: History):
         super().__init__()
-        self.paths, self.history, self.seed = paths, history, seed
+        self.paths, self.history = paths, history
         self._epoch_start = self._train_seconds = 0.0
         self._lr = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
-        for layer in model_lib.caffe_layers(self.model).values():
-            # Keras counts draws in state[1]; state[0] is the layer's own seed, so layers stay
-            # distinct and each epoch gets its own, non-overlapping range of draws. (A dropout
-            # of rate 0 has no generator.)
-            generator = getattr(layer, "seed_generator", None)
-            if isinstance(layer, keras.layers.Dropout) and generator is not None:
-                layer_seed = generator.state.numpy()[0]
-                generator.state.assign([layer_seed, epoch * _DRAWS_PER_EPOCH])
+        model_lib.reseed_dropout(self.model, epoch)
         self._lr = float(self.model.optimizer.learning_rate)
         self._epoch_start = time.perf_counter()
 
@@ -291,7 +288,7 @@ class RunRecorder(keras.callbacks.Callback):
         )
         self.history = dataclasses.replace(self.history, epochs=(*self.history.epochs, record))
         save_history(self.history, self.paths.history)
-        _save_atomic(self.model, self.paths.checkpoint)
+        replace_atomic(self.paths.checkpoint, self.model.save)
 
 
 def _source_model(path: Path, config: RunConfig) -> keras.Model:
@@ -320,7 +317,7 @@ def _initial_model(config: RunConfig, splits, source: keras.Model | None, seed: 
             seed=seed,
         )
     if config.mode != "retrain":
-        fc8 = model_lib.caffe_layers(source)["fc8"].kernel.shape
+        fc8 = model_lib.caffe_layers(source)[FC8].kernel.shape
         if fc8[-1] != splits.num_classes:
             raise UserError(
                 f"the weights' layer fc8 has shape {tuple(fc8)}, but the dataset has "
@@ -331,29 +328,8 @@ def _initial_model(config: RunConfig, splits, source: keras.Model | None, seed: 
     new = model_lib.replace_classifier(
         source, splits.num_classes, keep_fc67=config.keep_fc67, init=config.init, seed=seed
     )
-    new.get_layer("features").trainable = False
+    new.get_layer(FEATURES).trainable = False
     return new
-
-
-def _weights_for(config: RunConfig, weights: str | None, runs_dir, preset: str) -> Path | None:
-    """The pretrained model a run starts from: --weights, else its preset's pretraining run."""
-    if weights:
-        path = Path(weights)
-        if path.is_dir():
-            path = path / MODEL_NAME
-        if not path.is_file():
-            raise UserError(f"--weights {weights}: no such model file (a run dir or a .keras)")
-        return path
-    if config.mode != "retrain":
-        return None
-    default = run_directory(runs_dir, preset, config.pretrained, 0) / MODEL_NAME
-    if not default.is_file():
-        raise UserError(
-            f"retraining needs pretrained weights: run `paper-repro train {config.pretrained} "
-            f"--preset {preset}` first (it writes {default}), or pass --weights FILE.keras "
-            "(for example CaffeNet from `paper-repro import-caffe`)"
-        )
-    return default
 
 
 def _check_same_weights(previous: History, weights_path: Path) -> None:
@@ -377,12 +353,6 @@ def _load_checkpoint(path: Path) -> keras.Model:
             f"{path}: the checkpoint is corrupted; it was left as it is: move it away to resume "
             "from scratch, or rerun with --force"
         ) from None
-
-
-def _save_atomic(model: keras.Model, path: Path) -> None:
-    temporary = path.with_name(f".{path.stem}.partial.keras")
-    model.save(temporary)
-    os.replace(temporary, path)
 
 
 def _without_optimizer(model: keras.Model) -> keras.Model:
@@ -443,19 +413,19 @@ def _strategy(name: str) -> tf.distribute.Strategy:
     raise UserError(f"unknown strategy '{name}'; use one of {', '.join(experiments.STRATEGIES)}")
 
 
-def _new_history(experiment, preset, config, seed, weights_path) -> History:
+def _new_history(run: _Run) -> History:
     return History(
-        experiment=experiment,
-        preset=preset,
-        dataset=config.dataset,
-        mode=config.mode,
-        seed=seed,
-        config=config.to_dict(),
-        provenance=_provenance(weights_path),
+        experiment=run.experiment,
+        preset=run.preset,
+        dataset=run.config.dataset,
+        mode=run.config.mode,
+        seed=run.seed,
+        config=run.config.to_dict(),
+        provenance=_provenance(run.weights_path),
         epochs=(),
         final=None,
         status="running",
-        start=_start(config, weights_path),
+        start=_start(run.config, run.weights_path),
     )
 
 
@@ -493,8 +463,9 @@ def _versions() -> dict[str, str]:
 
 @functools.cache
 def _git_commit() -> str | None:
-    """The commit of the code this process imported (read once: a long ``reproduce`` keeps
-    running the code it started with while the checkout moves on), ``+dirty`` with local edits."""
+    """The commit of the code this process runs (read once, when its first run starts: a long
+    ``reproduce`` keeps running the code it started with while the checkout moves on), ``+dirty``
+    with local edits."""
     package = Path(__file__).parent
 
     def git(*args: str) -> str:
@@ -510,9 +481,6 @@ def _git_commit() -> str | None:
     return f"{commit}+dirty" if dirty else commit or None
 
 
-_git_commit()
-
-
 def _device() -> str:
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
@@ -524,52 +492,3 @@ def _device() -> str:
 def _say(verbose: int, message: str) -> None:
     if verbose:
         print(message, flush=True)
-
-
-def reproduce(
-    preset: str,
-    *,
-    weights: str | None = None,
-    data_dir: str | None = None,
-    runs_dir: str | os.PathLike = "runs",
-    out: str | os.PathLike = "figures",
-    seed: int = 0,
-    overrides: Iterable[str] = (),
-    force: bool = False,
-    cache_features: bool = False,
-    download: bool = False,
-    verbose: int = 1,
-) -> list[Path]:
-    """Every experiment of a preset in dependency order, then Table III and Figure 5.
-
-    Finished runs are skipped and interrupted ones resumed, so rerunning after a crash costs only
-    the unfinished work (``force`` trains every run again). ``overrides`` (``key=value``) apply to
-    every run of the preset. With ``weights`` (e.g. an imported CaffeNet) pretraining is skipped
-    and every retraining starts from them; the full runs still start from scratch. With
-    ``cache_features`` the retrain runs train on cached features (runs of their own,
-    ``retrain-*-cached``). The histories are copied to ``OUT/histories/PRESET`` next to the table
-    and figure made from them, so the three can be committed together.
-    """
-    from paper_repro import figures
-    from paper_repro.history import write_atomic
-
-    overrides = list(overrides)
-    configs = {
-        name: experiments.resolve(name, preset, overrides)
-        for name in experiments.dependency_order(preset)
-    }
-    # The weights stand in for pretraining: only the retrain runs start from them; full runs
-    # train from scratch, as in the paper.
-    names = [name for name in configs if not (weights and configs[name].mode == "pretrain")]
-    kept = Path(out) / "histories" / preset
-    for number, name in enumerate(names, 1):
-        _say(verbose, f"[{number}/{len(names)}] {name} ({preset})")
-        retrain = configs[name].mode == "retrain"
-        cached = cache_features and retrain
-        train(name, preset, weights=weights if retrain else None, data_dir=data_dir,
-              runs_dir=runs_dir, seed=seed,
-              overrides=[*overrides, *(["cache_features=true"] if cached else [])], force=force,
-              download=download, verbose=verbose)  # fmt: skip
-        run = run_directory(runs_dir, preset, name, seed, cached)
-        write_atomic(kept / f"{run.name}{HISTORY_SUFFIX}", RunPaths(run).history.read_bytes())
-    return [*figures.regenerate_tables(kept, out), *figures.regenerate_figures(kept, out)]

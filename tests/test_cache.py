@@ -3,9 +3,7 @@ epoch, resumable and reused builds, and cached retraining end to end on real MNI
 
 import dataclasses
 import fcntl
-import os
 import threading
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -14,15 +12,12 @@ import tensorflow as tf
 
 from paper_repro import cache, cli, data
 from paper_repro import train as train_module
+from paper_repro.augment import AugmentConfig, crop_views
 from paper_repro.evaluate import evaluate
-from paper_repro.model import build_alexnet, caffe_layers
+from paper_repro.model import CLASSIFIER, FEATURES, PREPROCESS, build_alexnet, caffe_layers
 from paper_repro.train import train
 
-REAL_MNIST = pytest.mark.skipif(
-    not (Path(os.environ.get("TFDS_DATA_DIR", "/nonexistent")) / "mnist").is_dir(),
-    reason="needs prepared MNIST (mnist/3.0.1) in TFDS_DATA_DIR",
-)
-AUGMENT = data.AugmentConfig(76, 67, mirror=True)
+AUGMENT = AugmentConfig(76, 67, mirror=True)
 TINY = ["train_subset=160", "test_subset=80", "batch_size=40"]
 
 
@@ -59,11 +54,9 @@ def _build(root, network, spec=None, split=None, verbose=0):
 def test_cached_values_are_the_networks_features_of_every_view(tmp_path, network):
     built = _build(tmp_path, network)
     batch = next(iter(_split().batch(12)))
-    views = data.crop_views(batch["image"], AUGMENT, 10)
-    features = network.get_layer("features")
-    expected = np.stack(
-        [features(network.get_layer("preprocess")(v)).numpy() for v in views], axis=1
-    )
+    views = crop_views(batch["image"], AUGMENT, 10)
+    features = network.get_layer(FEATURES)
+    expected = np.stack([features(network.get_layer(PREPROCESS)(v)).numpy() for v in views], axis=1)
     assert built.features.shape == (12, 10, 1, 1, 256)
     np.testing.assert_allclose(built.features, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(built.labels, batch["label"].numpy())
@@ -199,7 +192,7 @@ def _retrain(runs, weights, overrides=(), **kwargs):
     )  # fmt: skip
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_cached_retraining_end_to_end(tmp_path, source_weights):
     history = _retrain(tmp_path, source_weights)
     run = tmp_path / "smoke" / "retrain-mnist-cached"
@@ -223,15 +216,15 @@ def test_cached_retraining_end_to_end(tmp_path, source_weights):
     assert scores["top1"] == pytest.approx(history.epochs[-1].test_accuracy, abs=1e-6)
     cached = np.load(tmp_path / cache.CACHE_DIR_NAME / history.cache.test / "features.npy")
     images = next(iter(splits.test.batch(80)))["image"]
-    centre = data.crop_views(images, splits.augment, 1)[0]
+    centre = crop_views(images, splits.augment, 1)[0]
     np.testing.assert_allclose(
-        model.get_layer("classifier")(cached[:, 0]), model(centre), rtol=1e-4, atol=1e-6
+        model.get_layer(CLASSIFIER)(cached[:, 0]), model(centre), rtol=1e-4, atol=1e-6
     )
     again = _retrain(tmp_path, source_weights, ["epochs=1", "drop_epochs=1"], force=True)
     assert again.cache.reused and again.cache.train == history.cache.train
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_interrupted_cached_run_resumes_to_the_uninterrupted_history(
     tmp_path, source_weights, monkeypatch
 ):

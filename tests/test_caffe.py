@@ -7,7 +7,6 @@ random weights, checked against a NumPy forward pass with Caffe's semantics.
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 
@@ -108,10 +107,7 @@ def _lenet() -> keras.Model:
     )
 
 
-def _mnist_test() -> tuple[np.ndarray, np.ndarray]:
-    data_dir = os.environ.get("TFDS_DATA_DIR")
-    if not data_dir or not (Path(data_dir) / "mnist").is_dir():
-        pytest.skip("needs the prepared TFDS dataset mnist under $TFDS_DATA_DIR")
+def _mnist_test(data_dir: str) -> tuple[np.ndarray, np.ndarray]:
     tfds = pytest.importorskip("tensorflow_datasets")
     test = tfds.load("mnist", split="test", data_dir=data_dir, batch_size=-1, as_supervised=True)
     images, labels = tfds.as_numpy(test)
@@ -119,9 +115,9 @@ def _mnist_test() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.skipif(not LENET.exists(), reason=f"needs the real Caffe LeNet at {LENET}")
-def test_real_caffe_lenet_scores_mnist():
+def test_real_caffe_lenet_scores_mnist(tfds_dir):
     """Wrong kernel layout or flatten order (ip1 follows pool2) would collapse the accuracy."""
-    images, labels = _mnist_test()
+    images, labels = _mnist_test(tfds_dir)
     weights = read_caffemodel(LENET)
     model = _lenet()
     for name in ("conv1", "conv2", "ip2"):
@@ -264,10 +260,7 @@ def test_import_caffe_writes_a_safe_keras_file(caffenet_files, tmp_path, capsys)
     )
 
 
-@pytest.mark.skipif(
-    not (Path(os.environ.get("TFDS_DATA_DIR", "/nonexistent")) / "mnist").is_dir(),
-    reason="needs prepared MNIST (mnist/3.0.1) in TFDS_DATA_DIR",
-)
+@pytest.mark.usefixtures("tfds_dir")
 def test_imported_caffenet_is_retrained_directly(caffenet_files, tmp_path):
     """`paper-repro train retrain-... --weights caffenet.keras`, on a few real MNIST images."""
     from paper_repro.cli import main

@@ -1,24 +1,15 @@
 """The command line: every planned command, `reproduce --preset smoke`, evaluate and list."""
 
 import csv
-import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from paper_repro import cli
 from paper_repro.history import load_history
 
-REAL_DATA = pytest.mark.skipif(
-    not all(
-        (Path(os.environ.get("TFDS_DATA_DIR", "/nonexistent")) / name).is_dir()
-        for name in ("mnist", "cifar10")
-    ),
-    reason="needs prepared MNIST (mnist/3.0.1) and CIFAR-10 (cifar10/3.0.2) in TFDS_DATA_DIR",
-)
 COMMANDS = ("train", "evaluate", "list", "reproduce", "regenerate-tables", "regenerate-figures",
             "export", "import-caffe")  # fmt: skip
 
@@ -43,7 +34,7 @@ def smoke_reproduction(tmp_path_factory):
     return code, root
 
 
-@REAL_DATA
+@pytest.mark.usefixtures("tfds_dir")
 def test_reproduce_smoke_puts_its_runs_in_the_table_and_figure(smoke_reproduction):
     code, root = smoke_reproduction
     assert code == 0
@@ -59,7 +50,7 @@ def test_reproduce_smoke_puts_its_runs_in_the_table_and_figure(smoke_reproductio
     assert (root / "figure5.png").stat().st_size > 0 and (root / "figure5.pdf").exists()
 
 
-@REAL_DATA
+@pytest.mark.usefixtures("tfds_dir")
 def test_reproduce_again_skips_finished_runs(smoke_reproduction, capsys):
     _, root = smoke_reproduction
     before = (root / "table3.md").read_bytes()
@@ -69,7 +60,7 @@ def test_reproduce_again_skips_finished_runs(smoke_reproduction, capsys):
     assert (root / "table3.md").read_bytes() == before
 
 
-@REAL_DATA
+@pytest.mark.usefixtures("tfds_dir")
 def test_evaluate_a_run_gives_its_recorded_multi_crop_accuracy(smoke_reproduction, capsys):
     _, root = smoke_reproduction
     run = root / "runs" / "smoke" / "retrain-mnist"
@@ -78,7 +69,7 @@ def test_evaluate_a_run_gives_its_recorded_multi_crop_accuracy(smoke_reproductio
     assert f"5-crop top-1 {final.top1:.2%}" in capsys.readouterr().out
 
 
-@REAL_DATA
+@pytest.mark.usefixtures("tfds_dir")
 def test_evaluate_on_a_dataset_of_another_class_count_names_fc8(smoke_reproduction, capsys):
     _, root = smoke_reproduction
     run = root / "runs" / "smoke" / "pretrain-imagenet"  # 5 classes (CIFAR-10's 0-4)
@@ -86,7 +77,7 @@ def test_evaluate_on_a_dataset_of_another_class_count_names_fc8(smoke_reproducti
     assert "layer fc8 has shape (4096, 5) but mnist has 10 classes" in capsys.readouterr().err
 
 
-@REAL_DATA
+@pytest.mark.usefixtures("tfds_dir")
 def test_list_shows_presets_and_runs(smoke_reproduction, capsys):
     _, root = smoke_reproduction
     assert cli.main(["list", "--runs-dir", str(root / "runs")]) == 0
@@ -100,7 +91,7 @@ def test_regenerate_without_histories_says_which_command_makes_them(tmp_path, ca
     assert "paper-repro reproduce --preset mini" in capsys.readouterr().err
 
 
-@REAL_DATA
+@pytest.mark.usefixtures("tfds_dir")
 def test_reproduce_with_cache_features_adds_the_cached_retraining(smoke_reproduction, capsys):
     _, root = smoke_reproduction
     args = ["reproduce", "--preset", "smoke", "--runs-dir", str(root / "runs"), "--out",
@@ -114,3 +105,21 @@ def test_reproduce_with_cache_features_adds_the_cached_retraining(smoke_reproduc
     # The default target is one every mode reaches: each has its seconds and epoch.
     assert re.fullmatch(r"\d+ \([12]\)", cell["Cached retraining: s (epoch)"])
     assert cell["Of which cache build (s)"] == f"{cached.cache.build_seconds:.0f}"
+
+
+def test_train_and_reproduce_share_their_run_flags_with_their_own_preset_defaults():
+    shared = ["--data-dir", "d", "--runs-dir", "r", "--seed", "2", "--set", "epochs=1", "--force",
+              "--cache-features", "--download"]  # fmt: skip
+    parser = cli.build_parser()
+    train = parser.parse_args(["train", "full-mnist", *shared])
+    reproduce = parser.parse_args(["reproduce", *shared])
+    for args in (train, reproduce):
+        assert (args.data_dir, args.runs_dir, args.seed, args.overrides) == (
+            "d",
+            "r",
+            2,
+            ["epochs=1"],
+        )
+        assert args.force and args.cache_features and args.download
+    assert (train.preset, reproduce.preset) == ("paper", "mini")
+    assert parser.parse_args(["train", "full-mnist"]).preset == "paper"

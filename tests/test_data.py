@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from paper_repro import data
-from paper_repro.data import AugmentConfig
+from paper_repro import augment, data
+from paper_repro.augment import AUGMENT_LAYER, AugmentConfig
 from paper_repro.errors import UserError
 from paper_repro.evaluate import evaluate
 
@@ -53,9 +53,9 @@ def test_augment_config_rejects_a_crop_larger_than_the_resize():
 
 def test_training_crops_equal_numpy_slices_at_the_paper_size():
     images = rng_images(16, 256)
-    keys = data.example_keys(7, 0, tf.range(16))
-    crops = data.caffe_augment(images, keys, PAPER).numpy()
-    rows, cols, mirror = (t.numpy() for t in data.crop_parameters(keys, PAPER))
+    keys = augment.example_keys(7, 0, tf.range(16))
+    crops = augment.caffe_augment(images, keys, PAPER).numpy()
+    rows, cols, mirror = (t.numpy() for t in augment.crop_parameters(keys, PAPER))
     assert crops.shape == (16, 227, 227, 3) and crops.dtype == np.uint8
     assert 0 < mirror.sum() < 16, "the batch should hold mirrored and plain crops"
     for i in range(16):
@@ -63,65 +63,65 @@ def test_training_crops_equal_numpy_slices_at_the_paper_size():
 
 
 def test_crop_offsets_cover_caffes_inclusive_range_uniformly():
-    keys = data.example_keys(0, 0, tf.range(30_000))
-    rows, cols, mirror = (t.numpy() for t in data.crop_parameters(keys, PAPER))
+    keys = augment.example_keys(0, 0, tf.range(30_000))
+    rows, cols, mirror = (t.numpy() for t in augment.crop_parameters(keys, PAPER))
     for offsets in (rows, cols):
         counts = np.bincount(offsets)
         assert len(counts) == 30 and counts.min() > 850, "offsets 0..29, each ~1000 times"
     assert 0.47 < mirror.mean() < 0.53
-    _, _, never = data.crop_parameters(keys, AugmentConfig(mirror=False))
+    _, _, never = augment.crop_parameters(keys, AugmentConfig(mirror=False))
     assert not never.numpy().any()
 
 
 def test_test_views_equal_numpy_slices_with_caffes_oversample_offsets():
     images = rng_images(2, 256)
-    views = [v.numpy() for v in data.crop_views(images, PAPER, 10)]
+    views = [v.numpy() for v in augment.crop_views(images, PAPER, 10)]
     expected = [(r, c, False) for r, c in CAFFE_256_227] + [(r, c, True) for r, c in CAFFE_256_227]
     assert len(views) == 10
     for view, (row, col, mirrored) in zip(views, expected, strict=True):
         for i in range(2):
             assert np.array_equal(view[i], numpy_view(images[i], row, col, 227, mirrored))
-    five = [v.numpy() for v in data.crop_views(images, PAPER, 5)]
+    five = [v.numpy() for v in augment.crop_views(images, PAPER, 5)]
     assert all(np.array_equal(a, b) for a, b in zip(five, views[:5], strict=True))
-    (centre,) = data.crop_views(images, PAPER, 1)
+    (centre,) = augment.crop_views(images, PAPER, 1)
     assert np.array_equal(centre.numpy(), images[:, 14:241, 14:241])
 
 
 def test_views_at_the_quick_size_use_floor_centre():
     images = rng_images(1, 76)
-    offsets = [(r, c) for r, c, _ in data.view_offsets(QUICK, 5)]
+    offsets = [(r, c) for r, c, _ in augment.view_offsets(QUICK, 5)]
     assert offsets == [(0, 0), (0, 9), (9, 0), (9, 9), (4, 4)]
-    (centre,) = data.crop_views(images, QUICK, 1)
+    (centre,) = augment.crop_views(images, QUICK, 1)
     assert np.array_equal(centre.numpy()[0], images[0, 4:71, 4:71])
 
 
 def test_resize_is_half_pixel_bilinear_rounded_to_uint8_like_opencv():
     # cv2.resize(INTER_LINEAR) of the row [0, 100] to 4 pixels gives [0, 25, 75, 100].
     row = np.array([[0, 100], [0, 100]], np.uint8)[None, :, :, None].repeat(3, axis=-1)
-    resized = data.resize_uint8(row, 4).numpy()
+    resized = augment.resize_uint8(row, 4).numpy()
     assert resized.dtype == np.uint8
     assert resized[0, 0, :, 0].tolist() == [0, 25, 75, 100]
     ones = np.array([[0, 1], [0, 1]], np.uint8)[None, :, :, None].repeat(3, axis=-1)
-    assert data.resize_uint8(ones, 4).numpy()[0, 0, :, 0].tolist() == [0, 0, 1, 1]
+    assert augment.resize_uint8(ones, 4).numpy()[0, 0, :, 0].tolist() == [0, 0, 1, 1]
 
 
 @pytest.mark.parametrize("native", [28, 32])
 def test_fused_resize_and_crop_equals_resize_then_slicing_at_the_paper_size(native):
     images = rng_images(6, native, seed=native)
-    keys = data.example_keys(1, 0, tf.range(6))
-    crops = data.caffe_augment(images, keys, PAPER).numpy()
-    resized = data.resize_uint8(images, 256).numpy()
-    rows, cols, mirror = (t.numpy() for t in data.crop_parameters(keys, PAPER))
+    keys = augment.example_keys(1, 0, tf.range(6))
+    crops = augment.caffe_augment(images, keys, PAPER).numpy()
+    resized = augment.resize_uint8(images, 256).numpy()
+    rows, cols, mirror = (t.numpy() for t in augment.crop_parameters(keys, PAPER))
     for i in range(6):
         assert np.array_equal(crops[i], numpy_view(resized[i], rows[i], cols[i], 227, mirror[i]))
 
 
 def test_fused_resize_and_crop_is_within_one_level_at_other_ratios():
     images = rng_images(20, 32)
-    keys = data.example_keys(1, 0, tf.range(20))
-    crops = data.caffe_augment(images, keys, QUICK).numpy().astype(int)
-    resized = data.resize_uint8(images, 76).numpy()
-    rows, cols, mirror = (t.numpy() for t in data.crop_parameters(keys, QUICK))
+    keys = augment.example_keys(1, 0, tf.range(20))
+    crops = augment.caffe_augment(images, keys, QUICK).numpy().astype(int)
+    resized = augment.resize_uint8(images, 76).numpy()
+    rows, cols, mirror = (t.numpy() for t in augment.crop_parameters(keys, QUICK))
     expected = np.stack(
         [numpy_view(resized[i], rows[i], cols[i], 67, mirror[i]) for i in range(20)]
     ).astype(int)
@@ -174,7 +174,7 @@ def test_host_and_device_augmentation_give_identical_pixels(size):
     host = list(data.train_dataset(source, QUICK, placement="host", **settings))
     device = list(data.train_dataset(source, QUICK, placement="device", **settings))
     inputs = keras.Input((67, 67, 3))
-    identity = data.with_device_augmentation(keras.Model(inputs, inputs), QUICK)
+    identity = augment.with_device_augmentation(keras.Model(inputs, inputs), QUICK)
     for (crops, labels), (features, device_labels) in zip(host, device, strict=True):
         assert features["image"].shape[1:] == (size, size, 3), "native uint8 crosses"
         assert features["image"].dtype == tf.uint8
@@ -188,13 +188,13 @@ def test_device_layer_centre_crops_outside_training_and_round_trips_through_a_ke
 ):
     images = rng_images(3, 76)
     inputs = keras.Input((67, 67, 3))
-    wrapped = data.with_device_augmentation(keras.Model(inputs, inputs), QUICK)
+    wrapped = augment.with_device_augmentation(keras.Model(inputs, inputs), QUICK)
     features = {"image": images, "key": np.arange(3, dtype=np.int64)}
     assert np.array_equal(wrapped(features, training=False).numpy(), images[:, 4:71, 4:71])
     wrapped.save(tmp_path / "wrapped.keras")
     loaded = keras.saving.load_model(tmp_path / "wrapped.keras")
-    layer = loaded.get_layer("caffe_augment")
-    assert isinstance(layer, data.CaffeAugment) and layer.augment == QUICK
+    layer = loaded.get_layer(AUGMENT_LAYER)
+    assert isinstance(layer, augment.CaffeAugment) and layer.augment == QUICK
     assert np.array_equal(loaded(features, training=True), wrapped(features, training=True))
 
 
@@ -202,7 +202,7 @@ def test_eval_dataset_gives_centre_crops_in_order():
     images = rng_images(7, 38)
     pairs = data.eval_dataset(split_of(images), QUICK, batch_size=4, placement="host")
     crops, labels = epochs_as_arrays(pairs)
-    resized = data.resize_uint8(images, 76).numpy()
+    resized = augment.resize_uint8(images, 76).numpy()
     assert np.array_equal(crops, resized[:, 4:71, 4:71])
     assert labels.tolist() == (np.arange(7) % 3).tolist()
 

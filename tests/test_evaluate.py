@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from paper_repro.data import AugmentConfig
+from paper_repro.augment import AugmentConfig
 from paper_repro.errors import UserError
 from paper_repro.evaluate import evaluate
 

@@ -92,13 +92,11 @@ def test_unknown_experiment_and_preset_list_the_valid_ones():
         resolve("full-mnist", "papr")
 
 
-def test_experiments_and_the_model_agree_on_fillers_and_import_no_tensorflow():
+def test_experiments_import_no_tensorflow():
+    """The choices declared here are read by the history and the figures, made without it."""
     import subprocess
     import sys
 
-    from paper_repro import experiments, model
-
-    assert experiments.INITS == model.INITS
     code = "import sys, paper_repro.experiments; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

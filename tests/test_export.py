@@ -6,18 +6,16 @@ nothing here depends on 227.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from paper_repro import export
+from paper_repro import evaluate, export
 from paper_repro.errors import UserError
 from paper_repro.history import FinalEvaluation, History, Provenance, save_history
 from paper_repro.model import build_alexnet, caffe_layers
@@ -74,8 +72,8 @@ TEN = [(t, left, False) for t, left in CORNERS] + [(t, left, True) for t, left i
 
 
 def test_default_resize_keeps_caffes_ratio():
-    assert export.default_resize(227) == 256
-    assert export.default_resize(67) == RESIZE
+    assert evaluate.default_resize(227) == 256
+    assert evaluate.default_resize(67) == RESIZE
 
 
 def test_saved_model_runs_the_paper_pipeline(model, saved_model):
@@ -85,7 +83,7 @@ def test_saved_model_runs_the_paper_pipeline(model, saved_model):
         for images in (rgb, grey):
             result = signatures[name](images=tf.constant(images))
             probabilities = result["probabilities"].numpy()
-            # At odd native sizes data.resize_and_crop may differ from tf.image.resize by one
+            # At odd native sizes augment.resize_and_crop may differ from tf.image.resize by one
             # grey level in a few pixels in 10^4 (its docstring): ~1e-4 in the probabilities.
             want = _reference(model, images, offsets)
             np.testing.assert_allclose(probabilities, want, atol=1e-3)
@@ -179,10 +177,8 @@ def test_export_from_a_run_dir_uses_its_config(model, tmp_path, capsys):
     )
 
 
+@pytest.mark.usefixtures("tfds_dir")
 def test_class_names_come_from_the_runs_dataset(model):
-    data_dir = os.environ.get("TFDS_DATA_DIR")
-    if not data_dir or not (Path(data_dir) / "cifar10").is_dir():
-        pytest.skip("needs the prepared TFDS dataset cifar10 under $TFDS_DATA_DIR (its names)")
     config = {"dataset": "cifar10", "classes": [5, 6, 7, 8, 9, 0, 1, 2, 3, 4]}
     names = export.serving_config(model, config).class_names
     assert names[:2] == ("dog", "frog") and names[5] == "airplane"

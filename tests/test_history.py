@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -14,11 +13,10 @@ from paper_repro.history import (
     CacheRecord,
     History,
     HistoryError,
-    find_histories,
     load_history,
     save_history,
-    write_atomic,
 )
+from paper_repro.runs import find_histories
 
 FIXTURES = Path(__file__).parent / "fixtures" / "histories"
 RETRAIN = FIXTURES / "retrain-cifar10" / "history.json"
@@ -68,33 +66,6 @@ def test_save_refuses_an_invalid_history_and_keeps_the_previous_file(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.json"]
 
 
-def test_write_atomic_leaves_the_old_file_and_no_temporary_when_the_rename_fails(
-    tmp_path, monkeypatch
-):
-    target = tmp_path / "table3.md"
-    write_atomic(target, b"old")
-
-    def failing_replace(source, destination):
-        raise OSError("disk full")
-
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
-        write_atomic(target, b"new")
-    assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["table3.md"]
-
-
-@pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
-def test_write_atomic_gives_ordinary_permissions(tmp_path):
-    previous = os.umask(0o022)
-    try:
-        write_atomic(tmp_path / "history.json", b"{}")
-    finally:
-        os.umask(previous)
-    # A temporary file from tempfile.mkstemp would be 0o600, unreadable by the rest of a team.
-    assert (tmp_path / "history.json").stat().st_mode & 0o777 == 0o644
-
-
 def _set(path: str, value):
     """A mutation of the fixture dict at a dotted path with [i] indices, for the cases below."""
 
@@ -124,7 +95,7 @@ MALFORMED = [
     (_set("epochs[0].wall_seconds", -1.0), "epochs[0].wall_seconds must be a finite number >= 0"),
     (_set("epochs[0].test_acc", 0.5), "epochs[0].test_acc is not a field of paper_repro.history/1"),
     (_set("epochs", {}), "epochs must be an array, got {}"),
-    (_set("mode", "finetune"), 'mode must be one of "full", "retrain", "pretrain", got "finetune"'),
+    (_set("mode", "finetune"), 'mode must be one of "pretrain", "full", "retrain", got "finetune"'),
     (_set("schema", "paper_repro.history/2"), 'schema must be "paper_repro.history/1"'),
     (_set("seed", True), "seed must be an integer, got true"),
     (_set("preset", ""), 'preset must be a non-empty string, got ""'),
@@ -177,21 +148,6 @@ def test_a_diverged_loss_and_a_utc_z_time_are_valid(tmp_path):
     history = load_history(path)
     save_history(history, path)
     assert math.isnan(load_history(path).epochs[0].train_loss)
-
-
-def test_find_histories_finds_both_names_in_a_fixed_order(tmp_path):
-    for name in [
-        "b/run.history.json",
-        "a/history.json",
-        "nested/z/history.json",
-        "c/other.json",
-        "c/xhistory.json",
-        "d/.history.json.1a2b3c4d.tmp",
-    ]:
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text("{}")
-    found = [p.relative_to(tmp_path).as_posix() for p in find_histories(tmp_path)]
-    assert found == ["a/history.json", "b/run.history.json", "nested/z/history.json"]
 
 
 def test_a_cache_record_round_trips_and_is_validated(tmp_path):

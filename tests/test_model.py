@@ -8,6 +8,9 @@ import tensorflow as tf
 from paper_repro import model as model_lib
 from paper_repro.errors import UserError
 from paper_repro.model import (
+    CLASSIFIER,
+    FEATURES,
+    PREPROCESS,
     GroupedConv2D,
     LocalResponseNormalization,
     build_alexnet,
@@ -49,7 +52,7 @@ def test_every_layer_output_matches_table_ii(caffenet):
 
 
 def test_blocks_split_features_from_classifier(caffenet):
-    feature_names = {layer.name for layer in caffenet.get_layer("features").layers}
+    feature_names = {layer.name for layer in caffenet.get_layer(FEATURES).layers}
     assert {"conv1", "norm2", "conv5", "pool5"} <= feature_names
     assert not feature_names & {"fc6", "fc7", "fc8"}
 
@@ -141,9 +144,9 @@ def _weights(block):
 
 def test_frozen_features_do_not_move_and_classifier_does():
     model = build_alexnet(3, QUICK, seed=1)
-    model.get_layer("features").trainable = False
+    model.get_layer(FEATURES).trainable = False
     model.compile(CaffeSGD(0.01), "sparse_categorical_crossentropy")
-    features, classifier = model.get_layer("features"), model.get_layer("classifier")
+    features, classifier = model.get_layer(FEATURES), model.get_layer(CLASSIFIER)
     before_f, before_c = _weights(features), _weights(classifier)
     model.train_on_batch(*_quick_batch())
     assert all(np.array_equal(before_f[k], v) for k, v in _weights(features).items())
@@ -153,14 +156,14 @@ def test_frozen_features_do_not_move_and_classifier_does():
 
 def test_unfreezing_is_honoured_after_recompiling():
     model = build_alexnet(3, QUICK, seed=1)
-    model.get_layer("features").trainable = False
+    model.get_layer(FEATURES).trainable = False
     model.compile(CaffeSGD(0.01), "sparse_categorical_crossentropy")
     model.train_on_batch(*_quick_batch())
-    model.get_layer("features").trainable = True
+    model.get_layer(FEATURES).trainable = True
     model.compile(CaffeSGD(0.01), "sparse_categorical_crossentropy")
-    before = _weights(model.get_layer("features"))
+    before = _weights(model.get_layer(FEATURES))
     model.train_on_batch(*_quick_batch())
-    after = _weights(model.get_layer("features"))
+    after = _weights(model.get_layer(FEATURES))
     assert all(not np.array_equal(before[k], v) for k, v in after.items())
 
 
@@ -173,7 +176,7 @@ def test_saved_model_loads_in_safe_mode_with_identical_outputs(tmp_path):
     np.testing.assert_array_equal(
         model.predict(images, verbose=0), loaded.predict(images, verbose=0)
     )
-    assert loaded.get_layer("preprocess").bgr is True
+    assert loaded.get_layer(PREPROCESS).bgr is True
 
 
 def test_model_takes_raw_uint8_and_float_images_alike():
@@ -198,7 +201,7 @@ def test_replace_classifier_keeps_features_and_sizes_fc8():
         for a, b in zip(src[name].get_weights(), new[name].get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
     assert new["fc8"].kernel.shape == (4096, 4)
-    assert target.get_layer("preprocess").mean == [1.0, 2.0, 3.0]
+    assert target.get_layer(PREPROCESS).mean == [1.0, 2.0, 3.0]
     fresh = caffe_layers(replace_classifier(source, 4, keep_fc67=False, seed=5))
     assert not np.array_equal(fresh["fc6"].kernel.numpy(), src["fc6"].kernel.numpy())
 
@@ -224,7 +227,7 @@ def test_fewer_than_two_classes_is_refused(classes):
 @pytest.mark.parametrize("size", [67, 99, 131, 163, 195])
 def test_every_quick_size_builds(size):
     model = build_alexnet(2, size)
-    assert model.get_layer("features").output.shape[1] == (size - 67) // 32 + 1
+    assert model.get_layer(FEATURES).output.shape[1] == (size - 67) // 32 + 1
 
 
 def test_grouped_kernels_are_checked_per_dtype_with_their_gradients():
@@ -232,3 +235,23 @@ def test_grouped_kernels_are_checked_per_dtype_with_their_gradients():
     # float16 CPU kernels refuse grouped gradients, so float16 takes Keras' op.
     assert model_lib.grouped_convolution_is_native("float32")
     assert not model_lib.grouped_convolution_is_native("float16")
+
+
+def test_reseed_dropout_relies_on_this_keras_seed_generator_layout():
+    """``reseed_dropout`` writes ``[seed, draws]`` into Keras' ``SeedGenerator.state``: a Keras
+    release that changes that layout (or stops counting one draw per call) fails here."""
+    layer = keras.layers.Dropout(0.5, seed=3)
+    model = keras.Sequential([keras.Input((256,)), layer])
+    state = layer.seed_generator.state
+    ones = np.ones((4, 256), np.float32)
+    assert tuple(state.shape) == (2,)
+
+    model_lib.reseed_dropout(model, 2)
+    assert state.numpy().tolist() == [3, 2 * model_lib.DROPOUT_DRAWS_PER_EPOCH]
+    first = layer(ones, training=True).numpy()
+    assert state.numpy().tolist() == [3, 2 * model_lib.DROPOUT_DRAWS_PER_EPOCH + 1]
+
+    model_lib.reseed_dropout(model, 2)
+    np.testing.assert_array_equal(layer(ones, training=True).numpy(), first)
+    model_lib.reseed_dropout(model, 3)
+    assert not np.array_equal(layer(ones, training=True).numpy(), first)

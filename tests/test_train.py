@@ -3,7 +3,6 @@ two devices, divergence and every bad input of the train command."""
 
 import dataclasses
 import json
-import os
 import re
 import signal
 import subprocess
@@ -23,10 +22,6 @@ from paper_repro.history import load_history, save_history
 from paper_repro.model import build_alexnet, caffe_layers
 from paper_repro.train import TrainingDiverged, train
 
-REAL_MNIST = pytest.mark.skipif(
-    not (Path(os.environ.get("TFDS_DATA_DIR", "/nonexistent")) / "mnist").is_dir(),
-    reason="needs prepared MNIST (mnist/3.0.1) in TFDS_DATA_DIR",
-)
 TINY = ["train_subset=160", "test_subset=80", "batch_size=40"]  # 4 steps an epoch
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +45,7 @@ def full_smoke(tmp_path_factory):
     return runs, train("full-mnist", "smoke", runs_dir=runs, verbose=0)
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_full_training_writes_a_valid_history_and_model(full_smoke):
     runs, history = full_smoke
     run = runs / "smoke" / "full-mnist"
@@ -64,7 +59,7 @@ def test_full_training_writes_a_valid_history_and_model(full_smoke):
     assert model.output_shape == (None, 10) and getattr(model, "optimizer", None) is None
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_retraining_keeps_the_features_and_trains_the_classifier(full_smoke, tmp_path):
     runs, full = full_smoke
     weights = runs / "smoke" / "full-mnist" / "model.keras"
@@ -88,14 +83,14 @@ def test_retraining_keeps_the_features_and_trains_the_classifier(full_smoke, tmp
     assert len(history.provenance.weights.sha256) == 64
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_finished_run_is_not_redone_unless_forced(full_smoke, capsys):
     runs, history = full_smoke
     again = train("full-mnist", "smoke", runs_dir=runs, verbose=1)
     assert again == history and "already finished" in capsys.readouterr().out
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_same_seed_gives_the_same_history(tmp_path):
     first = _run(tmp_path / "a", seed=3)
     second = _run(tmp_path / "b", seed=3)
@@ -110,7 +105,7 @@ def _train_command(runs: Path) -> list[str]:
             "--runs-dir", str(runs), *overrides]  # fmt: skip
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path):
     history_file = tmp_path / "killed" / "smoke" / "full-mnist" / "history.json"
     process = subprocess.Popen(_train_command(tmp_path / "killed"), cwd=REPO,
@@ -149,7 +144,7 @@ print(h.final.top1, *[x for e in h.epochs for x in (e.train_loss, e.test_accurac
 """
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_two_logical_devices_equal_one(tmp_path):
     def run(strategy):
         command = [sys.executable, "-c", _TWO_DEVICES, str(tmp_path / strategy), strategy]
@@ -160,7 +155,7 @@ def test_two_logical_devices_equal_one(tmp_path):
     np.testing.assert_allclose(mirrored, single, rtol=2e-3, atol=1e-3)
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_epoch(tmp_path):
     with pytest.raises(TrainingDiverged, match=r"training loss became nan in epoch (\d+)") as error:
         _run(tmp_path, overrides=[*TINY, "base_lr=1e12"])
@@ -192,7 +187,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path, capsys):
     assert code == 2 and "not a paper_repro AlexNet" in capsys.readouterr().err
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_weights_of_another_class_count_name_the_layer_and_shapes(tmp_path, capsys):
     build_alexnet(5, 67).save(tmp_path / "five.keras")
     code = _cli("train", "full-mnist", "--preset", "smoke", "--runs-dir", str(tmp_path),
@@ -217,7 +212,7 @@ def test_unwritable_runs_directory_is_refused(tmp_path, capsys):
     assert code == 2 and "cannot write the run directory" in capsys.readouterr().err
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_corrupted_checkpoint_is_reported_and_left_alone(full_smoke, tmp_path):
     _, history = full_smoke
     run = tmp_path / "smoke" / "full-mnist"
@@ -229,7 +224,7 @@ def test_corrupted_checkpoint_is_reported_and_left_alone(full_smoke, tmp_path):
     assert (run / "checkpoint.keras").read_bytes() == b"not a zip file"
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_changed_settings_on_an_existing_run_are_refused(full_smoke):
     runs, _ = full_smoke
     with pytest.raises(UserError, match=r"started with other settings \(epochs: 2 -> 3\)"):
@@ -250,7 +245,7 @@ def test_an_experiment_runs_on_a_users_image_folder(image_folder, tmp_path):
     assert history.final.crops == 10 and history.final.top5 == 1.0  # two classes: always in top 5
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_mixed_precision_and_tensorboard_logs(tmp_path):
     overrides = [*TINY, "precision=mixed_bfloat16", "epochs=1"]
     history = _run(tmp_path, overrides=overrides, tensorboard=True)
@@ -262,7 +257,7 @@ def test_mixed_precision_and_tensorboard_logs(tmp_path):
     assert keras.mixed_precision.dtype_policy().name == "float32"
 
 
-@REAL_MNIST
+@pytest.mark.usefixtures("tfds_dir")
 def test_gpu_path_options_run_on_cpu(tmp_path, monkeypatch, capsys):
     """Prefetching to the device gives the default run's numbers (here the device is the CPU);
     XLA is refused on the CPU with a notice (Keras disables it under op determinism);

@@ -1,0 +1,200 @@
+"""Where a run lives and how its files are written: names, layout, discovery, atomic replacement.
+
+A run lives in ``RUNS_DIR/PRESET/EXPERIMENT`` (``-cached`` for a retraining on cached features,
+``-seedN`` for seeds other than 0)::
+
+    history.json      the record (paper_repro.history), rewritten atomically after every epoch
+    checkpoint.keras  model + optimizer state after the last finished epoch (atomic)
+    model.keras       the final model, without optimizer state, once the run has finished
+    logs/             TensorBoard logs, when asked for
+
+Every file this package writes (histories, checkpoints, models, exports, tables, figures, the
+feature cache's records) goes through one writer, ``replace_atomic``: readers and crashes see the
+old file or the new one, never a half-written one.
+
+Nothing here imports TensorFlow or Keras (nor the history schema, which imports this module for
+its writer): the tables and figures, made without TensorFlow, find histories with
+``find_histories``, and a Keras model is written by handing its ``save`` to ``replace_atomic``.
+For the same reason a run's model is only located here (``model_file``); ``evaluate.load_source``
+loads it with its run's record, for the evaluation and the export.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from paper_repro.errors import UserError
+from paper_repro.experiments import RunConfig
+
+HISTORY_NAME = "history.json"
+# Histories copied out of their run directories (next to a table) are named RUN.history.json.
+HISTORY_SUFFIX = ".history.json"
+CHECKPOINT_NAME = "checkpoint.keras"
+MODEL_NAME = "model.keras"
+LOGS_NAME = "logs"
+# Run-directory files a trained model is taken from, in order of preference.
+RUN_MODEL_FILES = (MODEL_NAME, CHECKPOINT_NAME)
+
+_Written = TypeVar("_Written")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of the run directory ``root``."""
+
+    root: Path
+
+    @property
+    def history(self) -> Path:
+        return self.root / HISTORY_NAME
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / CHECKPOINT_NAME
+
+    @property
+    def model(self) -> Path:
+        return self.root / MODEL_NAME
+
+    @property
+    def logs(self) -> Path:
+        return self.root / LOGS_NAME
+
+
+def run_directory(
+    runs_dir: str | os.PathLike, preset: str, experiment: str, seed: int, cached: bool = False
+) -> Path:
+    """``RUNS/PRESET/EXPERIMENT[-cached][-seedN]``: a cached retraining is a run of its own."""
+    suffix = ("-cached" if cached else "") + (f"-seed{seed}" if seed else "")
+    return Path(runs_dir) / preset / f"{experiment}{suffix}"
+
+
+def pretrained_model(
+    config: RunConfig, weights: str | None, runs_dir: str | os.PathLike, preset: str
+) -> Path | None:
+    """The pretrained model a run starts from: --weights, else its preset's pretraining run."""
+    if weights:
+        path = Path(weights)
+        if path.is_dir():
+            path = path / MODEL_NAME
+        if not path.is_file():
+            raise UserError(f"--weights {weights}: no such model file (a run dir or a .keras)")
+        return path
+    if config.mode != "retrain":
+        return None
+    default = run_directory(runs_dir, preset, config.pretrained, 0) / MODEL_NAME
+    if not default.is_file():
+        raise UserError(
+            f"retraining needs pretrained weights: run `paper-repro train {config.pretrained} "
+            f"--preset {preset}` first (it writes {default}), or pass --weights FILE.keras "
+            "(for example CaffeNet from `paper-repro import-caffe`)"
+        )
+    return default
+
+
+def model_file(source: str | os.PathLike) -> Path:
+    """The model file of a run directory (final, else checkpoint) or a .keras file itself."""
+    source = Path(source)
+    if source.is_dir():
+        found = [source / name for name in RUN_MODEL_FILES if (source / name).is_file()]
+        if not found:
+            raise UserError(
+                f"{source} holds no trained model ({' or '.join(RUN_MODEL_FILES)}); pass a "
+                "finished run directory or a .keras file"
+            )
+        return found[0]
+    if source.suffix != ".keras" or not source.is_file():
+        raise UserError(f"{source} is neither a run directory nor a .keras file")
+    return source
+
+
+def find_histories(directory: str | os.PathLike[str]) -> list[Path]:
+    """All ``history.json`` and ``*.history.json`` files below a directory, in a fixed order.
+
+    Sorted by their POSIX path relative to the directory, so tables list them the same way on
+    every machine.
+    """
+    root = Path(directory)
+    found = [
+        path
+        for path in root.rglob(f"*{HISTORY_NAME}")
+        if path.is_file() and (path.name == HISTORY_NAME or path.name.endswith(HISTORY_SUFFIX))
+    ]
+    return sorted(found, key=lambda path: path.relative_to(root).as_posix())
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Replace a file by ``data`` atomically (``replace_atomic``).
+
+    ``os.open`` with mode 0o666 keeps the umask: a temporary file from ``tempfile.mkstemp`` would
+    be 0o600, unreadable by the rest of a team.
+    """
+
+    def write(temporary: Path) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+        with os.fdopen(os.open(temporary, flags, 0o666), "wb") as file:
+            file.write(data)
+
+    replace_atomic(path, write)
+
+
+def replace_atomic(path: str | os.PathLike[str], write: Callable[[Path], _Written]) -> _Written:
+    """Replace a file or directory by what ``write(temporary)`` writes; returns what it returns.
+
+    ``write`` (``model.save``, an exporter, a verification after it) gets a fresh name next to
+    the target with the target's suffix (Keras checks it): ``os.replace`` is atomic only within
+    one file system. Anything ``write`` raises leaves the target as it was and no temporary.
+    The new files are fsynced before the rename, and the directory after it, so the rename cannot
+    reach the disk before the data. A directory target (a SavedModel) is removed just before the
+    rename: directories cannot be replaced atomically.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.partial{target.suffix}")
+    try:
+        written = write(temporary)
+        _fsync_tree(temporary)
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(temporary, target)
+    except BaseException:
+        _remove(temporary)
+        raise
+    _fsync_directory(target.parent)
+    return written
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _fsync_tree(path: Path) -> None:
+    """fsync a file, or every file and directory of a tree (a SavedModel)."""
+    if not path.is_dir():
+        with open(path, "rb") as file:
+            os.fsync(file.fileno())
+        return
+    for directory, _, files in os.walk(path):
+        for name in files:
+            _fsync_tree(Path(directory, name))
+        _fsync_directory(Path(directory))
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable on POSIX; Windows cannot open a directory and needs no such step."""
+    if os.name == "nt":
+        return
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
