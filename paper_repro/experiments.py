@@ -125,6 +125,12 @@ class RunConfig:
             raise UserError(
                 f"max_iterations must be at least 1 (or none), got {self.max_iterations}"
             )
+        if self.drop_iterations is not None and self.drop_epochs:
+            raise UserError(
+                f"drop_epochs {list(self.drop_epochs)} and drop_iterations "
+                f"{list(self.drop_iterations)} are two schedules: keep one (--set drop_epochs= "
+                "clears the epochs)"
+            )
         if any(step < 1 for step in self.drop_iterations or ()):
             raise UserError(f"drop_iterations must be at least 1, got {list(self.drop_iterations)}")
         if self.crop > self.resize:

@@ -155,7 +155,9 @@ def _fit(run: _Run) -> History:
             feeds = cache.for_experiment(run.runs_dir, network, splits, config, verbose)
         if run.previous is not None:
             trainee = _load_checkpoint(paths.checkpoint)
-            start_epoch = int(trainee.optimizer.iterations.numpy()) // steps_per_epoch
+            start_epoch = _epochs_done(
+                int(trainee.optimizer.iterations.numpy()), steps_per_epoch, config.max_iterations
+            )
             history = dataclasses.replace(run.previous, epochs=run.previous.epochs[:start_epoch])
             _say(verbose, f"{paths.root}: resuming after epoch {start_epoch}")
         else:
@@ -168,7 +170,7 @@ def _fit(run: _Run) -> History:
             trainee.compile(
                 optimizer=paper_solver(
                     steps_per_epoch, config.base_lr, config.drop_epochs, config.momentum,
-                    config.weight_decay, config.gamma,
+                    config.weight_decay, config.gamma, config.drop_iterations,
                 ),
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"],
@@ -180,7 +182,7 @@ def _fit(run: _Run) -> History:
         history = dataclasses.replace(history, cache=feeds.record)
     save_history(history, paths.history)
 
-    recorder = RunRecorder(paths, history)
+    recorder = RunRecorder(paths, history, config.max_iterations)
     callbacks = [recorder]
     if run.tensorboard:
         callbacks.append(_tensorboard(paths.logs))
@@ -200,6 +202,14 @@ def _fit(run: _Run) -> History:
         )
     trained = _with_classifier(network, trainee) if config.cache_features else _network(trainee)
     return _finish(run, trained, splits, recorder.history)
+
+
+def _epochs_done(iterations: int, steps_per_epoch: int, max_iterations: int | None) -> int:
+    """Finished epochs at a checkpoint: whole epochs, or all of them once ``max_iterations`` is
+    reached (its last epoch was cut short, and counts as done)."""
+    if max_iterations is not None and iterations >= max_iterations:
+        return math.ceil(iterations / steps_per_epoch)
+    return iterations // steps_per_epoch
 
 
 def _tensorboard(log_dir: Path) -> keras.callbacks.TensorBoard:
@@ -249,13 +259,14 @@ class RunRecorder(keras.callbacks.Callback):
 
     The history is written before the checkpoint: a run killed between the two resumes from the
     older checkpoint and trims the history to it, then redoes that epoch identically.
-    It also reseeds dropout per epoch (so a resumed epoch draws the same masks) and stops the
-    run at the first non-finite loss, before anything of that epoch is written.
+    It also reseeds dropout per epoch (so a resumed epoch draws the same masks), stops the
+    run at the first non-finite loss, before anything of that epoch is written, and ends training
+    at ``max_iterations`` (Caffe's ``max_iter``), recording the cut-short epoch as the last one.
     """
 
-    def __init__(self, paths: RunPaths, history: History):
+    def __init__(self, paths: RunPaths, history: History, max_iterations: int | None = None):
         super().__init__()
-        self.paths, self.history = paths, history
+        self.paths, self.history, self.max_iterations = paths, history, max_iterations
         self._epoch_start = self._train_seconds = 0.0
         self._lr = 0.0
 
@@ -272,6 +283,8 @@ class RunRecorder(keras.callbacks.Callback):
                 f"batch {batch + 1}; {self.paths.checkpoint} keeps the last good epoch "
                 "(lower base_lr with --set base_lr=...)"
             )
+        if self.max_iterations and int(self.model.optimizer.iterations) >= self.max_iterations:
+            self.model.stop_training = True
 
     def on_test_begin(self, logs=None):
         self._train_seconds = time.perf_counter() - self._epoch_start

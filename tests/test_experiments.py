@@ -100,3 +100,10 @@ def test_experiments_import_no_tensorflow():
     code = "import sys, paper_repro.experiments; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_schedule_is_in_epochs_or_in_iterations():
+    with pytest.raises(UserError, match="two schedules: keep one"):
+        resolve("full-mnist", "paper", ["drop_iterations=1000"])
+    config = resolve("full-mnist", "paper", ["drop_epochs=", "drop_iterations=1000"])
+    assert config.drop_iterations == (1000,) and config.drop_epochs == ()

@@ -308,3 +308,28 @@ def test_mixed_float16_scales_the_loss():
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+@pytest.mark.usefixtures("tfds_dir")
+def test_a_schedule_in_iterations_drops_and_stops_where_caffe_does(tmp_path, monkeypatch):
+    """BVLC's pretraining solver in small: 4 steps an epoch, drop at iteration 6, max_iter 10, so
+    epoch 3 is cut after 2 steps and the run ends at iteration 10, as Caffe's max_iter does."""
+    seen = {}
+    finish = train_module._finish
+
+    def record_iterations(run, model, splits, history):
+        seen["iterations"] = int(model.optimizer.iterations)
+        return finish(run, model, splits, history)
+
+    monkeypatch.setattr(train_module, "_finish", record_iterations)
+    schedule = ["epochs=3", "drop_epochs=", "drop_iterations=6", "max_iterations=10"]
+    history = _run(tmp_path, overrides=[*TINY, *schedule])
+    assert seen["iterations"] == 10
+    assert [e.lr for e in history.epochs] == pytest.approx([1e-3, 1e-3, 1e-4])
+    assert history.status == "finished" and len(history.epochs) == 3
+
+
+def test_a_cut_short_last_epoch_counts_as_done_on_resume():
+    assert train_module._epochs_done(8, 4, max_iterations=10) == 2
+    assert train_module._epochs_done(10, 4, max_iterations=10) == 3
+    assert train_module._epochs_done(11, 4, max_iterations=None) == 2
