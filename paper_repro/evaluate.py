@@ -19,7 +19,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from paper_repro.augment import AugmentConfig, check_crops, crop_views, resize_uint8
+from paper_repro.augment import (
+    AugmentConfig,
+    check_crops,
+    crop_views,
+    resize_uint8,
+    view_offsets,
+)
 from paper_repro.data import load_split
 from paper_repro.errors import UserError
 from paper_repro.history import load_history
@@ -54,7 +60,9 @@ def evaluate(
         verbose: 1 shows a progress bar.
 
     Returns:
-        ``{"top1", "top5", "num_examples", "crops"}``; top5 is top-min(5, classes).
+        ``{"top1", "top5", "num_examples", "crops", "center_top1", "center_top5"}``; top5 is
+        top-min(5, classes); ``center_*`` score the centre view alone, from the same pass: Caffe's
+        TEST phase (and so most likely the paper's ILSVRC-12 accuracy) tests the centre crop.
     """
     check_crops(crops)
     if crops == 10 and not augment.mirror:
@@ -70,15 +78,18 @@ def evaluate(
     progress = keras.utils.Progbar(
         total if total >= 0 else None, verbose=verbose, stateful_metrics=["top1"], unit_name="batch"
     )
-    hits, seen = np.zeros(2, np.int64), 0
+    hits, center_hits, seen = np.zeros(2, np.int64), np.zeros(2, np.int64), 0
     for images, labels in batches:
-        hits += _hits(step(images), labels)
+        averaged, center = step(images)
+        hits += _hits(averaged, labels)
+        center_hits += _hits(center, labels)
         seen += int(labels.shape[0])
         progress.add(1, values=[("top1", hits[0] / seen)])
     if not seen:
         raise UserError("the test data holds no examples")
-    top1, top5 = (float(h) / seen for h in hits)
-    return {"top1": top1, "top5": top5, "num_examples": seen, "crops": crops}
+    top1, top5, center_top1, center_top5 = (float(h) / seen for h in (*hits, *center_hits))
+    return {"top1": top1, "top5": top5, "num_examples": seen, "crops": crops,
+            "center_top1": center_top1, "center_top5": center_top5}  # fmt: skip
 
 
 def _batches(data, augment: AugmentConfig, batch_size: int) -> tf.data.Dataset:
@@ -122,17 +133,25 @@ def views_mean(
     One call of the model per view, each on the whole batch, as the evaluation always did; the
     exported ``multi_crop`` endpoint traces this very function.
     """
+    outputs = _view_outputs(model, images, augment, crops)
+    return tf.add_n(outputs) / len(outputs)
+
+
+def _view_outputs(
+    model: keras.Model, images: tf.Tensor, augment: AugmentConfig, crops: int
+) -> list[tf.Tensor]:
     views = crop_views(images, augment, crops)
-    outputs = [tf.cast(model(tf.cast(v, tf.float32), training=False), tf.float32) for v in views]
-    return tf.add_n(outputs) / len(views)
+    return [tf.cast(model(tf.cast(v, tf.float32), training=False), tf.float32) for v in views]
 
 
 def _averaged_probabilities(model: keras.Model, augment: AugmentConfig, crops: int):
-    """A compiled step: uint8 batch -> ``views_mean``."""
+    """A compiled step: uint8 batch -> (``views_mean``, the centre view's outputs)."""
+    center = view_offsets(augment, crops).index((augment.center, augment.center, False))
 
     @tf.function(reduce_retracing=True)
-    def step(images: tf.Tensor) -> tf.Tensor:
-        return views_mean(model, images, augment, crops)
+    def step(images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        outputs = _view_outputs(model, images, augment, crops)
+        return tf.add_n(outputs) / len(outputs), outputs[center]
 
     return step
 

@@ -206,6 +206,8 @@ PRETRAIN_HEADER = (
     "Top-1 (paper, ILSVRC-12)",
     "Top-5",
     "Top-5 (paper, ILSVRC-12)",
+    "Top-1, centre crop",
+    "Top-5, centre crop",
 )
 CAPTION = (
     "Table III, reproduced: test accuracy (%) after training. Reproduced values are the multi-crop"
@@ -343,16 +345,25 @@ def _pretrain_row(preset: str, run: _Run | None) -> _Row:
     paper = (_Cell(f"{PAPER_PRETRAIN_TOP1:.2f}"), _Cell(f"{PAPER_PRETRAIN_TOP5:.2f}"))
     if run is None:
         missing = _Cell(note=f"no pretrain history in preset {preset}")
-        cells = (missing, _Cell(preset), _Cell(), missing, paper[0], missing, paper[1])
+        cells = (missing, _Cell(preset), _Cell(), missing, paper[0], missing, paper[1], missing,
+                 missing)  # fmt: skip
         return _Row("", preset, cells, ())
     source, history = run
     final = history.final
     if final is None:
-        top1 = top5 = _Cell(note=_absent(run, "pretrain", history.dataset, preset))
+        top1 = top5 = center1 = center5 = _Cell(
+            note=_absent(run, "pretrain", history.dataset, preset)
+        )
     else:
         top1, top5 = _Cell(_percent(final.top1)), _Cell(_percent(final.top5))
+        older = "kept only by histories written since the centre crop was recorded"
+        center1, center5 = (
+            _Cell(_percent(value)) if value is not None else _Cell(note=older)
+            for value in (final.center_top1, final.center_top5)
+        )
     crops = _Cell(str(final.crops) if final else "")
-    cells = (_Cell(_display(history.dataset)), _Cell(preset), crops, top1, paper[0], top5, paper[1])
+    cells = (_Cell(_display(history.dataset)), _Cell(preset), crops, top1, paper[0], top5, paper[1],
+             center1, center5)  # fmt: skip
     return _Row(history.dataset, preset, cells, (source,))
 
 

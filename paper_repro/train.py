@@ -242,6 +242,8 @@ def _finish(run: _Run, model: keras.Model, splits, history: History) -> History:
         top1=scores["top1"],
         top5=scores["top5"],
         wall_seconds=time.perf_counter() - start,
+        center_top1=scores["center_top1"],
+        center_top5=scores["center_top5"],
     )
     replace_atomic(paths.model, _without_optimizer(model).save)
     history = dataclasses.replace(history, final=final, status="finished")
@@ -249,7 +251,8 @@ def _finish(run: _Run, model: keras.Model, splits, history: History) -> History:
     paths.checkpoint.unlink(missing_ok=True)
     _say(
         run.verbose,
-        f"{paths.root}: {config.test_crops}-crop top-1 {final.top1:.2%}, top-5 {final.top5:.2%}",
+        f"{paths.root}: {config.test_crops}-crop top-1 {final.top1:.2%}, top-5 {final.top5:.2%} "
+        f"(centre crop {final.center_top1:.2%}, {final.center_top5:.2%})",
     )
     return history
 

@@ -58,6 +58,9 @@ def test_accuracy_equals_a_numpy_reference_over_caffes_views(case, crops):
     top1, top5 = reference(model, images, labels, crops)
     assert scores["num_examples"] == 13 and scores["crops"] == crops
     assert scores["top1"] == pytest.approx(top1) and scores["top5"] == pytest.approx(top5)
+    # The centre view alone, from the same pass: Caffe's TEST-phase accuracy.
+    center1, center5 = reference(model, images, labels, 1)
+    assert (scores["center_top1"], scores["center_top5"]) == pytest.approx((center1, center5))
 
 
 def test_views_are_averaged_not_just_the_centre(case):
