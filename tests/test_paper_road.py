@@ -103,10 +103,13 @@ def test_retrain_runs_start_from_the_imported_features(road, dataset):
     for name in CONVS:
         for got, want in zip(layers[name].get_weights(), imported[name].get_weights(), strict=True):
             np.testing.assert_array_equal(got, want)
-    for name in ("fc6", "fc7"):  # trained for two steps from the imported values, not redrawn
+    for name in ("fc6", "fc7"):
+        # Trained for two steps from the imported values (moved by ~7 % of their norm: the random
+        # He-scaled CaffeNet has large gradients), not redrawn: a fresh Gaussian fill (std 0.005)
+        # would be as far from them as they are large.
         trained, source = layers[name].kernel.numpy(), imported[name].kernel.numpy()
         assert not np.array_equal(trained, source)
-        assert np.linalg.norm(trained - source) < 0.05 * np.linalg.norm(source)
+        assert np.linalg.norm(trained - source) < 0.2 * np.linalg.norm(source)
     assert layers["fc8"].kernel.shape == (4096, TARGETS[dataset])
 
 
