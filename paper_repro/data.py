@@ -37,7 +37,7 @@ from paper_repro.augment import (
     with_device_augmentation,
 )
 from paper_repro.errors import UserError
-from paper_repro.experiments import PLACEMENTS
+from paper_repro.experiments import PLACEMENTS, check_seed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_TFDS_DIR = "~/tensorflow_datasets"
@@ -86,7 +86,7 @@ def load_split(
     exists, else ``FOLDER/<class>/`` whatever the split). ``data_dir`` defaults to
     ``$TFDS_DATA_DIR``. Nothing is downloaded unless ``download`` is true.
     """
-    _check_seed(seed)
+    check_seed(seed)
     folder = Path(name_or_folder).expanduser()
     if folder.is_dir():
         source = _folder_source(folder, split)
@@ -383,11 +383,6 @@ def channel_mean(dataset: tf.data.Dataset) -> tuple[float, float, float]:
 # ------------------------------------------------------------------------ seeds and placement
 
 
-def _check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
-
-
 def default_placement() -> str:
     """Where the augmentation runs by default: the device when a GPU is visible, else the host
     (on CPU-only machines the host path is faster: tf.data overlaps it with the step)."""
@@ -446,7 +441,7 @@ def train_dataset(
     tf.data shuffle buffer (whose order also depends on TF's global seed).
     """
     _check_batching(dataset, batch_size)
-    _check_seed(seed)
+    check_seed(seed)
     if first_epoch < 0 or num_epochs < 1:
         raise UserError(
             f"need first_epoch >= 0 and num_epochs >= 1, got {first_epoch}, {num_epochs}"

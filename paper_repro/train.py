@@ -98,11 +98,12 @@ def train(
     """Run (or resume, or skip when finished) one experiment; returns its history.
 
     ``download`` lets tfds download and prepare a dataset that is not in the data directory.
-    The run directory is locked for the whole run (``runs.lock_run``): a second process on it
-    is refused at once.
+    The settings and the seed are checked before anything is written, and the run directory is
+    locked for the whole run (``runs.lock_run``): a second process on it is refused at once.
     """
     _git_commit()  # read once, when the first run of this process starts
     config = experiments.resolve(experiment, preset, overrides)
+    experiments.check_seed(seed)
     paths = RunPaths(run_directory(runs_dir, preset, experiment, seed, config.cache_features))
     _prepare_directory(paths.root)
     with lock_run(paths):
@@ -291,10 +292,15 @@ class RunRecorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
+            kept = (
+                f"{self.paths.checkpoint} keeps the last good epoch"
+                if self.paths.checkpoint.exists()
+                else "no epoch had finished, so nothing was kept"
+            )
             raise TrainingDiverged(
                 f"the training loss became {loss} in epoch {len(self.history.epochs) + 1}, "
-                f"batch {batch + 1}; {self.paths.checkpoint} keeps the last good epoch "
-                "(lower base_lr with --set base_lr=...)"
+                f"batch {batch + 1}; {kept} (lower base_lr with --set base_lr=..., and --force "
+                "to start again)"
             )
         if self.max_iterations and int(self.model.optimizer.iterations) >= self.max_iterations:
             self.model.stop_training = True
