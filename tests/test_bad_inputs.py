@@ -7,6 +7,9 @@ learning rate) would cost the training, and a run directory left behind would ne
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 import pytest
 
 from paper_repro import cli
@@ -83,3 +86,33 @@ def test_a_bad_command_line_is_one_line_and_writes_nothing(
         assert not [p for p in runs.rglob("*") if p.is_file() and p.name != "run.lock"]
     else:
         assert not runs.exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(errno.EROFS, "Read-only file system"), PermissionError(errno.EACCES, "Denied")],
+)
+def test_an_unwritable_run_directory_is_one_line_before_any_work(
+    tmp_path, monkeypatch, capsys, error
+):
+    """Root ignores permission bits, so the write probe is made to fail as a read-only mount or
+    a directory of another user makes it fail."""
+    write_bytes = Path.write_bytes
+
+    def probe_fails(path: Path, data: bytes) -> int:
+        if path.name.startswith(".write-test"):
+            raise error
+        return write_bytes(path, data)
+
+    monkeypatch.setattr(Path, "write_bytes", probe_fails)
+    assert cli.main([*TRAIN, "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write the run directory {tmp_path}" in err
+    assert error.strerror in err and "--runs-dir" in err
+
+
+def test_a_runs_dir_under_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert cli.main([*TRAIN, "--runs-dir", str(tmp_path / "file" / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write the run directory" in err

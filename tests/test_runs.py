@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from paper_repro import runs
+from paper_repro import cli, runs
 from paper_repro.errors import UserError
 from paper_repro.experiments import resolve
 from paper_repro.runs import (
@@ -159,7 +159,7 @@ def test_find_histories_finds_both_names_in_a_fixed_order(tmp_path):
 
 # ------------------------------------------------------------------ two processes, one directory
 
-fcntl = pytest.importorskip("fcntl", reason="the run lock is an flock (POSIX)")
+needs_flock = pytest.mark.skipif(runs.fcntl is None, reason="the run lock is an flock (POSIX)")
 
 _HOLD_LOCK = """
 import sys, time
@@ -189,9 +189,8 @@ def locked_run(tmp_path):
     holder.wait()
 
 
+@needs_flock
 def test_a_second_run_on_a_locked_directory_is_refused_at_once_naming_the_first(locked_run, capsys):
-    from paper_repro import cli
-
     root, holder = locked_run
     args = ["train", "full-mnist", "--preset", "smoke", "--runs-dir", str(root.parents[1])]
     assert cli.main([*args, "--force"]) == 2  # not even --force touches the first run's files
@@ -201,6 +200,7 @@ def test_a_second_run_on_a_locked_directory_is_refused_at_once_naming_the_first(
     assert (root / "history.json").read_text() == "the first run's"
 
 
+@needs_flock
 def test_a_killed_runs_lock_does_not_block_its_resume(locked_run):
     root, holder = locked_run
     holder.send_signal(signal.SIGKILL)
@@ -210,6 +210,7 @@ def test_a_killed_runs_lock_does_not_block_its_resume(locked_run):
         assert (root / "run.lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
 
 
+@needs_flock
 def test_a_lock_is_held_until_its_block_ends(tmp_path):
     paths = RunPaths(tmp_path)
     # A second holder in this process is refused too: an flock belongs to an open file.
