@@ -7,7 +7,7 @@ A run lives in ``RUNS_DIR/PRESET/EXPERIMENT`` (``-cached`` for a retraining on c
     checkpoint.keras  model + optimizer state after the last finished epoch (atomic)
     model.keras       the final model, without optimizer state, once the run has finished
     logs/             TensorBoard logs, when asked for
-    run.lock          held by the process training the run (``lock``), with its pid and host
+    run.lock          locked by the process training the run (``lock_run``), its pid and host in it
 
 One process trains a run at a time: ``train`` holds an exclusive OS lock (``flock``) on
 ``run.lock`` for the whole run, and a second process on the same directory is refused at once,

@@ -3,7 +3,9 @@
 A .caffemodel is downloaded from the internet, so whatever its bytes the reader must end in weights
 or in the package's one error type, quickly, and without allocating what a forged size declares.
 The mutants are byte flips, truncations, insertions, deletions, copied spans and edits of the
-length and varint fields, from fixed seeds: a failure reproduces from its seed and index.
+length and varint fields, plus nets whose shapes are forged (products that wrap around 2**64,
+negative int64 dimensions, too many axes), from fixed seeds: a failure reproduces from its seed
+and index.
 """
 
 from __future__ import annotations
@@ -139,6 +141,54 @@ def test_real_lenet_mutants_give_weights_or_one_user_error():
     outcomes = _fuzz(LENET.read_bytes(), seed=2015, count=2000)
     assert outcomes["refused"] > 300
     print(f"LeNet mutants: {outcomes}")
+
+
+def _forged_dims(size: int, rng: np.random.Generator) -> tuple[int, ...]:
+    """Dimensions declared for a blob of ``size`` floats, as an attacker or bit rot forges them:
+    int64 products that wrap around 2**64 onto ``size``, negative int64s, too many axes, huge
+    axes of an empty blob, wrong counts; and honest ones, with leading 1s."""
+    kind = int(rng.integers(6))
+    if kind == 0:  # odd * (size / odd mod 2**64): two int64 dimensions whose product wraps to size
+        while True:
+            odd = int(rng.integers(3, 2**31)) | 1
+            other = size * pow(odd, -1, 2**64) % 2**64
+            if other < 2**63:
+                dims = [odd, other]
+                break
+    elif kind == 1:  # a negative dimension, as protobuf writes an int64: 2**64 - d
+        dims = [size, 2**64 - int(rng.integers(1, 4)), 2**64 - 1]
+    elif kind == 2:  # the right count over more axes than Caffe (32) or NumPy (64) allow
+        dims = [1] * int(rng.integers(33, 80)) + [size]
+    elif kind == 3:  # an empty blob of huge axes
+        dims = [0, *(int(d) for d in rng.integers(2**31, 2**62, size=2))]
+    elif kind == 4:  # a plausible shape, mostly with the wrong count
+        dims = [int(d) for d in rng.integers(0, 9, size=int(rng.integers(1, 5)))]
+    else:  # honest: the count, with up to 31 leading 1s
+        dims = [1] * int(rng.integers(0, 32)) + [size]
+    return tuple(dims)
+
+
+def _forged_net(rng: np.random.Generator) -> bytes:
+    """A one-blob net whose blob declares forged dimensions (BlobShape) over its real floats."""
+    size = int(rng.integers(1, 40))
+    floats = rng.normal(size=size).astype("<f4").tobytes()
+    blob = _shape(*_forged_dims(size, rng)) + len_field(5, floats)
+    return len_field(100, len_field(1, b"fc") + len_field(7, blob))
+
+
+def test_forged_shapes_give_weights_or_one_user_error():
+    rng, outcomes = np.random.default_rng(1352), {"weights": 0, "refused": 0}
+    for index in range(2000):
+        try:
+            layers = parse_caffemodel(_forged_net(rng), f"forged {index}")
+        except UserError as error:
+            assert "\n" not in str(error)
+            outcomes["refused"] += 1
+            continue
+        outcomes["weights"] += 1
+        assert all(blob.ndim <= 32 for blobs in layers.values() for blob in blobs)
+    assert outcomes["refused"] > 1000 and outcomes["weights"] > 100
+    print(f"forged shapes: {outcomes}")
 
 
 def _one_blob_file(tmp_path: Path, blob: bytes, name: str = "ip") -> Path:
