@@ -10,6 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from paper_repro import cli, runs
@@ -265,3 +266,32 @@ def test_writers_in_threads_never_share_a_temporary(tmp_path):
         thread.join()
     assert not failures
     assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
+
+
+_SAVE_CHECKPOINTS = """
+import sys
+import keras
+from paper_repro.runs import replace_atomic
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(64)])
+model.compile(optimizer="sgd", loss="mse")
+for version in range(int(sys.argv[2])):
+    model.set_weights([w * 0 + version for w in model.get_weights()])
+    replace_atomic(sys.argv[1], model.save)
+    print(version, flush=True)
+"""
+
+
+def test_a_keras_reader_of_the_checkpoint_during_saves_always_loads_a_whole_one(tmp_path):
+    """``paper-repro evaluate RUN`` while the run saves its checkpoint: every load succeeds and
+    gives one saved version, never a mix of two."""
+    keras = pytest.importorskip("keras")
+    target = tmp_path / "checkpoint.keras"
+    writer = _python("-c", _SAVE_CHECKPOINTS, str(target), "40", stdout=subprocess.PIPE)
+    assert writer.stdout.readline().strip() == "0"  # the first save is complete
+    loads = []
+    while writer.poll() is None:
+        kernel = keras.saving.load_model(target, compile=False).get_weights()[0]
+        assert np.all(kernel == kernel.flat[0]), "a load mixed two versions"
+        loads.append(int(kernel.flat[0]))
+    assert writer.wait() == 0 and len(loads) >= 5 and loads == sorted(loads)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.keras"]
