@@ -178,8 +178,14 @@ def hold_lock(path: Path, busy: Callable[[str], None]) -> Iterator[None]:
             fcntl.flock(file, fcntl.LOCK_UN)
 
 
-def lock_run(paths: RunPaths) -> contextlib.AbstractContextManager[None]:
-    """The run directory's lock, held while a process trains the run; refused when taken."""
+@contextlib.contextmanager
+def lock_run(paths: RunPaths) -> Iterator[None]:
+    """The run directory's lock, held while a process trains the run; refused when taken.
+
+    Once it is held no other process writes here, so the temporaries of a writer killed
+    mid-save (``replace_atomic``'s ``.NAME.HEX.partial.SUFFIX``) are removed, as Orbax removes
+    its unfinished checkpoints on restart.
+    """
 
     def refuse(holder: str) -> None:
         raise UserError(
@@ -187,7 +193,10 @@ def lock_run(paths: RunPaths) -> contextlib.AbstractContextManager[None]:
             "or use another --runs-dir or --seed"
         )
 
-    return hold_lock(paths.lock, refuse)
+    with hold_lock(paths.lock, refuse):
+        for leftover in paths.root.glob(".*.partial*"):
+            _remove(leftover)
+        yield
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:

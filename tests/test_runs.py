@@ -204,11 +204,13 @@ def test_a_second_run_on_a_locked_directory_is_refused_at_once_naming_the_first(
 @needs_flock
 def test_a_killed_runs_lock_does_not_block_its_resume(locked_run):
     root, holder = locked_run
-    holder.send_signal(signal.SIGKILL)
+    (root / ".checkpoint.0123abcd.partial.keras").write_bytes(b"half a checkpoint")
+    holder.send_signal(signal.SIGKILL)  # killed mid-save
     holder.wait()
     assert f"pid {holder.pid}" in (root / "run.lock").read_text()  # left behind, not held
     with lock_run(RunPaths(root)):
         assert (root / "run.lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+        assert sorted(p.name for p in root.iterdir()) == ["history.json", "run.lock"]
 
 
 @needs_flock
