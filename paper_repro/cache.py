@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import keras
@@ -35,12 +34,7 @@ from paper_repro import data
 from paper_repro.augment import AugmentConfig, crop_views, example_keys, view_offsets
 from paper_repro.history import CacheRecord
 from paper_repro.model import FEATURES, PREPROCESS
-from paper_repro.runs import write_atomic
-
-try:
-    import fcntl
-except ImportError:  # Windows: builds are not locked against each other there
-    fcntl = None
+from paper_repro.runs import hold_lock, write_atomic
 
 CACHE_DIR_NAME = "feature-cache"
 _FILES = ("features", "labels", "indices")
@@ -175,26 +169,16 @@ def open_or_build(
     return _open(path, reused)
 
 
-@contextlib.contextmanager
-def _build_lock(path: Path, verbose: int) -> Iterator[None]:
+def _build_lock(path: Path, verbose: int) -> contextlib.AbstractContextManager[None]:
     """One build per cache at a time: runs started together (other seeds, say) share the cache
-    instead of writing the same files. An OS lock, released when its process ends, so a killed
-    build never leaves a stale lock behind."""
+    instead of writing the same files; a later one waits for the first's build, then reuses it."""
     path.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
-        yield
-        return
-    with open(path / _LOCK, "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if verbose:
-                print(f"feature cache: waiting for another run building {path}", flush=True)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def wait(holder: str) -> None:
+        if verbose:
+            print(f"feature cache: waiting for {holder} building {path}", flush=True)
+
+    return hold_lock(path / _LOCK, wait)
 
 
 def _open(path: Path, reused: bool) -> FeatureCache:

@@ -22,6 +22,7 @@ RGB images in 0..255, like every model of this package, and computes what Caffe 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -43,8 +44,10 @@ _LAYER_FIELDS = {_NET_LAYER: (1, 7), _NET_V1_LAYER: (4, 6)}
 _BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH = 1, 2, 3, 4
 _BLOB_DATA, _BLOB_SHAPE = 5, 7
 _LEGACY_DIMS = (_BLOB_NUM, _BLOB_CHANNELS, _BLOB_HEIGHT, _BLOB_WIDTH)
-# BlobShape: `repeated int64 dim = 1 [packed = true]`.
+# BlobShape: `repeated int64 dim = 1 [packed = true]`; Caffe's kMaxBlobAxes.
 _SHAPE_DIM = 1
+_MAX_AXES = 32
+_MAX_COUNT = 2**31 - 1  # a blob's count is a C int in Caffe
 
 # BVLC reference CaffeNet: ILSVRC-12 classes, layers with weights, and its per-channel BGR mean
 # (the values of Caffe's examples; the mean image's own per-channel average is 104.0/116.7/122.7).
@@ -56,6 +59,10 @@ _CAFFENET_WEIGHTED = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7",
 
 class _WireError(ValueError):
     """The bytes are not a well-formed protobuf message (truncated, or not protobuf at all)."""
+
+
+class _NonFiniteWeights(ValueError):
+    """A blob holds NaN or infinite values: a diverged or damaged model."""
 
 
 def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
@@ -116,7 +123,27 @@ def _blob_shape(buf: memoryview) -> tuple[int, ...]:
         if field != _SHAPE_DIM:
             continue
         dims.extend(_packed_varints(value) if wire == _LEN else [value])
+        if len(dims) > _MAX_AXES:
+            raise _WireError(f"its shape has more than Caffe's {_MAX_AXES} axes")
     return tuple(dims)
+
+
+def _check_shape(shape: tuple[int, ...], floats: int) -> None:
+    """Refuse a shape that does not describe the blob's ``floats`` values, as Caffe's
+    ``Blob::Reshape`` would: more than 32 axes, a count over ``INT_MAX`` (which a negative
+    dimension, an int64 read as unsigned, always gives), or another count.
+
+    The products are Python integers, so huge dimensions cannot overflow into a match; nothing is
+    allocated from a declared shape, only from the floats actually in the file.
+    """
+    if len(shape) > _MAX_AXES:
+        raise _WireError(f"its shape has {len(shape)} axes, more than Caffe's {_MAX_AXES}")
+    if math.prod(dim for dim in shape if dim) > _MAX_COUNT:
+        raise _WireError(
+            f"its shape {shape} has a negative dimension or more than Caffe's {_MAX_COUNT} values"
+        )
+    if math.prod(shape) != floats:
+        raise _WireError(f"it holds {floats} floats but its shape is {shape}")
 
 
 def _float_chunk(wire: int, value: int | memoryview) -> np.ndarray:
@@ -140,22 +167,37 @@ def _blob(buf: memoryview) -> np.ndarray:
             legacy[field] = value
     if shape is None:  # proto2 defaults: an unset legacy dimension is 0, as in Caffe
         shape = tuple(legacy.get(field, 0) for field in _LEGACY_DIMS)
+    _check_shape(shape, sum(len(chunk) for chunk in chunks))
     data = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    if data.size != int(np.prod(shape)):
-        raise _WireError(f"blob holds {data.size} floats but its shape is {shape}")
     return data.astype(np.float32, copy=False).reshape(shape)  # concatenate already copied
 
 
 def _layer(buf: memoryview, name_field: int, blobs_field: int) -> tuple[str, list[np.ndarray]]:
-    """Decode the name and blobs of a LayerParameter or V1LayerParameter."""
-    name, blobs = "", []
+    """Decode the name and blobs of a LayerParameter or V1LayerParameter.
+
+    The blobs are decoded once the name is known (it may come after them), so that an error
+    names the layer and the blob.
+    """
+    name, raw_blobs = "", []
     for field, wire, value in _fields(buf):
         if wire != _LEN:
             continue
         if field == name_field:
             name = bytes(value).decode("utf-8", errors="replace")
         elif field == blobs_field:
-            blobs.append(_blob(value))
+            raw_blobs.append(value)
+    blobs = []
+    for index, raw in enumerate(raw_blobs):
+        try:
+            blob = _blob(raw)
+        except _WireError as error:
+            raise _WireError(f"layer {name!r}, blob {index}: {error}") from None
+        if not np.isfinite(blob).all():
+            raise _NonFiniteWeights(
+                f"layer {name!r}, blob {index} holds {np.count_nonzero(~np.isfinite(blob))} NaN "
+                "or infinite values"
+            )
+        blobs.append(blob)
     return name, blobs
 
 
@@ -177,22 +219,40 @@ def read_caffemodel(path: str | Path) -> dict[str, list[np.ndarray]]:
     Blob shapes come from ``BlobShape`` when present, else from the legacy num/channels/height/width
     (so an old fully-connected weight reads as (1, 1, out, in); the conversions below accept it).
     Layers without blobs (data, ReLU, pooling, ...) are left out. A missing, truncated or
-    non-caffemodel file raises :class:`UserError`.
+    non-caffemodel file raises :class:`UserError`, and so does any file ``parse_caffemodel``
+    refuses.
     """
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as error:
         raise UserError(f"cannot read the caffemodel {path}: {error.strerror}") from error
+    return parse_caffemodel(raw, str(path))
+
+
+def parse_caffemodel(raw: bytes, source: str) -> dict[str, list[np.ndarray]]:
+    """The weights in the bytes of a .caffemodel (``source`` names it in errors).
+
+    A .caffemodel comes from the internet, so every byte is distrusted: whatever the bytes, the
+    only exception is a :class:`UserError` naming the layer and blob at fault (malformed wire
+    data, a shape that does not match the floats, more than 32 axes, NaN or infinite weights).
+    Memory stays within a small multiple of ``len(raw)``: arrays are made only from the floats
+    actually present, never from a declared size.
+    """
     try:
         layers = _net_layers(memoryview(raw))
     except _WireError as error:
         raise UserError(
-            f"{path} is not a readable binary .caffemodel ({error}); pass the weights file "
+            f"{source} is not a readable binary .caffemodel ({error}); pass the weights file "
             "(not a .prototxt), and download it again if it may be truncated"
         ) from error
+    except _NonFiniteWeights as error:
+        raise UserError(
+            f"{source}: {error}; such weights cannot be used: download the file again, or "
+            "retrain the Caffe model that diverged"
+        ) from error
     if not layers:
-        raise UserError(f"{path} holds no layer with weights; pass a trained .caffemodel file")
+        raise UserError(f"{source} holds no layer with weights; pass a trained .caffemodel file")
     return layers
 
 

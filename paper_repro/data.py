@@ -4,6 +4,10 @@ Images stay uint8 at their native size (grey copied to 3 channels, as the paper 
 until Caffe's augmentation (``paper_repro.augment``), which runs either here, as a tf.data map on
 the host, or inside the training step (``augment.CaffeAugment``, device placement).
 
+An image folder may mix sizes and modes (grey, RGBA, palette, 16-bit, a 1x1 pixel): everything
+is decoded to 8-bit RGB at its native size. A file that does not decode (truncated, empty, not an
+image) is refused before training, in one line naming it (``_check_images``), not skipped.
+
 Every example keeps its ``index`` in the whole split: it keys the class-balanced subset, the
 epoch's order and the example's crops alike, so a resumed epoch equals an uninterrupted one.
 
@@ -37,7 +41,7 @@ from paper_repro.augment import (
     with_device_augmentation,
 )
 from paper_repro.errors import UserError
-from paper_repro.experiments import PLACEMENTS
+from paper_repro.experiments import PLACEMENTS, check_seed
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_TFDS_DIR = "~/tensorflow_datasets"
@@ -86,7 +90,7 @@ def load_split(
     exists, else ``FOLDER/<class>/`` whatever the split). ``data_dir`` defaults to
     ``$TFDS_DATA_DIR``. Nothing is downloaded unless ``download`` is true.
     """
-    _check_seed(seed)
+    check_seed(seed)
     folder = Path(name_or_folder).expanduser()
     if folder.is_dir():
         source = _folder_source(folder, split)
@@ -239,6 +243,8 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str) -> None:
 
 
 def _folder_source(root: Path, split: str) -> _Source:
+    """A folder's split: its images listed, every one decoded once to check it (``_check_images``),
+    then read again, decoded, as the pipeline consumes them."""
     folder = root / split if (root / split).is_dir() else root
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
@@ -258,6 +264,7 @@ def _folder_source(root: Path, split: str) -> _Source:
             )
         paths += images
         labels += [label] * len(images)
+    _check_images(paths)
     label_array = np.asarray(labels, np.int64)
     dataset = tf.data.Dataset.from_tensor_slices(
         {"image": paths, "label": label_array, "index": np.arange(len(paths), dtype=np.int64)}
@@ -266,13 +273,46 @@ def _folder_source(root: Path, split: str) -> _Source:
     return _Source(dataset, info, functools.partial(np.copy, label_array))
 
 
-def _read_image(example: dict) -> dict:
-    """Decode a JPEG/PNG/BMP/GIF file; ``channels=3`` copies grey to 3 channels, drops alpha."""
-    image = tf.io.decode_image(
-        tf.io.read_file(example["image"]), channels=3, expand_animations=False
-    )
+def _check_images(paths: list[str]) -> None:
+    """Refuse a folder holding a file that does not decode, naming it (truncated, empty, not an
+    image at all), before any training: decoded in the pipeline, such a file would stop the run
+    with a TensorFlow error that does not say which file it was.
+
+    As tfds checks every example when it prepares a dataset, every image is decoded once here,
+    in parallel, and dropped (``ignore_errors``); the indices that never come out are the bad
+    files. The run is refused rather than the files skipped: an example's index keys its
+    subset membership and its crops, so skipping would silently change the dataset. The cost is
+    one extra decode of the folder per loaded split.
+    """
+    indexed = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths), dtype=np.int64)))
+    decoded = indexed.map(
+        lambda path, index: (index, tf.reduce_prod(tf.shape(_decode_file(path))[:2])),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).ignore_errors()
+    readable = np.zeros(len(paths), bool)
+    for indices, pixels in decoded.batch(_READ_BATCH).as_numpy_iterator():
+        readable[indices[pixels > 0]] = True
+    bad = [paths[i] for i in np.flatnonzero(~readable)]
+    if bad:
+        more = f" (and {len(bad) - 1} more unreadable files)" if len(bad) > 1 else ""
+        raise UserError(
+            f"{bad[0]} is not a readable image (truncated, empty, or not a "
+            f"{'/'.join(s.lstrip('.').upper() for s in IMAGE_SUFFIXES)} file){more}: replace or "
+            "remove it"
+        )
+
+
+def _decode_file(path: tf.Tensor) -> tf.Tensor:
+    """Decode a JPEG/PNG/BMP/GIF file to uint8 RGB at its native size: ``channels=3`` copies
+    grey to 3 channels and drops alpha, palettes are expanded, 16-bit PNGs are scaled to 8 bits,
+    and an animated GIF gives its first frame."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
-    return {**example, "image": image}
+    return image
+
+
+def _read_image(example: dict) -> dict:
+    return {**example, "image": _decode_file(example["image"])}
 
 
 def _to_rgb(image: tf.Tensor) -> tf.Tensor:
@@ -383,11 +423,6 @@ def channel_mean(dataset: tf.data.Dataset) -> tuple[float, float, float]:
 # ------------------------------------------------------------------------ seeds and placement
 
 
-def _check_seed(seed: int) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise UserError(f"seed must be a non-negative integer, got {seed!r}")
-
-
 def default_placement() -> str:
     """Where the augmentation runs by default: the device when a GPU is visible, else the host
     (on CPU-only machines the host path is faster: tf.data overlaps it with the step)."""
@@ -446,7 +481,7 @@ def train_dataset(
     tf.data shuffle buffer (whose order also depends on TF's global seed).
     """
     _check_batching(dataset, batch_size)
-    _check_seed(seed)
+    check_seed(seed)
     if first_epoch < 0 or num_epochs < 1:
         raise UserError(
             f"need first_epoch >= 0 and num_epochs >= 1, got {first_epoch}, {num_epochs}"

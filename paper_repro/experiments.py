@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import numbers
 import types
 import typing
 from collections.abc import Iterable
@@ -64,6 +66,7 @@ INITS = ("gaussian", "xavier")  # Caffe's weight fillers (model._filler)
 CROPS = (1, 5, 10)  # test views: centre; corners and centre; those and their mirrors
 CACHE_DTYPES = ("float32", "float16")
 STRATEGIES = ("default", "mirrored", "multi-worker")  # tf.distribute, by name
+MAX_SEED = 2**32 - 1  # numpy.random.seed's limit (keras.utils.set_random_seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,9 +140,44 @@ class RunConfig:
             raise UserError(f"crop {self.crop} is larger than resize {self.resize}: lower crop")
         if not 0 <= self.dropout < 1:
             raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.test_crops == 10 and not self.mirror:
+            raise UserError(
+                "test_crops 10 adds the mirrored views, but this run does not mirror (mirror "
+                "false): use --set test_crops=5 (or --set mirror=true)"
+            )
+        self._check_solver()
+
+    def _check_solver(self) -> None:
+        """The solver's numbers, checked here rather than after a first epoch's NaN loss
+        (``not low <= x < high`` also refuses NaN)."""
+        ranges = {  # name: (lowest, highest, whether the lowest itself is allowed)
+            "base_lr": (0.0, math.inf, False),
+            "gamma": (0.0, math.inf, False),
+            "momentum": (0.0, 1.0, True),
+            "weight_decay": (0.0, math.inf, True),
+        }
+        for name, (low, high, closed) in ranges.items():
+            value = getattr(self, name)
+            if not (low <= value if closed else low < value) or not value < high:
+                interval = f"{'[' if closed else '('}{low:g}, {high:g})"
+                raise UserError(
+                    f"{name} must be a finite number in {interval}, got {value}: --set {name}=VALUE"
+                )
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
+
+
+def check_seed(seed: int) -> None:
+    """A seed keys every random draw of a run and is NumPy's global seed too: 0 .. 2**32 - 1."""
+    if (
+        isinstance(seed, bool)
+        or not isinstance(seed, numbers.Integral)
+        or not 0 <= seed <= MAX_SEED
+    ):
+        raise UserError(
+            f"seed must be a non-negative integer up to {MAX_SEED} (--seed), got {seed!r}"
+        )
 
 
 def _check_choice(name: str, value, choices: Iterable) -> None:

@@ -7,6 +7,12 @@ A run lives in ``RUNS_DIR/PRESET/EXPERIMENT`` (``-cached`` for a retraining on c
     checkpoint.keras  model + optimizer state after the last finished epoch (atomic)
     model.keras       the final model, without optimizer state, once the run has finished
     logs/             TensorBoard logs, when asked for
+    run.lock          locked by the process training the run (``lock_run``), its pid and host in it
+
+One process trains a run at a time: ``train`` holds an exclusive OS lock (``flock``) on
+``run.lock`` for the whole run, and a second process on the same directory is refused at once,
+naming the holder. The OS releases the lock when its process dies, however it dies, so a killed
+run leaves no stale lock behind and rerunning its command resumes it.
 
 Every file this package writes (histories, checkpoints, models, exports, tables, figures, the
 feature cache's records) goes through one writer, ``replace_atomic``: readers and crashes see the
@@ -21,10 +27,12 @@ loads it with its run's record, for the evaluation and the export.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -32,12 +40,18 @@ from typing import TypeVar
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs and cache builds are not locked against each other
+    fcntl = None
+
 HISTORY_NAME = "history.json"
 # Histories copied out of their run directories (next to a table) are named RUN.history.json.
 HISTORY_SUFFIX = ".history.json"
 CHECKPOINT_NAME = "checkpoint.keras"
 MODEL_NAME = "model.keras"
 LOGS_NAME = "logs"
+LOCK_NAME = "run.lock"
 # Run-directory files a trained model is taken from, in order of preference.
 RUN_MODEL_FILES = (MODEL_NAME, CHECKPOINT_NAME)
 
@@ -65,6 +79,10 @@ class RunPaths:
     @property
     def logs(self) -> Path:
         return self.root / LOGS_NAME
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_NAME
 
 
 def run_directory(
@@ -129,6 +147,58 @@ def find_histories(directory: str | os.PathLike[str]) -> list[Path]:
     return sorted(found, key=lambda path: path.relative_to(root).as_posix())
 
 
+@contextlib.contextmanager
+def hold_lock(path: Path, busy: Callable[[str], None]) -> Iterator[None]:
+    """Hold an exclusive OS lock on the file ``path`` for the block, this process's pid and host
+    written in it.
+
+    When another process holds it, ``busy(holder)`` is called with what the holder wrote ("pid
+    123 on host"): it raises to give up, or returns to wait for the lock. ``flock`` is released
+    by the OS when its process ends, even by SIGKILL, so a lock file left behind never blocks
+    anyone; that is why the file is only a place to hold the lock, never deleted. Without
+    ``fcntl`` (Windows) the block runs unlocked.
+    """
+    if fcntl is None:
+        yield
+        return
+    # "a+", not "w": opening must not erase the holder's pid before the lock is ours.
+    with open(path, "a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            busy(file.read().strip() or "another run")
+            fcntl.flock(file, fcntl.LOCK_EX)
+        file.truncate(0)
+        file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        file.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def lock_run(paths: RunPaths) -> Iterator[None]:
+    """The run directory's lock, held while a process trains the run; refused when taken.
+
+    Once it is held no other process writes here, so the temporaries of a writer killed
+    mid-save (``replace_atomic``'s ``.NAME.HEX.partial.SUFFIX``) are removed, as Orbax removes
+    its unfinished checkpoints on restart.
+    """
+
+    def refuse(holder: str) -> None:
+        raise UserError(
+            f"{paths.root} is being trained by {holder} (see {paths.lock}); wait for it to end, "
+            "or use another --runs-dir or --seed"
+        )
+
+    with hold_lock(paths.lock, refuse):
+        for leftover in paths.root.glob(".*.partial*"):
+            _remove(leftover)
+        yield
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Replace a file by ``data`` atomically (``replace_atomic``).
 
@@ -148,23 +218,32 @@ def replace_atomic(path: str | os.PathLike[str], write: Callable[[Path], _Writte
     """Replace a file or directory by what ``write(temporary)`` writes; returns what it returns.
 
     ``write`` (``model.save``, an exporter, a verification after it) gets a fresh name next to
-    the target with the target's suffix (Keras checks it): ``os.replace`` is atomic only within
-    one file system. Anything ``write`` raises leaves the target as it was and no temporary.
+    the target with the target's suffix (Keras checks it), unique to the call, so that two
+    writers never share a temporary: ``os.replace`` is atomic only within one file system.
+    Anything ``write`` raises leaves the target as it was and no temporary; an ``OSError`` (a
+    full disk, a read-only directory) becomes one ``UserError`` line saying so.
     The new files are fsynced before the rename, and the directory after it, so the rename cannot
     reach the disk before the data. A directory target (a SavedModel) is removed just before the
     rename: directories cannot be replaced atomically.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.partial{target.suffix}")
+    temporary = target.with_name(f".{target.stem}.{secrets.token_hex(8)}.partial{target.suffix}")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         written = write(temporary)
         _fsync_tree(temporary)
         if target.is_dir():
             shutil.rmtree(target)
         os.replace(temporary, target)
-    except BaseException:
-        _remove(temporary)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            _remove(temporary)
+        if isinstance(error, OSError):
+            raise UserError(
+                f"cannot write {target} ({error.strerror or error}); the previous version, if "
+                "any, is unchanged: free some space or fix the permissions, then rerun the same "
+                "command"
+            ) from error
         raise
     _fsync_directory(target.parent)
     return written

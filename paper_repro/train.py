@@ -44,7 +44,13 @@ from paper_repro.history import (
     save_history,
 )
 from paper_repro.model import CLASSIFIER, FC8, FEATURES
-from paper_repro.runs import RunPaths, pretrained_model, replace_atomic, run_directory
+from paper_repro.runs import (
+    RunPaths,
+    lock_run,
+    pretrained_model,
+    replace_atomic,
+    run_directory,
+)
 from paper_repro.solver import paper_solver
 
 _VERSIONED = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy")
@@ -92,53 +98,58 @@ def train(
     """Run (or resume, or skip when finished) one experiment; returns its history.
 
     ``download`` lets tfds download and prepare a dataset that is not in the data directory.
+    The settings and the seed are checked before anything is written, and the run directory is
+    locked for the whole run (``runs.lock_run``): a second process on it is refused at once.
     """
     _git_commit()  # read once, when the first run of this process starts
     config = experiments.resolve(experiment, preset, overrides)
+    experiments.check_seed(seed)
     paths = RunPaths(run_directory(runs_dir, preset, experiment, seed, config.cache_features))
     _prepare_directory(paths.root)
-    previous = _previous_history(paths, config, seed, force)
-    if previous is not None and previous.status == "finished":
-        _say(verbose, f"{paths.root}: already finished (use --force to train it again)")
-        return previous
-    resuming = previous is not None and paths.checkpoint.exists()
-    # A cached run checkpoints only its classifier: resuming it needs the features again.
-    weights_path = None
-    if not resuming or config.cache_features:
-        weights_path = pretrained_model(config, weights, runs_dir, preset)
-    if resuming and weights_path:
-        _check_same_weights(previous, weights_path)
-    source = _source_model(weights_path, config) if weights_path else None
+    with lock_run(paths):
+        previous = _previous_history(paths, config, seed, force)
+        if previous is not None and previous.status == "finished":
+            _say(verbose, f"{paths.root}: already finished (use --force to train it again)")
+            return previous
+        resuming = previous is not None and paths.checkpoint.exists()
+        # A cached run checkpoints only its classifier: resuming it needs the features again.
+        weights_path = None
+        if not resuming or config.cache_features:
+            weights_path = pretrained_model(config, weights, runs_dir, preset)
+        if resuming and weights_path:
+            _check_same_weights(previous, weights_path)
+        source = _source_model(weights_path, config) if weights_path else None
 
-    keras.utils.set_random_seed(seed)
-    if not tf.config.list_physical_devices("GPU"):
-        tf.config.experimental.enable_op_determinism()
-        if config.jit_compile:
-            # Keras itself turns XLA off under op determinism; say so rather than warn obscurely.
-            _say(verbose, "jit_compile: XLA stays off on the CPU, where runs are deterministic")
-            config = dataclasses.replace(config, jit_compile=False)
-    keras.mixed_precision.set_dtype_policy(config.precision)
-    try:
-        return _fit(
-            _Run(
-                experiment=experiment,
-                preset=preset,
-                config=config,
-                paths=paths,
-                seed=seed,
-                runs_dir=runs_dir,
-                data_dir=data_dir,
-                weights_path=weights_path,
-                source=source,
-                previous=previous if resuming else None,
-                strategy=_strategy(strategy),
-                tensorboard=tensorboard,
-                download=download,
-                verbose=verbose,
+        keras.utils.set_random_seed(seed)
+        if not tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.enable_op_determinism()
+            if config.jit_compile:
+                # Keras itself turns XLA off under op determinism; say so rather than warn
+                # obscurely.
+                _say(verbose, "jit_compile: XLA stays off on the CPU, where runs are deterministic")
+                config = dataclasses.replace(config, jit_compile=False)
+        keras.mixed_precision.set_dtype_policy(config.precision)
+        try:
+            return _fit(
+                _Run(
+                    experiment=experiment,
+                    preset=preset,
+                    config=config,
+                    paths=paths,
+                    seed=seed,
+                    runs_dir=runs_dir,
+                    data_dir=data_dir,
+                    weights_path=weights_path,
+                    source=source,
+                    previous=previous if resuming else None,
+                    strategy=_strategy(strategy),
+                    tensorboard=tensorboard,
+                    download=download,
+                    verbose=verbose,
+                )
             )
-        )
-    finally:
-        keras.mixed_precision.set_dtype_policy("float32")
+        finally:
+            keras.mixed_precision.set_dtype_policy("float32")
 
 
 def _fit(run: _Run) -> History:
@@ -281,10 +292,15 @@ class RunRecorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
+            kept = (
+                f"{self.paths.checkpoint} keeps the last good epoch"
+                if self.paths.checkpoint.exists()
+                else "no epoch had finished, so nothing was kept"
+            )
             raise TrainingDiverged(
                 f"the training loss became {loss} in epoch {len(self.history.epochs) + 1}, "
-                f"batch {batch + 1}; {self.paths.checkpoint} keeps the last good epoch "
-                "(lower base_lr with --set base_lr=...)"
+                f"batch {batch + 1}; {kept} (lower base_lr with --set base_lr=..., and --force "
+                "to start again)"
             )
         if self.max_iterations and int(self.model.optimizer.iterations) >= self.max_iterations:
             self.model.stop_training = True
@@ -401,13 +417,18 @@ def _previous_history(paths: RunPaths, config: RunConfig, seed: int, force: bool
 
 
 def _prepare_directory(root: Path) -> None:
+    """Create the run directory and prove it writable before any work (a per-process probe
+    name: two runs started together must not delete each other's probe)."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / ".write-test"
+        probe = root / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise UserError(f"cannot write the run directory {root}: {error.strerror}") from None
+        raise UserError(
+            f"cannot write the run directory {root}: {error.strerror}; fix its permissions or "
+            "use another --runs-dir"
+        ) from None
 
 
 def _input_device(strategy: tf.distribute.Strategy) -> str | None:

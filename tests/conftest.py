@@ -51,3 +51,34 @@ def image_folder(tmp_path):
         return tmp_path
 
     return write
+
+
+@pytest.fixture
+def mixed_image_folder(tmp_path):
+    """``tmp_path/mixed/<a|b>/``: the images a user's folder holds, of every size and mode: RGB
+    JPEG, grey and 16-bit PNG, RGBA PNG, palette GIF, a 1x1 pixel, and one 3000x3000 PNG (a solid
+    colour: small on disk, 27 MB decoded). Returns the folder and the (height, width) of each
+    image, in the folder's order."""
+    image_module = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(14)
+    root, sizes = tmp_path / "mixed", []
+    for k, name in enumerate("ab"):
+        (root / name).mkdir(parents=True)
+        rgb = rng.integers(0, 256, (40, 36, 3), np.uint8)
+        rgb[..., k] = 255 - 60 * k  # the classes differ in colour
+        grey16 = rng.integers(0, 65536, (28, 40), np.uint16)
+        images = {
+            "rgb.png": image_module.fromarray(rgb),
+            "grey.png": image_module.fromarray(rgb[..., 0]),
+            "deep.png": image_module.fromarray(grey16),
+            "alpha.png": image_module.fromarray(np.dstack([rgb[:30], rgb[:30, :, :1]])),
+            "palette.gif": image_module.fromarray(rgb[:, :33]).convert("P"),
+            "dot.png": image_module.fromarray(rgb[:1, :1]),
+            "photo.jpg": image_module.fromarray(rgb[:37]),
+        }
+        if k == 0:
+            images["large.png"] = image_module.new("RGB", (3000, 3000), (20, 140, 230))
+        for file_name, image in images.items():
+            image.save(root / name / file_name)
+        sizes += [images[file_name].size[::-1] for file_name in sorted(images)]
+    return root, sizes

@@ -264,6 +264,44 @@ def test_folder_subset_is_balanced_stable_and_nested(image_folder):
     assert np.bincount(chosen(7)[1]).tolist() == [3, 2, 2]
 
 
+def test_a_folder_of_every_size_and_mode_loads_as_rgb_at_native_size(mixed_image_folder):
+    root, sizes = mixed_image_folder
+    dataset, info = data.load_split(str(root), "train")
+    images = [example["image"] for example in dataset.as_numpy_iterator()]
+    assert [image.shape[:2] for image in images] == sizes and info.num_examples == len(sizes)
+    assert all(image.dtype == np.uint8 and image.shape[2] == 3 for image in images)
+    pixels = np.concatenate([image.reshape(-1, 3) for image in images])
+    np.testing.assert_allclose(data.channel_mean(dataset), pixels.mean(axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "content"),
+    [
+        ("truncated.jpg", lambda jpeg, png: jpeg[: len(jpeg) // 2]),
+        ("truncated.png", lambda jpeg, png: png[: len(png) // 2]),
+        ("empty.png", lambda jpeg, png: b""),
+        ("notes.jpg", lambda jpeg, png: b"a text file named like an image\n"),
+        ("png-named.gif", lambda jpeg, png: png[:-20]),
+    ],
+)
+def test_an_unreadable_image_is_named_in_one_line(image_folder, name, content):
+    image = np.random.default_rng(2).integers(0, 256, (30, 30, 3), np.uint8)
+    root = image_folder({"a": [image] * 3, "b": [image] * 3})
+    jpeg, png = tf.io.encode_jpeg(image).numpy(), tf.io.encode_png(image).numpy()
+    bad = root / "train" / "b" / name
+    bad.write_bytes(content(jpeg, png))
+    with pytest.raises(UserError, match=rf"^{bad} is not a readable image .*: replace or remove"):
+        data.load_split(str(root), "train")
+
+
+def test_every_unreadable_image_is_counted(image_folder):
+    root = image_folder({"a": [np.zeros((4, 4, 3))] * 2, "b": [np.zeros((4, 4, 3))] * 2})
+    for name in ("x.png", "y.jpg", "z.bmp"):
+        (root / "train" / "a" / name).write_bytes(b"")
+    with pytest.raises(UserError, match=r"x\.png is not .* \(and 2 more unreadable files\)"):
+        data.load_split(str(root), "train")
+
+
 @pytest.mark.parametrize(
     ("classes", "message"),
     [

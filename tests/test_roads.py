@@ -15,7 +15,8 @@ ones, and goes through the command line as a user would (``--download`` with no 
   fake's own checksum for the URL, so tfds still checks it; a file with another checksum (a
   truncated download) is refused in one line.
 - An image folder (``--set dataset=FOLDER``, ``FOLDER/train/<synset>/`` and ``FOLDER/val/``): the
-  road around tfds' ILSVRC-12 build, for ILSVRC-12 already extracted to folders.
+  road around tfds' ILSVRC-12 build, for ILSVRC-12 already extracted to folders; and a folder of
+  images of every size and mode, through pretraining, full training and retraining.
 
 Nothing here needs ../shared or a network.
 """
@@ -97,6 +98,23 @@ def test_image_folder_road_pretrains_on_train_and_val_class_folders(tmp_path):
     assert history.status == "finished" and history.dataset == str(folder)
     model = load_model(run / "model.keras")
     assert tuple(caffe_layers(model)["fc8"].kernel.shape) == (4096, 3)
+
+
+def test_a_folder_of_mixed_sizes_and_modes_pretrains_trains_and_retrains(
+    mixed_image_folder, tmp_path, capsys
+):
+    """Any folder of images (issue 14): grey, RGBA, palette, 16-bit, 1x1 and 3000x3000 images
+    side by side, through the three kinds of run; a corrupt file is named in one line."""
+    folder, _ = mixed_image_folder
+    runs = ["--runs-dir", str(tmp_path / "runs"), *TINY, "--set", f"dataset={folder}"]
+    for experiment in ("pretrain-imagenet", "full-mnist", "retrain-mnist"):
+        assert cli.main(["train", experiment, *runs]) == 0, capsys.readouterr().err
+        history = load_history(tmp_path / "runs" / "paper" / experiment / "history.json")
+        assert history.status == "finished" and np.isfinite(history.epochs[0].train_loss)
+    (folder / "b" / "broken.jpg").write_bytes((folder / "b" / "photo.jpg").read_bytes()[:200])
+    assert cli.main(["train", "full-mnist", *runs, "--force"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{folder / 'b' / 'broken.jpg'} is not a readable image" in err
 
 
 # ----------------------------------------------------------------------------- CIFAR-100

@@ -1,21 +1,34 @@
-"""Run directories: names, discovery, the pretrained model a run starts from, atomic writes."""
+"""Run directories: names, discovery, the pretrained model a run starts from, atomic writes,
+the lock one run holds, and what two processes or a failing disk do to them."""
 
+import errno
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
 
+import numpy as np
 import pytest
 
+from paper_repro import cli, runs
 from paper_repro.errors import UserError
 from paper_repro.experiments import resolve
 from paper_repro.runs import (
     MODEL_NAME,
     RunPaths,
     find_histories,
+    lock_run,
     model_file,
     pretrained_model,
     replace_atomic,
     run_directory,
     write_atomic,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_run_directories_are_named_by_preset_experiment_cache_and_seed(tmp_path):
@@ -92,20 +105,31 @@ def test_replace_atomic_replaces_a_directory_and_cleans_up_after_a_failing_write
     assert (target / "saved_model.pb").read_bytes() == b"new"
 
 
-def test_write_atomic_leaves_the_old_file_and_no_temporary_when_the_rename_fails(
-    tmp_path, monkeypatch
+@pytest.mark.parametrize(
+    ("patched", "error"),
+    [
+        ("replace", OSError(errno.ENOSPC, "No space left on device")),
+        # A full disk often shows only when the data is flushed.
+        ("_fsync_tree", OSError(errno.ENOSPC, "No space left on device")),
+        ("open", OSError(errno.EROFS, "Read-only file system")),
+        ("open", PermissionError(errno.EACCES, "Permission denied")),
+    ],
+)
+def test_a_failing_disk_gives_one_line_and_leaves_the_old_file_and_no_temporary(
+    tmp_path, monkeypatch, patched, error
 ):
-    target = tmp_path / "table3.md"
+    target = tmp_path / "history.json"
     write_atomic(target, b"old")
 
-    def failing_replace(source, destination):
-        raise OSError("disk full")
+    def fail(*args, **kwargs):
+        raise error
 
-    monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(runs if patched == "_fsync_tree" else os, patched, fail)
+    with pytest.raises(UserError, match=rf"cannot write {target} \({error.strerror}\)") as raised:
         write_atomic(target, b"new")
+    assert "\n" not in str(raised.value) and "previous version" in str(raised.value)
     assert target.read_bytes() == b"old"
-    assert [p.name for p in tmp_path.iterdir()] == ["table3.md"]
+    assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
 
 
 @pytest.mark.skipif(os.name == "nt", reason="POSIX permissions")
@@ -132,3 +156,144 @@ def test_find_histories_finds_both_names_in_a_fixed_order(tmp_path):
         (tmp_path / name).write_text("{}")
     found = [p.relative_to(tmp_path).as_posix() for p in find_histories(tmp_path)]
     assert found == ["a/history.json", "b/run.history.json", "nested/z/history.json"]
+
+
+# ------------------------------------------------------------------ two processes, one directory
+
+needs_flock = pytest.mark.skipif(runs.fcntl is None, reason="the run lock is an flock (POSIX)")
+
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from paper_repro.runs import RunPaths, lock_run
+with lock_run(RunPaths(Path(sys.argv[1]))):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def _python(*args: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, *args], env=env, text=True, **kwargs)
+
+
+@pytest.fixture
+def locked_run(tmp_path):
+    """A run directory whose lock another process holds (its Popen), with a history in it."""
+    root = run_directory(tmp_path, "smoke", "full-mnist", 0)
+    root.mkdir(parents=True)
+    (root / "history.json").write_text("the first run's")
+    holder = _python("-c", _HOLD_LOCK, str(root), stdout=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == "locked"
+    yield root, holder
+    holder.kill()
+    holder.wait()
+
+
+@needs_flock
+def test_a_second_run_on_a_locked_directory_is_refused_at_once_naming_the_first(locked_run, capsys):
+    root, holder = locked_run
+    args = ["train", "full-mnist", "--preset", "smoke", "--runs-dir", str(root.parents[1])]
+    assert cli.main([*args, "--force"]) == 2  # not even --force touches the first run's files
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"being trained by pid {holder.pid} on {socket.gethostname()}" in err
+    assert (root / "history.json").read_text() == "the first run's"
+
+
+@needs_flock
+def test_a_killed_runs_lock_does_not_block_its_resume(locked_run):
+    root, holder = locked_run
+    (root / ".checkpoint.0123abcd.partial.keras").write_bytes(b"half a checkpoint")
+    holder.send_signal(signal.SIGKILL)  # killed mid-save
+    holder.wait()
+    assert f"pid {holder.pid}" in (root / "run.lock").read_text()  # left behind, not held
+    with lock_run(RunPaths(root)):
+        assert (root / "run.lock").read_text() == f"pid {os.getpid()} on {socket.gethostname()}\n"
+        assert sorted(p.name for p in root.iterdir()) == ["history.json", "run.lock"]
+
+
+@needs_flock
+def test_a_lock_is_held_until_its_block_ends(tmp_path):
+    paths = RunPaths(tmp_path)
+    # A second holder in this process is refused too: an flock belongs to an open file.
+    with lock_run(paths), pytest.raises(UserError, match=f"pid {os.getpid()}"), lock_run(paths):
+        pass
+    with lock_run(paths):
+        pass
+
+
+_WRITE_VERSIONS = """
+import sys
+from paper_repro.runs import write_atomic
+target, writer, versions, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+for version in range(versions):
+    write_atomic(target, bytes([writer * 100 + version % 50]) * size)
+"""
+
+
+def test_two_writers_and_a_reader_of_one_file_see_only_whole_versions(tmp_path):
+    """Two processes save one file 100 times each while this one reads it: every save succeeds,
+    every read is a whole version (never a mix, never short), no temporary is left."""
+    target, size = tmp_path / "checkpoint.keras", 256 * 1024
+    write_atomic(target, bytes([0]) * size)
+    writers = [
+        _python("-c", _WRITE_VERSIONS, str(target), str(w), "100", str(size)) for w in (1, 2)
+    ]
+    reads, torn = 0, []
+    while any(w.poll() is None for w in writers) or reads < 10:
+        data = target.read_bytes()
+        reads += 1
+        if len(data) != size or data.count(data[:1]) != size:
+            torn.append(reads)
+    assert [w.wait() for w in writers] == [0, 0]
+    assert not torn, f"{len(torn)} of {reads} reads saw a partial file"
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.keras"]
+
+
+def test_writers_in_threads_never_share_a_temporary(tmp_path):
+    target, failures = tmp_path / "history.json", []
+
+    def write(n: int) -> None:
+        try:
+            for version in range(50):
+                write_atomic(target, f"{n} {version}".encode())
+        except Exception as error:  # collected, asserted below
+            failures.append(error)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
+
+
+_SAVE_CHECKPOINTS = """
+import sys
+import keras
+from paper_repro.runs import replace_atomic
+model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(64)])
+model.compile(optimizer="sgd", loss="mse")
+for version in range(int(sys.argv[2])):
+    model.set_weights([w * 0 + version for w in model.get_weights()])
+    replace_atomic(sys.argv[1], model.save)
+    print(version, flush=True)
+"""
+
+
+def test_a_keras_reader_of_the_checkpoint_during_saves_always_loads_a_whole_one(tmp_path):
+    """``paper-repro evaluate RUN`` while the run saves its checkpoint: every load succeeds and
+    gives one saved version, never a mix of two."""
+    keras = pytest.importorskip("keras")
+    target = tmp_path / "checkpoint.keras"
+    writer = _python("-c", _SAVE_CHECKPOINTS, str(target), "40", stdout=subprocess.PIPE)
+    assert writer.stdout.readline().strip() == "0"  # the first save is complete
+    loads = []
+    while writer.poll() is None:
+        kernel = keras.saving.load_model(target, compile=False).get_weights()[0]
+        assert np.all(kernel == kernel.flat[0]), "a load mixed two versions"
+        loads.append(int(kernel.flat[0]))
+    assert writer.wait() == 0 and len(loads) >= 5 and loads == sorted(loads)
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.keras"]

@@ -2,6 +2,7 @@
 two devices, divergence and every bad input of the train command."""
 
 import dataclasses
+import errno
 import json
 import re
 import signal
@@ -14,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from paper_repro import cli
+from paper_repro import cli, runs
 from paper_repro import train as train_module
 from paper_repro.errors import UserError
 from paper_repro.experiments import resolve
@@ -106,17 +107,22 @@ def _train_command(runs: Path) -> list[str]:
 
 
 @pytest.mark.usefixtures("tfds_dir")
-def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path):
+def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path, capsys):
     history_file = tmp_path / "killed" / "smoke" / "full-mnist" / "history.json"
+    checkpoint = history_file.with_name("checkpoint.keras")
     process = subprocess.Popen(_train_command(tmp_path / "killed"), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
-        if history_file.exists() and len(json.loads(history_file.read_text())["epochs"]) >= 1:
+        # The checkpoint follows the history: on a loaded machine it may take seconds to come.
+        if checkpoint.exists() and len(json.loads(history_file.read_text())["epochs"]) >= 1:
             time.sleep(1.0)  # into epoch 2
             break
         time.sleep(0.05)
     assert process.poll() is None, "the run ended before it could be killed"
+    # Meanwhile a second run of the same command is refused at once, naming the first.
+    assert cli.main(_train_command(tmp_path / "killed")[3:]) == 2
+    assert f"is being trained by pid {process.pid} on " in capsys.readouterr().err
     process.send_signal(signal.SIGKILL)
     process.wait()
     interrupted = load_history(history_file)
@@ -164,6 +170,42 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_epoch(tmp_path):
     history = load_history(run / "history.json")
     assert history.status == "running" and len(history.epochs) == bad_epoch - 1
     assert (run / "checkpoint.keras").exists() == (bad_epoch > 1)
+
+
+@pytest.mark.usefixtures("tfds_dir")
+def test_a_full_disk_mid_run_is_one_line_keeps_the_last_epoch_and_the_rerun_resumes(
+    tmp_path, monkeypatch, capsys
+):
+    """The disk fills up when epoch 2's checkpoint is flushed, after its history was written
+    (a failing history write is test_runs' unit case: the older history stays)."""
+    run = tmp_path / "smoke" / "full-mnist"
+    flush = runs._fsync_tree
+
+    def full_disk(path: Path) -> None:
+        if path.name.startswith(".checkpoint.") and (run / "checkpoint.keras").exists():
+            # The run's lock is held all along: another holder is refused.
+            refused = pytest.raises(UserError, match="is being trained by pid")
+            with refused, runs.lock_run(runs.RunPaths(run)):
+                pass
+            raise OSError(errno.ENOSPC, "No space left on device")
+        flush(path)
+
+    monkeypatch.setattr(runs, "_fsync_tree", full_disk)
+    args = ["train", "full-mnist", "--preset", "smoke", "--runs-dir", str(tmp_path)]
+    args += [flag for override in TINY for flag in ("--set", override)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot write {run / 'checkpoint.keras'} (No space" in err
+    # The history is written before the checkpoint: it may be one epoch ahead, never behind.
+    assert len(load_history(run / "history.json").epochs) == 2
+    checkpoint = keras.saving.load_model(run / "checkpoint.keras")
+    assert int(checkpoint.optimizer.iterations) == 4  # epoch 1's
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.keras", "history.json", "run.lock"]
+    monkeypatch.undo()
+    assert cli.main(args) == 0
+    assert "resuming after epoch 1" in capsys.readouterr().out
+    history = load_history(run / "history.json")
+    assert history.status == "finished" and len(history.epochs) == 2
 
 
 def _cli(*args) -> int:
