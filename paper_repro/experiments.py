@@ -48,6 +48,13 @@ Controls
     what the pretrained features bring: any transfer claim is read against it (issue 13: at
     mini's 67 pixels, random frozen features alone gave a usable MNIST classifier).
 
+Seeds
+    ``--seeds 0,1,2`` (reproduce) runs every transfer experiment once per seed, in
+    ``EXPERIMENT[-cached]-seedN`` run directories (seed 0 keeps the plain name); the pretraining
+    runs once, with seed 0, since every seed's retraining starts from the same pretrained network
+    (as the paper's all start from one). Tables and Figure 5 show mean ± sample standard
+    deviation and min-max across the seeds found in the histories.
+
 smoke
     ``paper-repro reproduce --preset smoke`` -- for tests: mini's settings on 800 training and 200
     test images, 2 epochs; well under a minute per run on a 2-core CPU. Its accuracies mean
