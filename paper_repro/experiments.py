@@ -55,6 +55,16 @@ Seeds
     (as the paper's all start from one). Tables and Figure 5 show mean ± sample standard
     deviation and min-max across the seeds found in the histories.
 
+Selection rule
+    Settings (learning rate, epochs, filler, ...) are chosen before the final runs on a validation
+    split carved from the training images, never on the test split: ``--set
+    train_split=train[:90%] --set test_split=train[90%:]`` (tfds' split slicing: the first 90 % of
+    the training split trains, the last 10 % is the validation set that the per-epoch and final
+    accuracies then report; the two are disjoint). ``train_subset`` and ``classes`` apply within
+    each slice. A preset's settings are frozen once chosen; the test split is used only for the
+    runs whose numbers are reported. An image folder's split is a sub-folder: carve a validation
+    folder instead (a sliced split name is refused there).
+
 smoke
     ``paper-repro reproduce --preset smoke`` -- for tests: mini's settings on 800 training and 200
     test images, 2 epochs; well under a minute per run on a 2-core CPU. Its accuracies mean
