@@ -313,6 +313,11 @@ def _weights_path(
     """The pretrained model the run starts from; none for the random-features control, whose
     point is to start from no pretraining at all."""
     if config.features != "random":
+        if config.mode == "retrain" and config.pretrained is None and not weights:
+            raise UserError(
+                "retraining on pretrained features needs them, and this experiment names no "
+                "pretraining run: pass --weights FILE.keras"
+            )
         return pretrained_model(config, weights, runs_dir, preset)
     if weights:
         raise UserError(

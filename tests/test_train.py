@@ -360,6 +360,9 @@ def test_the_random_features_control_retrains_on_frozen_untrained_features(tmp_p
     err = capsys.readouterr().err
     assert code == 2 and "takes no weights; drop --weights" in err
     assert len(err.strip().splitlines()) == 1
+    code = _cli("train", "retrain-random-mnist", "--preset", "smoke", "--runs-dir",
+                str(tmp_path / "p"), "--set", "features=pretrained")  # fmt: skip
+    assert code == 2 and "names no pretraining run: pass --weights" in capsys.readouterr().err
 
 
 def _assert_same_weights(expected: keras.layers.Layer, actual: keras.layers.Layer) -> None:
