@@ -131,7 +131,7 @@ def _list(args: argparse.Namespace) -> None:
         for name, config in runs.items():
             subset = f", {config.train_subset} images" if config.train_subset else ""
             print(
-                f"  {name:<18} {config.dataset:<13} {config.mode:<8} {config.epochs:>3} epochs, "
+                f"  {name:<22} {config.dataset:<13} {config.mode:<8} {config.epochs:>3} epochs, "
                 f"crop {config.crop}{subset}"
             )
     found = find_histories(args.runs_dir) if Path(args.runs_dir).is_dir() else []

@@ -324,7 +324,7 @@ def _transfer_section(index: _Index) -> _Section:
     return _Section("transfer", header, tuple(rows))
 
 
-def _with_control(cells: tuple, control_cell, control: bool) -> tuple:
+def _with_control(cells: tuple, control_cell: _Cell | str | None, control: bool) -> tuple:
     """``cells`` with the control's inserted after ``CONTROL_AFTER``'s position, if shown."""
     if not control:
         return cells
@@ -337,10 +337,11 @@ def _transfer_row(
 ) -> _Row:
     paper = PAPER.get(dataset)
     full, retrain = runs["full"], runs["retrain"]
+    controls = runs[CONTROL] if control else None
     cells = (
         _Cell(_display(dataset)),
         _Cell(preset),
-        _crops_cell(full, retrain, runs[CONTROL] if control else None),
+        _crops_cell(full, retrain, controls),
         _final_cell(full, "full", dataset, preset),
         _Cell(f"{paper.full:.2f}" if paper else ""),
         _final_cell(retrain, "retrain", dataset, preset),
@@ -353,9 +354,9 @@ def _transfer_row(
             or _absent(retrain, "retrain", dataset, preset)
         ),
     )  # fmt: skip
-    control_cell = _final_cell(runs[CONTROL], CONTROL, dataset, preset) if control else None
+    control_cell = _final_cell(controls, CONTROL, dataset, preset) if control else None
     cells = _with_control(cells, control_cell, control)
-    return _Row(dataset, preset, cells, _sources(full, retrain, runs[CONTROL] if control else None))
+    return _Row(dataset, preset, cells, _sources(full, retrain, controls))
 
 
 def _absent(runs: _Runs | None, mode: str, dataset: str, preset: str) -> str:
@@ -649,10 +650,10 @@ def write_time_to_accuracy(
 
 def _time_rows(index: _Index, target: float | None, control: bool) -> Iterator[_Row]:
     """A row per preset and dataset with at least two of the modes run (the control aside)."""
+    shown = (*TIME_VARIANTS, CONTROL) if control else TIME_VARIANTS
     for preset, dataset in sorted(
         {(p, d) for p, d, _ in index}, key=lambda k: (k[0], _dataset_order(k[1]))
     ):
-        shown = (*TIME_VARIANTS, CONTROL) if control else TIME_VARIANTS
         runs = {v: _with_epochs(index.get((preset, dataset, v))) for v in shown}
         runs = {v: group for v, group in runs.items() if group}
         if len([v for v in runs if v in TIME_VARIANTS]) < 2:

@@ -185,15 +185,29 @@ def test_reproduce_runs_each_seed_and_gives_weights_only_to_pretrained_retrainin
 
 @pytest.mark.usefixtures("tfds_dir")
 def test_reproduce_with_two_seeds_tables_their_mean_and_count(tmp_path):
-    tiny = ["train_subset=160", "test_subset=80", "batch_size=40", "epochs=1"]
+    """Weights stand in for pretraining (one run fewer); the controls must not receive them."""
+    from paper_repro.model import build_alexnet
+
+    weights = tmp_path / "source.keras"
+    build_alexnet(10, 67, init="xavier", seed=5).save(weights)
+    tiny = ["train_subset=80", "test_subset=40", "batch_size=40", "epochs=1"]
     args = ["reproduce", "--preset", "smoke", "--runs-dir", str(tmp_path / "runs"), "--out",
-            str(tmp_path), "--seeds", "0,1", *[a for o in tiny for a in ("--set", o)]]  # fmt: skip
+            str(tmp_path), "--seeds", "0,1", "--weights", str(weights),
+            *[a for o in tiny for a in ("--set", o)]]  # fmt: skip
     assert cli.main(args) == 0
     kept = tmp_path / "histories" / "smoke"
     for name in ("full-mnist", "retrain-mnist", "retrain-random-mnist"):
         assert load_history(kept / f"{name}.history.json").seed == 0
         assert load_history(kept / f"{name}-seed1.history.json").seed == 1
-    assert not (kept / "pretrain-imagenet-seed1.history.json").exists()
+    assert sorted(p.name for p in kept.iterdir()) == sorted(
+        f"{name}{seed}.history.json"
+        for name in ("full-mnist", "retrain-mnist", "retrain-random-mnist")
+        for seed in ("", "-seed1")
+    )
+    control = load_history(kept / "retrain-random-mnist-seed1.history.json")
+    assert control.provenance.weights is None and control.start == "random-features"
+    retrain = load_history(kept / "retrain-mnist-seed1.history.json")
+    assert retrain.provenance.weights.path == str(weights)
     rows = list(csv.DictReader((tmp_path / "table3.csv").open()))
     mnist = {r["column"]: r for r in rows if r["dataset"] == "mnist"}
     for column in ("Full training", "Retraining", "Retraining, random features (control)"):
