@@ -23,6 +23,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -64,10 +65,8 @@ class CacheSpec:
         """A directory name a person can read, ending in the key that makes it unique."""
         digest = hashlib.sha256(json.dumps(dataclasses.asdict(self)).encode()).hexdigest()
         dataset = self.dataset.replace("/", "_").replace(os.sep, "_")
-        return (
-            f"{dataset}-{self.split}-{self.crop}px-{len(self.views)}views-{self.dtype}-"
-            f"{digest[:12]}"
-        )
+        split = re.sub(r"[^\w.-]+", "_", self.split)  # a sliced split: train[:90%] -> train_90_
+        return f"{dataset}-{split}-{self.crop}px-{len(self.views)}views-{self.dtype}-{digest[:12]}"
 
 
 def training_views(augment: AugmentConfig, views: int) -> tuple[tuple[int, int, bool], ...]:

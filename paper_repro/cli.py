@@ -32,7 +32,7 @@ def _run_options(*, preset: str, which: str) -> argparse.ArgumentParser:
     p.add_argument("--preset", default=preset, help=f"{', '.join(PRESETS)} (default: {preset})")
     p.add_argument("--data-dir", help="tfds data directory (default: $TFDS_DATA_DIR)")
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="the runs' seed (default: 0)")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
         help=f"change a setting of {which}",
@@ -78,7 +78,7 @@ def _train(args: argparse.Namespace) -> None:
         weights=args.weights,
         data_dir=args.data_dir,
         runs_dir=args.runs_dir,
-        seed=args.seed,
+        seed=0 if args.seed is None else args.seed,
         overrides=[*args.overrides, *(["cache_features=true"] if args.cache_features else [])],
         force=args.force,
         strategy=args.strategy,
@@ -131,7 +131,7 @@ def _list(args: argparse.Namespace) -> None:
         for name, config in runs.items():
             subset = f", {config.train_subset} images" if config.train_subset else ""
             print(
-                f"  {name:<18} {config.dataset:<13} {config.mode:<8} {config.epochs:>3} epochs, "
+                f"  {name:<22} {config.dataset:<13} {config.mode:<8} {config.epochs:>3} epochs, "
                 f"crop {config.crop}{subset}"
             )
     found = find_histories(args.runs_dir) if Path(args.runs_dir).is_dir() else []
@@ -151,8 +151,13 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="figures", help="where the table and figure go")
     p.add_argument(
         "--weights",
-        help="pretrained model for every retraining (skips pretraining; full runs start "
-        "from scratch)",
+        help="pretrained model for every retraining on pretrained features (skips "
+        "pretraining; full runs and random-features controls start from scratch)",
+    )
+    p.add_argument(
+        "--seeds",
+        metavar="N,N,...",
+        help="run every transfer experiment once per seed, e.g. 0,1,2 (tables: mean ± std)",
     )
     p.set_defaults(handler=_reproduce)
 
@@ -166,13 +171,25 @@ def _reproduce(args: argparse.Namespace) -> None:
         data_dir=args.data_dir,
         runs_dir=args.runs_dir,
         out=args.out,
-        seed=args.seed,
+        seeds=_seeds(args.seed, args.seeds),
         overrides=args.overrides,
         force=args.force,
         cache_features=args.cache_features,
         download=args.download,
     )
     _print_paths(paths)
+
+
+def _seeds(seed: int | None, seeds: str | None) -> list[int]:
+    """``--seed N`` or ``--seeds N,N,...`` (not both) as a list; seed 0 when neither is given."""
+    if seeds is None:
+        return [0 if seed is None else seed]
+    if seed is not None:
+        raise UserError(f"--seed {seed} and --seeds {seeds} both given: keep one")
+    parts = [part.strip() for part in seeds.split(",")]
+    if not all(part.isdigit() for part in parts):
+        raise UserError(f"--seeds {seeds}: expected a comma list of seeds >= 0, such as 0,1,2")
+    return [int(part) for part in parts]
 
 
 def _add_regenerate(sub: argparse._SubParsersAction) -> None:

@@ -83,7 +83,9 @@ def load_split(
     order; ``index`` is the example's position in the whole split, before any subset, and keys
     the example's random crops. ``class_subset`` keeps those classes, relabelled ``0..k-1`` in
     the order given; ``subset_size`` keeps a class-balanced subset of that many examples, the
-    same for the same seed (and a larger subset contains a smaller one).
+    same for the same seed (and a larger subset contains a smaller one). A tfds split may be
+    sliced (``train[:90%]``, ``train[90%:]``: the validation split of the selection rule in
+    ``experiments``); ``index`` then counts within the slice, and subsets come from the slice.
 
     ``name_or_folder`` is a tfds name (``mnist``, ``cifar100``, ``imagenet2012``, ``name:1.2.3``)
     or a folder with one sub-folder of images per class (``FOLDER/SPLIT/<class>/`` when that
@@ -245,6 +247,13 @@ def _prepare(builder: tfds.core.DatasetBuilder, data_dir: str) -> None:
 def _folder_source(root: Path, split: str) -> _Source:
     """A folder's split: its images listed, every one decoded once to check it (``_check_images``),
     then read again, decoded, as the pipeline consumes them."""
+    if "[" in split:
+        # Sliced like a tfds split, it would name no sub-folder and silently read them all.
+        raise UserError(
+            f"split {split!r} slices a tfds split, but {root} is an image folder, whose splits "
+            f"are sub-folders: put validation images in {root}/validation/<class>/ and "
+            "--set test_split=validation"
+        )
     folder = root / split if (root / split).is_dir() else root
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:

@@ -2,9 +2,10 @@
 
 An experiment is one training run of the paper: ``pretrain-imagenet`` (the ILSVRC-12 network whose
 features everything else reuses), then ``full-DATASET`` (all layers from scratch) and
-``retrain-DATASET`` (features frozen, classifier trained) for MNIST, CIFAR-10 and CIFAR-100. A
-preset says how big each run is; every field of a run is a ``RunConfig`` field and can be changed
-from the command line with ``--set key=value`` (validated against the field's type).
+``retrain-DATASET`` (features frozen, classifier trained) for MNIST, CIFAR-10 and CIFAR-100, and
+beside each retraining its control ``retrain-random-DATASET`` (below). A preset says how big each
+run is; every field of a run is a ``RunConfig`` field and can be changed from the command line
+with ``--set key=value`` (validated against the field's type).
 
 paper
     ``paper-repro reproduce --preset paper`` -- the real thing, for a GPU. Pretraining follows
@@ -38,6 +39,32 @@ mini
     NaN in the first epoch, so mini also pretrains with the paper's solver (lr 0.001). Cost: about
     42 minutes on an idle 2-core CPU (measured). Results: README ("Results") and figures/.
 
+Controls
+    Every preset has, for each target dataset, ``retrain-random-DATASET``: the same run as
+    ``retrain-DATASET`` (``features=random``) but its frozen conv1 .. pool5 are a fresh, untrained
+    network drawn by the preset's ``init`` filler with the run's seed, under a new classifier. It
+    needs no pretrained weights (``--weights`` is not given to it) and its preprocessing mean is
+    the target's own training mean, there being no source. Whatever retraining gains over it is
+    what the pretrained features bring: any transfer claim is read against it (issue 13: at
+    mini's 67 pixels, random frozen features alone gave a usable MNIST classifier).
+
+Seeds
+    ``--seeds 0,1,2`` (reproduce) runs every transfer experiment once per seed, in
+    ``EXPERIMENT[-cached]-seedN`` run directories (seed 0 keeps the plain name); the pretraining
+    runs once, with seed 0, since every seed's retraining starts from the same pretrained network
+    (as the paper's all start from one). Tables and Figure 5 show mean ± sample standard
+    deviation and min-max across the seeds found in the histories.
+
+Selection rule
+    Settings (learning rate, epochs, filler, ...) are chosen before the final runs on a validation
+    split carved from the training images, never on the test split: ``--set
+    train_split=train[:90%] --set test_split=train[90%:]`` (tfds' split slicing: the first 90 % of
+    the training split trains, the last 10 % is the validation set that the per-epoch and final
+    accuracies then report; the two are disjoint). ``train_subset`` and ``classes`` apply within
+    each slice. A preset's settings are frozen once chosen; the test split is used only for the
+    runs whose numbers are reported. An image folder's split is a sub-folder: carve a validation
+    folder instead (a sliced split name is refused there).
+
 smoke
     ``paper-repro reproduce --preset smoke`` -- for tests: mini's settings on 800 training and 200
     test images, 2 epochs; well under a minute per run on a 2-core CPU. Its accuracies mean
@@ -63,6 +90,9 @@ MODES = ("pretrain", "full", "retrain")
 PLACEMENTS = ("auto", "host", "device")  # where the augmentation runs (``auto``: GPU if any)
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 INITS = ("gaussian", "xavier")  # Caffe's weight fillers (model._filler)
+# What a retraining's frozen conv1 .. pool5 are: a pretrained network's, or a fresh untrained
+# network's (the control, drawn by ``init`` with the run's seed).
+FEATURE_SOURCES = ("pretrained", "random")
 CROPS = (1, 5, 10)  # test views: centre; corners and centre; those and their mirrors
 CACHE_DTYPES = ("float32", "float16")
 STRATEGIES = ("default", "mirrored", "multi-worker")  # tf.distribute, by name
@@ -100,6 +130,7 @@ class RunConfig:
     init: str = "gaussian"
     keep_fc67: bool = True
     pretrained: str | None = None
+    features: str = "pretrained"  # retrain runs: FEATURE_SOURCES
     augment_on: str = "auto"
     precision: str = "float32"
     jit_compile: bool = False  # XLA for the training step
@@ -116,6 +147,12 @@ class RunConfig:
         _check_choice("test_crops", self.test_crops, CROPS)
         _check_choice("cache_views", self.cache_views, CROPS)
         _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
+        _check_choice("features", self.features, FEATURE_SOURCES)
+        if self.features == "random" and self.mode != "retrain":
+            raise UserError(
+                f"features=random freezes untrained features under a new classifier, a retrain "
+                f"run; this run's mode is {self.mode}: drop --set features=random"
+            )
         if self.cache_features and self.mode != "retrain":
             raise UserError(
                 f"cache_features needs frozen features, so only retrain runs can use it; "
@@ -199,6 +236,9 @@ def _paper() -> dict[str, RunConfig]:
         runs[f"retrain-{dataset}"] = dataclasses.replace(
             base, mode="retrain", pretrained="pretrain-imagenet"
         )
+        runs[f"retrain-random-{dataset}"] = dataclasses.replace(
+            base, mode="retrain", features="random"
+        )
     return runs
 
 
@@ -219,6 +259,12 @@ MINI = {
     "retrain-cifar10": dataclasses.replace(
         PAPER["retrain-cifar10"], classes=_MINI_TARGET_CLASSES, **_MINI
     ),
+    "retrain-random-mnist": dataclasses.replace(
+        PAPER["retrain-random-mnist"], train_subset=12_000, **_MINI
+    ),
+    "retrain-random-cifar10": dataclasses.replace(
+        PAPER["retrain-random-cifar10"], classes=_MINI_TARGET_CLASSES, **_MINI
+    ),
 }
 
 _SMOKE = {**_MINI, "epochs": 2, "drop_epochs": (1,), "train_subset": 800, "test_subset": 200}
@@ -226,6 +272,7 @@ SMOKE = {
     "pretrain-imagenet": dataclasses.replace(MINI["pretrain-imagenet"], **_SMOKE),
     "full-mnist": dataclasses.replace(PAPER["full-mnist"], **_SMOKE),
     "retrain-mnist": dataclasses.replace(PAPER["retrain-mnist"], **_SMOKE),
+    "retrain-random-mnist": dataclasses.replace(PAPER["retrain-random-mnist"], **_SMOKE),
 }
 
 PRESETS: dict[str, dict[str, RunConfig]] = {"paper": PAPER, "mini": MINI, "smoke": SMOKE}

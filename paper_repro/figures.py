@@ -8,7 +8,12 @@ only when a number changed.
 
 Over 500 lines, for a reason: Table III, Figure 5 and the time-to-accuracy table are three views
 of one grouping of histories (preset, dataset, mode, seeds) and share its checks and formatting;
-split apart, each would import the others' private helpers.
+split apart, each would import the others' private helpers. What they show of several seeds
+(mean ± standard deviation, min-max bands) is computed in ``paper_repro.seeds``.
+
+Beside full training and retraining, the random-features control (``retrain-random-DATASET``:
+the same retraining on frozen, untrained features) gets a column in both tables and a dotted line
+in Figure 5 as soon as any of its histories is present; without one, the tables stay as they were.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import statistics
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +31,7 @@ from matplotlib import rc_context, style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from paper_repro import seeds
 from paper_repro.errors import UserError
 from paper_repro.history import History, load_history
 from paper_repro.runs import find_histories, write_atomic
@@ -34,7 +41,21 @@ DISPLAY_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100
 # Figure 5's colours for the paper's datasets; any other dataset takes the next further colour.
 COLOURS = {"mnist": "red", "cifar10": "blue", "cifar100": "green"}
 FURTHER_COLOURS = ("tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
-LINESTYLES = {"full": "-", "retrain": "--", "retrain-cached": "-."}
+# A curve per variant (``_variant``): the mode, the random-features control, cached or not.
+LINESTYLES = {
+    "full": "-",
+    "retrain": "--",
+    "retrain-cached": "-.",
+    "retrain-random": ":",
+    "retrain-random-cached": (0, (1, 4)),
+}
+# How Figure 5's legend names a variant, where not by the variant itself.
+LABELS = {
+    "retrain-random": "retrain, random features (control)",
+    "retrain-random-cached": "retrain-cached, random features (control)",
+}
+CONTROL = "retrain-random"  # the variant of Table III's and the time table's control column
+BAND_ALPHA = 0.15  # Figure 5's min-max band across seeds
 LR_DROP_STYLE = {"color": "0.35", "linestyle": ":", "linewidth": 1.0}
 
 
@@ -61,10 +82,12 @@ NO_HISTORIES_HINT = (
     "`paper-repro reproduce --preset mini` (or `paper-repro train EXPERIMENT`) writes them"
 )
 
-# (preset, dataset, variant) -> (path relative to the histories directory, history); the variant
-# is the mode, or "retrain-cached" for a retraining on cached features (``--cache-features``).
+# (preset, dataset, variant) -> its runs, one per seed in seed order, each as (path relative to the
+# histories directory, history); the variant is the mode, "retrain-random" for the control, with
+# "-cached" for a retraining on cached features (``--cache-features``).
 _Run = tuple[str, History]
-_Index = dict[tuple[str, str, str], _Run]
+_Runs = tuple[_Run, ...]
+_Index = dict[tuple[str, str, str], _Runs]
 
 
 def regenerate_tables(
@@ -107,7 +130,7 @@ def load_histories(directory: str | os.PathLike[str]) -> dict[str, History]:
 
 
 def _index(histories: Mapping[str, History], allow_mixed_presets: bool) -> _Index:
-    """One run per (preset, dataset, mode), refusing what would make the table ambiguous."""
+    """One run per (preset, dataset, variant, seed), refusing what would make a table ambiguous."""
     if not histories:
         raise UserError(f"no run histories given; {NO_HISTORIES_HINT}")
     presets = _presets(histories)
@@ -120,20 +143,28 @@ def _index(histories: Mapping[str, History], allow_mixed_presets: bool) -> _Inde
             f"histories of different presets would be mixed in one table or figure: {examples};"
             " point --histories at one preset's runs or pass --allow-mixed-presets"
         )
-    index: _Index = {}
+    grouped: dict[tuple[str, str, str], list[_Run]] = {}
     for source, history in sorted(histories.items()):
         key = (history.preset, history.dataset, _variant(history))
-        if key in index:
+        runs = grouped.setdefault(key, [])
+        twin = next((s for s, h in runs if h.seed == history.seed), None)
+        if twin is not None:
             raise UserError(
-                f"two {key[2]} histories for {history.dataset} in preset {history.preset}:"
-                f" {index[key][0]} and {source}; keep one run per experiment"
+                f"two {key[2]} histories for {history.dataset} in preset {history.preset}"
+                f" with seed {history.seed}: {twin} and {source}; keep one run per experiment"
+                " and seed"
             )
-        index[key] = (source, history)
-    return index
+        runs.append((source, history))
+    return {key: tuple(sorted(runs, key=lambda r: r[1].seed)) for key, runs in grouped.items()}
 
 
 def _variant(history: History) -> str:
-    return f"{history.mode}-cached" if history.cache else history.mode
+    mode = CONTROL if history.start == "random-features" else history.mode
+    return f"{mode}-cached" if history.cache else mode
+
+
+def _has_control(index: _Index) -> bool:
+    return any(variant == CONTROL for _, _, variant in index)
 
 
 def _presets(histories: Mapping[str, History]) -> list[str]:
@@ -159,15 +190,32 @@ def _train_seconds(history: History) -> float:
     return sum(epoch.wall_seconds for epoch in history.epochs)
 
 
+def _sources(*groups: _Runs | None) -> tuple[str, ...]:
+    return tuple(source for runs in groups if runs for source, _ in runs)
+
+
+def _accuracy_curve(runs: _Runs) -> seeds.Curve:
+    """Center-crop test accuracy per epoch across a variant's seeds."""
+    return seeds.mean_curve([[e.test_accuracy for e in h.epochs] for _, h in runs])
+
+
 # --- Table III -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Cell:
-    """A table value as text; empty text is shown as a dash, explained by ``note`` if given."""
+    """A table value as text; empty text is shown as a dash, explained by ``note`` if given.
+    ``spread`` is (n, min, max) of a value measured once per seed, for the CSV."""
 
     text: str = ""
     note: str = ""
+    spread: tuple[str, str, str] = ("", "", "")
+
+
+def _summary_cell(values: Sequence[float], number=lambda value: f"{value:.2f}") -> _Cell:
+    """One value per seed: ``mean ± std (n=N)``, or the value alone for one seed."""
+    summary = seeds.summarize(values)
+    return _Cell(seeds.text(summary, number), spread=seeds.spread(summary, number))
 
 
 @dataclass(frozen=True)
@@ -198,6 +246,8 @@ TRANSFER_HEADER = (
     "Epochs to match (paper)",
     "Wall-clock full / retrain",
 )
+CONTROL_COLUMN = "Retraining, random features (control)"
+CONTROL_AFTER = "Retraining (paper)"  # the control column follows this one
 PRETRAIN_HEADER = (
     "Pretraining dataset",
     "Preset",
@@ -218,6 +268,15 @@ CAPTION = (
     " is the total training seconds of the full run over those of the retrain run. A dash in a"
     " paper column: the paper gives no value."
 )
+CONTROL_CAPTION = (
+    " The control column retrains the same classifier on frozen, untrained (randomly"
+    " initialised) features: what retraining gains over it is what the pretrained features bring."
+)
+
+
+def _caption(base: str, index: _Index, histories: Mapping[str, History], control: str) -> str:
+    """A table's caption, with the control's and the seeds' sentences where they apply."""
+    return base + (control if _has_control(index) else "") + seeds.caption(histories.values())
 
 
 def write_table3(
@@ -233,9 +292,10 @@ def write_table3(
     index = _index(histories, allow_mixed_presets)
     sections = (_transfer_section(index), _pretrain_section(index))
     presets = _presets(histories)
+    caption = _caption(CAPTION, index, histories, CONTROL_CAPTION)
     contents = {
-        "table3.md": _markdown(sections, presets, histories),
-        "table3.tex": _latex(sections, presets, histories),
+        "table3.md": _markdown(sections, presets, histories, caption=caption),
+        "table3.tex": _latex(sections, presets, histories, caption),
         "table3.csv": _csv(sections),
     }
     files = {name: text.encode("utf-8") for name, text in contents.items()}
@@ -251,120 +311,152 @@ def _write_all(out_dir: Path, files: Mapping[str, bytes]) -> list[Path]:
 
 
 def _transfer_section(index: _Index) -> _Section:
-    """A row per preset and dataset: every paper dataset, plus any other dataset that was run."""
+    """A row per preset and dataset: every paper dataset, plus any other dataset that was run;
+    the control column only when some control was run."""
+    control = _has_control(index)
     rows = []
     for preset in sorted({key[0] for key in index}):
         run_datasets = {d for p, d, mode in index if p == preset and mode in LINESTYLES}
         for dataset in sorted(run_datasets | set(PAPER_DATASETS), key=_dataset_order):
-            full = index.get((preset, dataset, "full"))
-            retrain = index.get((preset, dataset, "retrain"))
-            rows.append(_transfer_row(preset, dataset, full, retrain))
-    return _Section("transfer", TRANSFER_HEADER, tuple(rows))
+            runs = {v: index.get((preset, dataset, v)) for v in ("full", "retrain", CONTROL)}
+            rows.append(_transfer_row(preset, dataset, runs, control))
+    header = _with_control(TRANSFER_HEADER, CONTROL_COLUMN, control)
+    return _Section("transfer", header, tuple(rows))
 
 
-def _transfer_row(preset: str, dataset: str, full: _Run | None, retrain: _Run | None) -> _Row:
+def _with_control(cells: tuple, control_cell: _Cell | str | None, control: bool) -> tuple:
+    """``cells`` with the control's inserted after ``CONTROL_AFTER``'s position, if shown."""
+    if not control:
+        return cells
+    at = TRANSFER_HEADER.index(CONTROL_AFTER) + 1
+    return (*cells[:at], control_cell, *cells[at:])
+
+
+def _transfer_row(
+    preset: str, dataset: str, runs: Mapping[str, _Runs | None], control: bool
+) -> _Row:
     paper = PAPER.get(dataset)
-    full_absent = _absent(full, "full", dataset, preset)
-    retrain_absent = _absent(retrain, "retrain", dataset, preset)
+    full, retrain = runs["full"], runs["retrain"]
+    controls = runs[CONTROL] if control else None
     cells = (
         _Cell(_display(dataset)),
         _Cell(preset),
-        _crops_cell(full, retrain),
-        _Cell(note=full_absent) if full_absent else _Cell(_percent(full[1].final.top1)),
+        _crops_cell(full, retrain, controls),
+        _final_cell(full, "full", dataset, preset),
         _Cell(f"{paper.full:.2f}" if paper else ""),
-        _Cell(note=retrain_absent) if retrain_absent else _Cell(_percent(retrain[1].final.top1)),
+        _final_cell(retrain, "retrain", dataset, preset),
         _Cell(f"{paper.retrain:.2f}" if paper else ""),
         _Cell(f"{paper.state_of_the_art:.2f} {paper.citation}" if paper else ""),
         _epochs_to_match_cell(full, retrain, dataset, preset),
         _Cell(f"≈{paper.epochs_to_match}" if paper and paper.epochs_to_match else ""),
-        _wall_ratio_cell(full, retrain, full_absent or retrain_absent),
-    )
-    sources = tuple(run[0] for run in (full, retrain) if run)
-    return _Row(dataset, preset, cells, sources)
+        _wall_ratio_cell(
+            full, retrain, _absent(full, "full", dataset, preset)
+            or _absent(retrain, "retrain", dataset, preset)
+        ),
+    )  # fmt: skip
+    control_cell = _final_cell(controls, CONTROL, dataset, preset) if control else None
+    cells = _with_control(cells, control_cell, control)
+    return _Row(dataset, preset, cells, _sources(full, retrain, controls))
 
 
-def _absent(run: _Run | None, mode: str, dataset: str, preset: str) -> str:
-    """Why a run has no final evaluation to show, as a footnote; empty when it has one."""
-    if run is None:
+def _absent(runs: _Runs | None, mode: str, dataset: str, preset: str) -> str:
+    """Why a variant has no final evaluation to show, as a footnote; empty when every seed's run
+    has one (a seed still running holds back the whole value: a mean of some seeds would not
+    compare with the others')."""
+    if not runs:
         return f"no {mode} history for {dataset} in preset {preset}"
-    source, history = run
-    if history.final is None:
+    running = [(source, h) for source, h in runs if h.final is None]
+    if running:
+        source, history = running[0]
         return f"{source} is still running ({len(history.epochs)} epochs recorded)"
     return ""
 
 
-def _crops_cell(*runs: _Run | None) -> _Cell:
-    crops = sorted({run[1].final.crops for run in runs if run and run[1].final})
+def _final_cell(runs: _Runs | None, mode: str, dataset: str, preset: str) -> _Cell:
+    """Multi-crop top-1 (%) across the variant's seeds."""
+    absent = _absent(runs, mode, dataset, preset)
+    if absent:
+        return _Cell(note=absent)
+    return _summary_cell([100 * h.final.top1 for _, h in runs])
+
+
+def _crops_cell(*groups: _Runs | None) -> _Cell:
+    crops = sorted({h.final.crops for runs in groups if runs for _, h in runs if h.final})
     return _Cell(" / ".join(str(c) for c in crops))
 
 
 def _epochs_to_match_cell(
-    full: _Run | None, retrain: _Run | None, dataset: str, preset: str
+    full: _Runs | None, retrain: _Runs | None, dataset: str, preset: str
 ) -> _Cell:
-    """The first epoch at which full training reaches retraining's accuracy after one epoch.
+    """The first epoch at which full training reaches retraining's accuracy after one epoch
+    (over several seeds: full training's mean curve against retraining's mean epoch 1).
 
     Needs only the per-epoch records, so a run still in progress already gives an answer.
     """
-    for mode, run in (("full", full), ("retrain", retrain)):
-        if run is None:
-            return _Cell(note=_absent(run, mode, dataset, preset))
-        if not run[1].epochs:
-            return _Cell(note=f"{run[0]} has no epochs yet")
-    target = retrain[1].epochs[0].test_accuracy
-    reached = next((e.epoch for e in full[1].epochs if e.test_accuracy >= target), None)
-    return _Cell(str(reached) if reached else f"not reached in {len(full[1].epochs)}")
+    for mode, runs in (("full", full), ("retrain", retrain)):
+        if not runs:
+            return _Cell(note=_absent(runs, mode, dataset, preset))
+        empty = next((source for source, h in runs if not h.epochs), None)
+        if empty is not None:
+            return _Cell(note=f"{empty} has no epochs yet")
+    target = statistics.fmean(h.epochs[0].test_accuracy for _, h in retrain)
+    curve = _accuracy_curve(full)
+    reached = next(
+        (e for e, value in zip(curve.epochs, curve.mean, strict=True) if value >= target), None
+    )
+    return _Cell(str(reached) if reached else f"not reached in {len(curve.epochs)}")
 
 
-def _wall_ratio_cell(full: _Run | None, retrain: _Run | None, absent: str) -> _Cell:
-    """Total training seconds compare like with like only when both runs are finished."""
+def _wall_ratio_cell(full: _Runs | None, retrain: _Runs | None, absent: str) -> _Cell:
+    """Total training seconds (means over seeds) compare like with like only when every run is
+    finished."""
     if absent:
         return _Cell(note=absent)
-    retrain_seconds = _train_seconds(retrain[1])
+    retrain_seconds = statistics.fmean(_train_seconds(h) for _, h in retrain)
     if retrain_seconds == 0:
-        return _Cell(note=f"{retrain[0]} records no training time")
-    return _Cell(f"{_train_seconds(full[1]) / retrain_seconds:.2f}")
+        return _Cell(note=f"{retrain[0][0]} records no training time")
+    return _Cell(f"{statistics.fmean(_train_seconds(h) for _, h in full) / retrain_seconds:.2f}")
 
 
 def _pretrain_section(index: _Index) -> _Section:
     """Every pretraining run; a preset without one gets a dash row, as any missing run does."""
     rows = []
     for preset in sorted({key[0] for key in index}):
-        runs = sorted(
-            (
-                run
-                for (p, dataset, mode), run in index.items()
-                if p == preset and mode == "pretrain"
-            ),
-            key=lambda run: _dataset_order(run[1].dataset),
+        groups = sorted(
+            (runs for (p, _, mode), runs in index.items() if p == preset and mode == "pretrain"),
+            key=lambda runs: _dataset_order(runs[0][1].dataset),
         )
-        rows.extend(_pretrain_row(preset, run) for run in runs or [None])
+        rows.extend(_pretrain_row(preset, runs) for runs in groups or [None])
     return _Section("pretrain", PRETRAIN_HEADER, tuple(rows))
 
 
-def _pretrain_row(preset: str, run: _Run | None) -> _Row:
+def _pretrain_row(preset: str, runs: _Runs | None) -> _Row:
     paper = (_Cell(f"{PAPER_PRETRAIN_TOP1:.2f}"), _Cell(f"{PAPER_PRETRAIN_TOP5:.2f}"))
-    if run is None:
+    if runs is None:
         missing = _Cell(note=f"no pretrain history in preset {preset}")
         cells = (missing, _Cell(preset), _Cell(), missing, paper[0], missing, paper[1], missing,
                  missing)  # fmt: skip
         return _Row("", preset, cells, ())
-    source, history = run
-    final = history.final
-    if final is None:
-        top1 = top5 = center1 = center5 = _Cell(
-            note=_absent(run, "pretrain", history.dataset, preset)
-        )
+    dataset = runs[0][1].dataset
+    absent = _absent(runs, "pretrain", dataset, preset)
+    if absent:
+        top1 = top5 = center1 = center5 = _Cell(note=absent)
     else:
-        top1, top5 = _Cell(_percent(final.top1)), _Cell(_percent(final.top5))
+        finals = [h.final for _, h in runs]
+        top1 = _summary_cell([100 * final.top1 for final in finals])
+        top5 = _summary_cell([100 * final.top5 for final in finals])
         older = "kept only by histories written since the centre crop was recorded"
         center1, center5 = (
-            _Cell(_percent(value)) if value is not None else _Cell(note=older)
-            for value in (final.center_top1, final.center_top5)
+            _summary_cell([100 * v for v in values]) if None not in values else _Cell(note=older)
+            for values in (
+                [final.center_top1 for final in finals],
+                [final.center_top5 for final in finals],
+            )
         )
-    crops = _Cell(str(final.crops) if final else "")
-    cells = (_Cell(_display(history.dataset)), _Cell(preset), crops, top1, paper[0], top5, paper[1],
+    crops = _crops_cell(runs)
+    cells = (_Cell(_display(dataset)), _Cell(preset), crops, top1, paper[0], top5, paper[1],
              center1, center5)  # fmt: skip
-    return _Row(history.dataset, preset, cells, (source,))
+    return _Row(dataset, preset, cells, _sources(runs))
 
 
 def _footnotes(sections: Sequence[_Section]) -> dict[str, int]:
@@ -440,7 +532,10 @@ def _tex(text: str) -> str:
 
 
 def _latex(
-    sections: Sequence[_Section], presets: Sequence[str], histories: Mapping[str, History]
+    sections: Sequence[_Section],
+    presets: Sequence[str],
+    histories: Mapping[str, History],
+    caption: str = CAPTION,
 ) -> str:
     notes = _footnotes(sections)
 
@@ -452,7 +547,7 @@ def _latex(
         "% Table III reproduced by paper_repro from run histories; needs \\usepackage{booktabs}.",
         r"\begin{table}[t]",
         r"\centering",
-        rf"\caption{{{_tex(CAPTION)} Preset: {_tex(', '.join(presets))}.}}",
+        rf"\caption{{{_tex(caption)} Preset: {_tex(', '.join(presets))}.}}",
         r"\label{tab:table3-reproduced}",
         r"\small",
     ]
@@ -477,21 +572,26 @@ def _latex(
 
 
 def _csv(sections: Sequence[_Section]) -> str:
-    """One line per table cell (long format): every value with its note and its histories.
+    """One line per table cell (long format): every value with its note and its histories, and
+    for a value measured per seed its number of seeds, minimum and maximum.
 
     The two sections have different columns; the long form holds both in one file and keeps each
     footnote next to the value it explains. A dash is an empty value.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(("section", "dataset", "preset", "column", "value", "note", "histories"))
+    writer.writerow(
+        ("section", "dataset", "preset", "column", "value", "note", "histories", "seeds", "min",
+         "max")
+    )  # fmt: skip
     for section in sections:
         for row in section.rows:
             for column, value in zip(section.header[2:], row.cells[2:], strict=True):
                 sources = " ".join(row.sources)
                 writer.writerow(
-                    (section.name, row.dataset, row.preset, column, value.text, value.note, sources)
-                )
+                    (section.name, row.dataset, row.preset, column, value.text, value.note, sources,
+                     *value.spread)
+                )  # fmt: skip
     return buffer.getvalue()
 
 
@@ -518,6 +618,13 @@ TIME_CAPTION = (
     " The target is the highest accuracy that every mode shown reaches (its lowest best epoch),"
     " unless one was given."
 )
+TIME_CONTROL_COLUMN = "Retraining, random features (control): s (epoch)"
+TIME_CONTROL_CAPTION = (
+    " The control column (the same retraining on frozen, untrained features) is timed to the same"
+    " target, which is chosen without it."
+)
+# A time per seed: (seconds, epoch), or None where that seed never reaches the target.
+_Time = tuple[float, int] | None
 
 
 def write_time_to_accuracy(
@@ -529,48 +636,65 @@ def write_time_to_accuracy(
     """Write ``time_to_accuracy.md`` and ``.csv``: the paper's "retraining is faster" claim as
     seconds to reach one accuracy. ``target`` is a fraction; default: see ``TIME_CAPTION``."""
     index = _index(histories, allow_mixed_presets)
-    section = _Section("time_to_accuracy", TIME_HEADER, tuple(_time_rows(index, target)))
+    control = _has_control(index)
+    header = (*TIME_HEADER, TIME_CONTROL_COLUMN) if control else TIME_HEADER
+    section = _Section("time_to_accuracy", header, tuple(_time_rows(index, target, control)))
     title = "Time to accuracy (reproduced)"
+    caption = _caption(TIME_CAPTION, index, histories, TIME_CONTROL_CAPTION)
     files = {
-        "time_to_accuracy.md": _markdown(
-            [section], _presets(histories), histories, title, TIME_CAPTION
-        ),
+        "time_to_accuracy.md": _markdown([section], _presets(histories), histories, title, caption),
         "time_to_accuracy.csv": _csv([section]),
     }
     return _write_all(Path(out_dir), {n: t.encode("utf-8") for n, t in files.items()})
 
 
-def _time_rows(index: _Index, target: float | None) -> Iterator[_Row]:
-    """A row per preset and dataset with at least two of the modes run."""
+def _time_rows(index: _Index, target: float | None, control: bool) -> Iterator[_Row]:
+    """A row per preset and dataset with at least two of the modes run (the control aside)."""
+    shown = (*TIME_VARIANTS, CONTROL) if control else TIME_VARIANTS
     for preset, dataset in sorted(
         {(p, d) for p, d, _ in index}, key=lambda k: (k[0], _dataset_order(k[1]))
     ):
-        runs = {
-            v: index[(preset, dataset, v)] for v in TIME_VARIANTS if (preset, dataset, v) in index
-        }
-        runs = {v: run for v, run in runs.items() if run[1].epochs}
-        if len(runs) < 2:
+        runs = {v: _with_epochs(index.get((preset, dataset, v))) for v in shown}
+        runs = {v: group for v, group in runs.items() if group}
+        if len([v for v in runs if v in TIME_VARIANTS]) < 2:
             continue
-        goal = (
-            target
-            if target is not None
-            else min(max(e.test_accuracy for e in run[1].epochs) for run in runs.values())
-        )
-        times = {v: _time_to(run[1], goal) for v, run in runs.items()}
+        goal = target if target is not None else _default_target(runs)
+        times = {v: [_time_to(h, goal) for _, h in group] for v, group in runs.items()}
         cached = runs.get("retrain-cached")
         cells = (
             _Cell(_display(dataset)),
             _Cell(preset),
             _Cell(_percent(goal)),
-            *(_time_cell(times.get(v), runs.get(v)) for v in TIME_VARIANTS),
-            _Cell(f"{cached[1].cache.build_seconds:.0f}" if cached else ""),
+            *(_time_cell(runs.get(v), times.get(v)) for v in TIME_VARIANTS),
+            _summary_cell([h.cache.build_seconds for _, h in cached], _seconds)
+            if cached
+            else _Cell(),
             _ratio_cell(times.get("full"), times.get("retrain")),
             _ratio_cell(times.get("full"), times.get("retrain-cached")),
+            *([_time_cell(runs.get(CONTROL), times.get(CONTROL))] if control else []),
         )
-        yield _Row(dataset, preset, cells, tuple(run[0] for run in runs.values()))
+        yield _Row(dataset, preset, cells, _sources(*runs.values()))
 
 
-def _time_to(history: History, goal: float) -> tuple[float, int] | None:
+def _with_epochs(runs: _Runs | None) -> _Runs:
+    return tuple(run for run in runs or () if run[1].epochs)
+
+
+def _default_target(runs: Mapping[str, _Runs]) -> float:
+    """The highest accuracy every run of the compared modes reaches (the control excluded)."""
+    return min(
+        max(e.test_accuracy for e in h.epochs)
+        for v, group in runs.items()
+        if v in TIME_VARIANTS
+        for _, h in group
+    )
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}"
+
+
+def _time_to(history: History, goal: float) -> _Time:
     """(seconds, epoch) when the history first reaches ``goal``; None if it never does."""
     seconds = history.cache.build_seconds if history.cache else 0.0
     for epoch in history.epochs:
@@ -580,16 +704,34 @@ def _time_to(history: History, goal: float) -> tuple[float, int] | None:
     return None
 
 
-def _time_cell(time: tuple[float, int] | None, run: _Run | None) -> _Cell:
-    if run is None:
+def _time_cell(runs: _Runs | None, times: Sequence[_Time] | None) -> _Cell:
+    """``seconds (epoch)`` over the seeds that reach the target (mean ± std, epochs min-max);
+    a seed that does not is named in a note."""
+    if not runs:
         return _Cell()
-    if time is None:
-        return _Cell(note=f"{run[0]} does not reach the target in {len(run[1].epochs)} epochs")
-    return _Cell(f"{time[0]:.0f} ({time[1]})")
+    missed = "; ".join(
+        f"{source} does not reach the target in {len(h.epochs)} epochs"
+        for (source, h), time in zip(runs, times, strict=True)
+        if time is None
+    )
+    reached = [time for time in times if time is not None]
+    if not reached:
+        return _Cell(note=missed)
+    seconds = seeds.summarize([time[0] for time in reached])
+    epochs = seeds.range_text(seeds.summarize([time[1] for time in reached]), _seconds)
+    return _Cell(
+        f"{seeds.text(seconds, _seconds)} ({epochs})", missed, seeds.spread(seconds, _seconds)
+    )
 
 
-def _ratio_cell(full: tuple[float, int] | None, other: tuple[float, int] | None) -> _Cell:
-    return _Cell(f"{full[0] / other[0]:.2f}") if full and other and other[0] > 0 else _Cell()
+def _ratio_cell(full: Sequence[_Time] | None, other: Sequence[_Time] | None) -> _Cell:
+    """Mean seconds of full training over another mode's, where every seed of both reaches."""
+    if not full or not other or None in full or None in other:
+        return _Cell()
+    other_seconds = statistics.fmean(time[0] for time in other)
+    if other_seconds <= 0:
+        return _Cell()
+    return _Cell(f"{statistics.fmean(time[0] for time in full) / other_seconds:.2f}")
 
 
 # --- Figure 5 --------------------------------------------------------------------------------
@@ -610,10 +752,12 @@ def _style() -> Iterator[None]:
 
 
 def build_figure5(histories: Mapping[str, History], allow_mixed_presets: bool = False) -> Figure:
-    """Figure 5 as a matplotlib Figure (Agg canvas, no pyplot state): one line per full or
-    retrain run, center-crop test accuracy per epoch, and the learning-rate drop marked.
+    """Figure 5 as a matplotlib Figure (Agg canvas, no pyplot state): one line per full,
+    retrain or control variant, center-crop test accuracy per epoch, and the learning-rate drop
+    marked. A variant run with several seeds is drawn as its mean curve inside a min-max band.
 
     Pretraining runs are not drawn: the paper's figure compares full training with retraining.
+    A line's gid names its histories (space-separated), its band's the same plus " band".
     """
     runs = _curves(_index(histories, allow_mixed_presets))
     if not runs:
@@ -624,30 +768,39 @@ def build_figure5(histories: Mapping[str, History], allow_mixed_presets: bool = 
         figure = Figure(figsize=(6.4, 4.4))
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
-        for (preset, dataset, mode), (source, history) in runs:
-            label = f"{_display(dataset)} {mode}" + (f" ({preset})" if len(presets) > 1 else "")
-            axes.plot(
-                [epoch.epoch for epoch in history.epochs],
-                [100 * epoch.test_accuracy for epoch in history.epochs],
-                color=colours[dataset],
-                linestyle=LINESTYLES[mode],
-                label=label,
-                gid=source,
+        for (preset, dataset, variant), group in runs:
+            label = f"{_display(dataset)} {LABELS.get(variant, variant)}" + (
+                f" ({preset})" if len(presets) > 1 else ""
             )
-        for number, epoch in enumerate(_lr_drops([run[1] for _, run in runs])):
+            curve, gid = _accuracy_curve(group), " ".join(_sources(group))
+            if curve.n > 1:
+                axes.fill_between(
+                    curve.epochs, [100 * v for v in curve.low], [100 * v for v in curve.high],
+                    color=colours[dataset], alpha=BAND_ALPHA, linewidth=0, gid=f"{gid} band",
+                )  # fmt: skip
+            axes.plot(
+                list(curve.epochs),
+                [100 * value for value in curve.mean],
+                color=colours[dataset],
+                linestyle=LINESTYLES[variant],
+                label=label,
+                gid=gid,
+            )
+        for number, epoch in enumerate(_lr_drops([h for _, group in runs for _, h in group])):
             label = "learning-rate drop" if number == 0 else "_nolegend_"
             axes.axvline(epoch, label=label, **LR_DROP_STYLE)
         axes.set_xlabel("Epoch")
         axes.set_ylabel("Test accuracy, center crop (%)")
-        axes.set_title(f"Figure 5 (reproduced), preset {', '.join(presets)}")
+        title = f"Figure 5 (reproduced), preset {', '.join(presets)}"
+        axes.set_title(title + seeds.title(h for _, group in runs for _, h in group))
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.legend(loc="best")
         figure.tight_layout()
     return figure
 
 
-def _curves(index: _Index) -> list[tuple[tuple[str, str, str], _Run]]:
-    """The full and retrain runs in legend order: dataset as in the paper, preset, full first."""
+def _curves(index: _Index) -> list[tuple[tuple[str, str, str], _Runs]]:
+    """The variants drawn, in legend order: dataset as in the paper, preset, full first."""
     modes = list(LINESTYLES)
     return sorted(
         ((key, run) for key, run in index.items() if key[2] in LINESTYLES),

@@ -25,8 +25,9 @@ from paper_repro.runs import write_atomic
 SCHEMA = "paper_repro.history/1"
 STATUSES = ("running", "finished")
 # What a run's network started from: the paper's fresh initialisation; a pretrained network's
-# features (frozen) with fc6/fc7 kept or new and fc8 new; or a whole pretrained network.
-STARTS = ("scratch", "pretrained-features", "pretrained-network")
+# features (frozen) with fc6/fc7 kept or new and fc8 new; a whole pretrained network; or, the
+# control, a fresh untrained network whose features are frozen (``features=random``).
+STARTS = ("scratch", "pretrained-features", "pretrained-network", "random-features")
 _INF = float("inf")
 
 

@@ -7,12 +7,17 @@ both, so that training never imports the figures (made without TensorFlow) nor t
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from paper_repro import experiments, figures
+from paper_repro.errors import UserError
+from paper_repro.experiments import RunConfig
 from paper_repro.runs import HISTORY_SUFFIX, RunPaths, run_directory, write_atomic
 from paper_repro.train import train
+
+# The pretraining runs once, with this seed: ``runs.pretrained_model`` retrains every seed from it.
+PRETRAIN_SEED = 0
 
 
 def reproduce(
@@ -22,41 +27,66 @@ def reproduce(
     data_dir: str | None = None,
     runs_dir: str | os.PathLike = "runs",
     out: str | os.PathLike = "figures",
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
     overrides: Iterable[str] = (),
     force: bool = False,
     cache_features: bool = False,
     download: bool = False,
     verbose: int = 1,
 ) -> list[Path]:
-    """Every experiment of a preset in dependency order, then Table III and Figure 5.
+    """Every experiment of a preset in dependency order, for every seed, then Table III and
+    Figure 5.
 
     Finished runs are skipped and interrupted ones resumed, so rerunning after a crash costs only
     the unfinished work (``force`` trains every run again). ``overrides`` (``key=value``) apply to
     every run of the preset. With ``weights`` (e.g. an imported CaffeNet) pretraining is skipped
-    and every retraining starts from them; the full runs still start from scratch. With
-    ``cache_features`` the retrain runs train on cached features (runs of their own,
-    ``retrain-*-cached``). The histories are copied to ``OUT/histories/PRESET`` next to the table
-    and figure made from them, so the three can be committed together.
+    and every retraining on pretrained features starts from them; the full runs and the
+    random-features controls still start from scratch. With ``cache_features`` the retrain runs
+    train on cached features (runs of their own, ``retrain-*-cached``). Each transfer experiment
+    runs once per seed (``EXPERIMENT-seedN`` for N > 0); the pretraining once, with seed 0, the
+    network every seed's retraining starts from. The histories are copied to
+    ``OUT/histories/PRESET`` under their run directory's name (seed kept) next to the table and
+    figure made from them, so the three can be committed together.
     """
+    seeds = _distinct(seeds)
     overrides = list(overrides)
     configs = {
         name: experiments.resolve(name, preset, overrides)
         for name in experiments.dependency_order(preset)
     }
-    # The weights stand in for pretraining: only the retrain runs start from them; full runs
-    # train from scratch, as in the paper.
-    names = [name for name in configs if not (weights and configs[name].mode == "pretrain")]
+    # The weights stand in for pretraining: only the retrain runs on pretrained features start
+    # from them; full runs and the random-features controls train from scratch.
+    runs = [
+        (name, seed)
+        for name, config in configs.items()
+        if not (weights and config.mode == "pretrain")
+        for seed in ([PRETRAIN_SEED] if config.mode == "pretrain" else seeds)
+    ]
     kept = Path(out) / "histories" / preset
-    for number, name in enumerate(names, 1):
+    for number, (name, seed) in enumerate(runs, 1):
         if verbose:
-            print(f"[{number}/{len(names)}] {name} ({preset})", flush=True)
-        retrain = configs[name].mode == "retrain"
-        cached = cache_features and retrain
-        train(name, preset, weights=weights if retrain else None, data_dir=data_dir,
-              runs_dir=runs_dir, seed=seed,
+            print(f"[{number}/{len(runs)}] {name} ({preset}, seed {seed})", flush=True)
+        config = configs[name]
+        cached = cache_features and config.mode == "retrain"
+        train(name, preset, weights=weights if _takes_weights(config) else None,
+              data_dir=data_dir, runs_dir=runs_dir, seed=seed,
               overrides=[*overrides, *(["cache_features=true"] if cached else [])], force=force,
               download=download, verbose=verbose)  # fmt: skip
         run = run_directory(runs_dir, preset, name, seed, cached)
         write_atomic(kept / f"{run.name}{HISTORY_SUFFIX}", RunPaths(run).history.read_bytes())
     return [*figures.regenerate_tables(kept, out), *figures.regenerate_figures(kept, out)]
+
+
+def _takes_weights(config: RunConfig) -> bool:
+    """Whether ``--weights`` stands in for this run's pretrained start: retraining on pretrained
+    features only (the random-features control has none, by design)."""
+    return config.mode == "retrain" and config.features == "pretrained"
+
+
+def _distinct(seeds: Sequence[int]) -> list[int]:
+    if not seeds:
+        raise UserError("no seed given: pass --seeds as a comma list such as 0,1,2")
+    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+    if repeated:
+        raise UserError(f"--seeds {','.join(map(str, seeds))} repeats {repeated}: name each once")
+    return list(seeds)

@@ -115,7 +115,7 @@ def train(
         # A cached run checkpoints only its classifier: resuming it needs the features again.
         weights_path = None
         if not resuming or config.cache_features:
-            weights_path = pretrained_model(config, weights, runs_dir, preset)
+            weights_path = _weights_path(config, weights, runs_dir, preset)
         if resuming and weights_path:
             _check_same_weights(previous, weights_path)
         source = _source_model(weights_path, config) if weights_path else None
@@ -323,6 +323,26 @@ class RunRecorder(keras.callbacks.Callback):
         replace_atomic(self.paths.checkpoint, self.model.save)
 
 
+def _weights_path(
+    config: RunConfig, weights: str | None, runs_dir: str | os.PathLike, preset: str
+) -> Path | None:
+    """The pretrained model the run starts from; none for the random-features control, whose
+    point is to start from no pretraining at all."""
+    if config.features != "random":
+        if config.mode == "retrain" and config.pretrained is None and not weights:
+            raise UserError(
+                "retraining on pretrained features needs them, and this experiment names no "
+                "pretraining run: pass --weights FILE.keras"
+            )
+        return pretrained_model(config, weights, runs_dir, preset)
+    if weights:
+        raise UserError(
+            f"--weights {weights}: this run retrains on random, untrained features "
+            "(features=random), so it takes no weights; drop --weights"
+        )
+    return None
+
+
 def _source_model(path: Path, config: RunConfig) -> keras.Model:
     """The pretrained model, checked before any data is loaded: an AlexNet of the run's size."""
     source = model_lib.load_model(path)
@@ -337,9 +357,10 @@ def _source_model(path: Path, config: RunConfig) -> keras.Model:
 
 def _initial_model(config: RunConfig, splits, source: keras.Model | None, seed: int):
     """Retrain: the source's features and a new classifier, features frozen. Full training: a
-    fresh network, or the source itself when one is given (fine-tuning all layers)."""
+    fresh network, or the source itself when one is given (fine-tuning all layers). The
+    random-features control: a fresh network (the target's own mean) with its features frozen."""
     if source is None:
-        return model_lib.build_alexnet(
+        network = model_lib.build_alexnet(
             splits.num_classes,
             config.crop,
             config.groups,
@@ -348,6 +369,9 @@ def _initial_model(config: RunConfig, splits, source: keras.Model | None, seed: 
             init=config.init,
             seed=seed,
         )
+        if config.mode == "retrain":
+            network.get_layer(FEATURES).trainable = False
+        return network
     if config.mode != "retrain":
         fc8 = model_lib.caffe_layers(source)[FC8].kernel.shape
         if fc8[-1] != splits.num_classes:
@@ -468,6 +492,8 @@ def _new_history(run: _Run) -> History:
 
 def _start(config: RunConfig, weights_path: Path | None) -> str:
     """What the network starts from (history.STARTS), as ``_initial_model`` builds it."""
+    if config.features == "random":
+        return "random-features"
     if weights_path is None:
         return "scratch"
     return "pretrained-features" if config.mode == "retrain" else "pretrained-network"

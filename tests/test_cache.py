@@ -246,3 +246,13 @@ def test_interrupted_cached_run_resumes_to_the_uninterrupted_history(
         return [(e.train_loss, e.test_accuracy) for e in history.epochs], history.final.top1
 
     assert len(resumed.epochs) == 2 and numbers(resumed) == numbers(whole)
+
+
+def test_a_sliced_splits_cache_has_a_portable_name_of_its_own(network):
+    """train[:90%] (the selection rule's split) names a directory without ':' or '[' or '%'."""
+    names = [
+        dataclasses.replace(_spec(network), split=split).name
+        for split in ("train", "train[:90%]", "train[90%:]")
+    ]
+    assert names[0].startswith("random-train-") and names[1].startswith("random-train_90_-")
+    assert len(set(names)) == 3 and not any(set(":[]%") & set(name) for name in names)

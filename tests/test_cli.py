@@ -9,6 +9,7 @@ import pytest
 
 from paper_repro import cli
 from paper_repro.history import load_history
+from paper_repro.runs import run_directory
 
 COMMANDS = ("train", "evaluate", "list", "reproduce", "regenerate-tables", "regenerate-figures",
             "export", "import-caffe")  # fmt: skip
@@ -41,11 +42,15 @@ def test_reproduce_smoke_puts_its_runs_in_the_table_and_figure(smoke_reproductio
     kept = root / "histories" / "smoke"
     full = load_history(kept / "full-mnist.history.json")
     retrain = load_history(kept / "retrain-mnist.history.json")
-    assert full.status == retrain.status == "finished"
+    control = load_history(kept / "retrain-random-mnist.history.json")
+    assert full.status == retrain.status == control.status == "finished"
+    assert (retrain.start, control.start) == ("pretrained-features", "random-features")
     rows = list(csv.DictReader((root / "table3.csv").open()))
     mnist = {r["column"]: r["value"] for r in rows if r["dataset"] == "mnist"}
     assert float(mnist["Full training"]) == pytest.approx(100 * full.final.top1, abs=0.005)
     assert float(mnist["Retraining"]) == pytest.approx(100 * retrain.final.top1, abs=0.005)
+    control_top1 = float(mnist["Retraining, random features (control)"])
+    assert control_top1 == pytest.approx(100 * control.final.top1, abs=0.005)
     assert f"{100 * full.final.top1:.2f}" in (root / "table3.md").read_text()
     assert (root / "figure5.png").stat().st_size > 0 and (root / "figure5.pdf").exists()
 
@@ -56,7 +61,7 @@ def test_reproduce_again_skips_finished_runs(smoke_reproduction, capsys):
     before = (root / "table3.md").read_bytes()
     args = ["reproduce", "--preset", "smoke", "--runs-dir", str(root / "runs"), "--out", str(root)]
     assert cli.main(args) == 0
-    assert capsys.readouterr().out.count("already finished") == 3
+    assert capsys.readouterr().out.count("already finished") == 4
     assert (root / "table3.md").read_bytes() == before
 
 
@@ -98,6 +103,8 @@ def test_reproduce_with_cache_features_adds_the_cached_retraining(smoke_reproduc
             str(root), "--cache-features"]  # fmt: skip
     assert cli.main(args) == 0
     assert capsys.readouterr().out.count("already finished") == 2  # pretrain and full
+    control = root / "histories" / "smoke" / "retrain-random-mnist-cached.history.json"
+    assert load_history(control).cache is not None
     cached = load_history(root / "histories" / "smoke" / "retrain-mnist-cached.history.json")
     assert cached.cache is not None and cached.status == "finished"
     rows = list(csv.DictReader((root / "time_to_accuracy.csv").open()))
@@ -123,3 +130,86 @@ def test_train_and_reproduce_share_their_run_flags_with_their_own_preset_default
         assert args.force and args.cache_features and args.download
     assert (train.preset, reproduce.preset) == ("paper", "mini")
     assert parser.parse_args(["train", "full-mnist"]).preset == "paper"
+
+
+@pytest.mark.parametrize(
+    ("seeds", "message"),
+    [
+        (["--seeds", "0,1", "--seed", "2"], "--seed 2 and --seeds 0,1 both given: keep one"),
+        (["--seeds", "0,x"], "--seeds 0,x: expected a comma list of seeds >= 0, such as 0,1,2"),
+        (["--seeds", "1,1"], "--seeds 1,1 repeats [1]: name each once"),
+    ],
+)
+def test_bad_seeds_are_one_line_and_exit_2(tmp_path, capsys, seeds, message):
+    args = ["reproduce", "--preset", "smoke", "--runs-dir", str(tmp_path), "--out", str(tmp_path)]
+    assert cli.main([*args, *seeds]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_reproduce_runs_each_seed_and_gives_weights_only_to_pretrained_retraining(
+    tmp_path, monkeypatch
+):
+    """Which runs reproduce starts, with which weights and seed, and where their histories go."""
+    from paper_repro import reproduce as reproduce_module
+
+    calls = []
+
+    def fake_train(name, preset, *, weights, runs_dir, seed, overrides, **_):
+        calls.append((name, seed, weights))
+        cached = "cache_features=true" in overrides
+        history = run_directory(runs_dir, preset, name, seed, cached) / "history.json"
+        history.parent.mkdir(parents=True)
+        history.write_text(f"{name} {seed}")
+
+    monkeypatch.setattr(reproduce_module, "train", fake_train)
+    monkeypatch.setattr(reproduce_module.figures, "regenerate_tables", lambda *a: [])
+    monkeypatch.setattr(reproduce_module.figures, "regenerate_figures", lambda *a: [])
+    reproduce_module.reproduce("smoke", weights="w.keras", runs_dir=tmp_path / "runs",
+                               out=tmp_path, seeds=[0, 2], verbose=0)  # fmt: skip
+    assert sorted(calls) == [
+        ("full-mnist", 0, None), ("full-mnist", 2, None),
+        ("retrain-mnist", 0, "w.keras"), ("retrain-mnist", 2, "w.keras"),
+        ("retrain-random-mnist", 0, None), ("retrain-random-mnist", 2, None),
+    ]  # fmt: skip
+    kept = tmp_path / "histories" / "smoke"
+    assert (
+        kept / "retrain-random-mnist-seed2.history.json"
+    ).read_text() == "retrain-random-mnist 2"
+    calls.clear()
+    reproduce_module.reproduce("smoke", runs_dir=tmp_path / "again", out=tmp_path, seeds=[1, 2],
+                               verbose=0)  # fmt: skip
+    assert calls[0] == ("pretrain-imagenet", 0, None)  # once, the network every seed starts from
+    assert [call[0] for call in calls].count("pretrain-imagenet") == 1
+
+
+@pytest.mark.usefixtures("tfds_dir")
+def test_reproduce_with_two_seeds_tables_their_mean_and_count(tmp_path):
+    """Weights stand in for pretraining (one run fewer); the controls must not receive them."""
+    from paper_repro.model import build_alexnet
+
+    weights = tmp_path / "source.keras"
+    build_alexnet(10, 67, init="xavier", seed=5).save(weights)
+    tiny = ["train_subset=80", "test_subset=40", "batch_size=40", "epochs=1"]
+    args = ["reproduce", "--preset", "smoke", "--runs-dir", str(tmp_path / "runs"), "--out",
+            str(tmp_path), "--seeds", "0,1", "--weights", str(weights),
+            *[a for o in tiny for a in ("--set", o)]]  # fmt: skip
+    assert cli.main(args) == 0
+    kept = tmp_path / "histories" / "smoke"
+    for name in ("full-mnist", "retrain-mnist", "retrain-random-mnist"):
+        assert load_history(kept / f"{name}.history.json").seed == 0
+        assert load_history(kept / f"{name}-seed1.history.json").seed == 1
+    assert sorted(p.name for p in kept.iterdir()) == sorted(
+        f"{name}{seed}.history.json"
+        for name in ("full-mnist", "retrain-mnist", "retrain-random-mnist")
+        for seed in ("", "-seed1")
+    )
+    control = load_history(kept / "retrain-random-mnist-seed1.history.json")
+    assert control.provenance.weights is None and control.start == "random-features"
+    retrain = load_history(kept / "retrain-mnist-seed1.history.json")
+    assert retrain.provenance.weights.path == str(weights)
+    rows = list(csv.DictReader((tmp_path / "table3.csv").open()))
+    mnist = {r["column"]: r for r in rows if r["dataset"] == "mnist"}
+    for column in ("Full training", "Retraining", "Retraining, random features (control)"):
+        assert mnist[column]["seeds"] == "2" and mnist[column]["value"].endswith("(n=2)")
+    assert "Seeds: 0, 1." in (tmp_path / "table3.md").read_text(encoding="utf-8")

@@ -11,6 +11,7 @@ from paper_repro import augment, data
 from paper_repro.augment import AUGMENT_LAYER, AugmentConfig
 from paper_repro.errors import UserError
 from paper_repro.evaluate import evaluate
+from paper_repro.experiments import resolve
 
 PAPER = AugmentConfig()
 QUICK = AugmentConfig(76, 67)
@@ -400,6 +401,34 @@ def test_experiment_data_from_a_run_config(tfds_dir):
     assert sum(len(y) for _, y in splits.validation_batches().as_numpy_iterator()) == 20
     model = keras.Sequential([keras.Input((67, 67, 3))])
     assert splits.training_model(model) is model
+
+
+def test_a_validation_split_carved_from_training_is_disjoint_from_what_trains(tfds_dir):
+    """The selection rule's split (experiments.py): train[:90%] trains, train[90%:] validates."""
+    config = resolve("full-cifar10", "mini", ["train_split=train[:90%]",
+                     "test_split=train[90%:]", "train_subset=500", "test_subset=500"])  # fmt: skip
+    splits = data.load_experiment_data(config)
+    assert (splits.train_info.split, splits.test_info.split) == ("train[:90%]", "train[90%:]")
+    assert splits.train_examples == splits.test_info.num_examples == 500
+
+    def examples(dataset):
+        return {(e["image"].tobytes(), int(e["label"])) for e in dataset.as_numpy_iterator()}
+
+    trains, validates = examples(splits.train), examples(splits.test)
+    assert len(trains) == 500 and len(validates) == 500 and not trains & validates
+    labels = [label for _, label in trains]
+    assert np.bincount(labels).tolist() == [100] * 5  # balanced within the slice, relabelled
+
+    def count(split):
+        return data.load_split("cifar10", split)[1].num_examples
+
+    assert (count("train[:90%]"), count("train[90%:]")) == (45_000, 5_000)
+
+
+def test_a_sliced_split_of_an_image_folder_is_refused(image_folder):
+    root = image_folder({"a": [np.zeros((4, 4, 3))], "b": [np.ones((4, 4, 3))]})
+    with pytest.raises(UserError, match=r"slices a tfds split.*test_split=validation"):
+        data.load_split(str(root), "train[:90%]")
 
 
 def test_unknown_split_and_bad_class_subsets_are_explained(tfds_dir):

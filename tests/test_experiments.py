@@ -1,5 +1,7 @@
 """Experiments and presets: the paper's numbers, scaling, validated overrides."""
 
+import dataclasses
+
 import pytest
 
 from paper_repro.errors import UserError
@@ -107,3 +109,20 @@ def test_a_schedule_is_in_epochs_or_in_iterations():
         resolve("full-mnist", "paper", ["drop_iterations=1000"])
     config = resolve("full-mnist", "paper", ["drop_epochs=", "drop_iterations=1000"])
     assert config.drop_iterations == (1000,) and config.drop_epochs == ()
+
+
+def test_every_retraining_has_its_random_features_control():
+    for preset, runs in PRESETS.items():
+        retrains = {n for n, c in runs.items() if c.mode == "retrain" and c.features != "random"}
+        assert retrains, preset
+        for name in retrains:
+            control = runs[name.replace("retrain-", "retrain-random-")]
+            assert (control.features, control.pretrained) == ("random", None)
+            same = dataclasses.replace(
+                control, features="pretrained", pretrained=runs[name].pretrained
+            )
+            assert same == runs[name], f"{preset}: the control differs from {name} beyond features"
+    with pytest.raises(UserError, match=r"features=random .* this run's mode is full"):
+        resolve("full-mnist", "smoke", ["features=random"])
+    with pytest.raises(UserError, match="features must be one of pretrained, random"):
+        resolve("retrain-mnist", "smoke", ["features=imagenet"])

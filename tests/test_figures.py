@@ -369,3 +369,111 @@ def test_pretraining_shows_the_centre_crop_beside_the_multi_crop_accuracy(tmp_pa
         ("pretrain", "cifar10", "mini", "Top-1, centre crop")
     ]
     assert line["value"] == "61.25"
+
+
+def _seeded(history, seed, top1, accuracies, seconds=10.0):
+    """A copy of ``history`` as the run of another seed, with its own numbers."""
+    epochs = tuple(
+        EpochRecord(i + 1, 0.001, 1.0, 0.5, accuracy, seconds)
+        for i, accuracy in enumerate(accuracies)
+    )
+    return replace(history, seed=seed, epochs=epochs, final=replace(history.final, top1=top1))
+
+
+@pytest.fixture
+def three_seeds(histories):
+    """MNIST full and retrain, seeds 0-2, with hand-made numbers (the others left as they are)."""
+    full, retrain = histories["full-mnist/history.json"], histories["retrain-mnist/history.json"]
+    runs = {k: h for k, h in histories.items() if "mnist" not in k}
+    for seed, top1, curve in ((0, 0.90, [0.5, 0.8, 0.9]), (1, 0.92, [0.6, 0.7, 0.95]),
+                              (2, 0.97, [0.4, 0.9, 0.97])):  # fmt: skip
+        runs[f"full-mnist-seed{seed}.history.json"] = _seeded(full, seed, top1, curve, 100.0)
+    for seed, top1, curve in ((0, 0.80, [0.70, 0.8, 0.8]), (1, 0.84, [0.74, 0.84, 0.84]),
+                              (2, 0.82, [0.72, 0.82, 0.82])):  # fmt: skip
+        runs[f"retrain-mnist-seed{seed}.history.json"] = _seeded(retrain, seed, top1, curve)
+    return runs
+
+
+def test_seeds_give_mean_sample_std_range_and_count(tmp_path, three_seeds):
+    write_table3(three_seeds, tmp_path)
+    markdown = (tmp_path / "table3.md").read_text(encoding="utf-8")
+    row = row_of(markdown, "MNIST")
+    # Full: 90, 92, 97 -> mean 93, sample std sqrt(13) = 3.61. Retrain: 80, 84, 82 -> 82 ± 2.
+    assert (row[3], row[5]) == ("93.00 ± 3.61 (n=3)", "82.00 ± 2.00 (n=3)")
+    # Full's mean curve 50, 80, 94 reaches retraining's mean epoch 1 (72) at epoch 2; 300 / 30 s.
+    assert (row[8], row[10]) == ("2", "10.00")
+    assert "Seeds: 0, 1, 2." in markdown
+    line = csv_values(tmp_path / "table3.csv")[("transfer", "mnist", "mini", "Full training")]
+    assert (line["seeds"], line["min"], line["max"]) == ("3", "90.00", "97.00")
+    cifar = csv_values(tmp_path / "table3.csv")[("transfer", "cifar10", "mini", "Retraining")]
+    assert (cifar["value"], cifar["seeds"]) == ("73.98", "1")  # one seed: the plain value
+
+
+def test_time_to_accuracy_over_seeds(tmp_path, three_seeds):
+    write_time_to_accuracy(three_seeds, tmp_path)
+    markdown = (tmp_path / "time_to_accuracy.md").read_text(encoding="utf-8")
+    # Target: the lowest best accuracy of any run, 80 % (retrain seed 0). Full: 200, 300, 200 s
+    # (epochs 2, 3, 2); retrain: 20, 20, 20 s (epoch 2 each).
+    row = row_of(markdown, "MNIST")
+    assert row[2:5] == ["80.00", "233 ± 58 (n=3) (2-3)", "20 ± 0 (n=3) (2)"]
+    assert row[7] == f"{(700 / 3) / 20:.2f}"
+    cell = csv_values(tmp_path / "time_to_accuracy.csv")[
+        ("time_to_accuracy", "mnist", "mini", "Full training: s (epoch)")
+    ]
+    assert (cell["seeds"], cell["min"], cell["max"]) == ("3", "200", "300")
+    write_time_to_accuracy(three_seeds, tmp_path, target=0.95)
+    markdown = (tmp_path / "time_to_accuracy.md").read_text(encoding="utf-8")
+    assert row_of(markdown, "MNIST")[3].startswith("300 ± 0 (n=2) (3)[^")  # seed 0 misses it
+    assert "full-mnist-seed0.history.json does not reach the target in 3 epochs" in markdown
+
+
+def test_the_figure_draws_the_mean_over_seeds_in_a_min_max_band(three_seeds):
+    figure = build_figure5(three_seeds)
+    sources = " ".join(f"full-mnist-seed{seed}.history.json" for seed in range(3))
+    line = _curves(figure)[sources]
+    assert list(line.get_xdata()) == [1, 2, 3]
+    assert list(line.get_ydata()) == pytest.approx([50.0, 80.0, 94.0])
+    (band,) = [c for c in figure.axes[0].collections if c.get_gid() == f"{sources} band"]
+    vertices = {tuple(v) for v in band.get_paths()[0].vertices.round(6)}
+    assert {(1, 40), (2, 70), (3, 90), (1, 60), (2, 90), (3, 97)} <= vertices
+    assert to_hex(band.get_facecolor()[0][:3]) == to_hex("red")
+    assert "mean over seeds 0, 1, 2, band min-max" in figure.axes[0].get_title()
+    cifar = _curves(figure)["full-cifar10/history.json"]  # one seed: its own line, no band
+    assert not [c for c in figure.axes[0].collections if "cifar10" in (c.get_gid() or "")]
+    assert cifar.get_linestyle() == "-"
+
+
+def test_the_random_features_control_has_its_column_and_dotted_line(tmp_path, histories):
+    retrain = histories["retrain-mnist/history.json"]
+    control = replace(
+        retrain, experiment="retrain-random-mnist", start="random-features",
+        final=replace(retrain.final, top1=0.889),
+    )  # fmt: skip
+    histories["retrain-random-mnist.history.json"] = control
+    write_table3(histories, tmp_path)
+    markdown = (tmp_path / "table3.md").read_text(encoding="utf-8")
+    header = row_of(markdown, "Dataset")
+    column = header.index("Retraining, random features (control)")
+    assert header[column - 1] == "Retraining (paper)"
+    assert row_of(markdown, "MNIST")[column] == "88.90"
+    assert row_of(markdown, "MNIST")[5] == f"{100 * retrain.final.top1:.2f}"  # unchanged
+    assert row_of(markdown, "CIFAR-10")[column].startswith("—[^")
+    assert "no retrain-random history for cifar10 in preset mini" in markdown
+    assert "untrained" in markdown.split("\n\n")[1]  # the caption says what the control is
+    line = _curves(build_figure5(histories))["retrain-random-mnist.history.json"]
+    assert (to_hex(line.get_color()), line.get_linestyle()) == (to_hex("red"), ":")
+    assert line.get_label() == "MNIST retrain, random features (control)"
+    write_time_to_accuracy(histories, tmp_path)
+    times = (tmp_path / "time_to_accuracy.md").read_text(encoding="utf-8")
+    assert row_of(times, "Dataset")[-1] == "Retraining, random features (control): s (epoch)"
+    assert re.fullmatch(r"\d+ \(\d\)", row_of(times, "MNIST")[-1])
+
+
+def test_without_a_control_or_seeds_the_committed_outputs_regenerate_byte_for_byte(tmp_path):
+    """One seed, no control: the time table's Markdown and the figure are those committed before
+    seeds and controls existed (the CSVs gained three columns; table3.md and .tex, committed
+    before the pretraining's centre-crop columns, are checked against the fixtures above)."""
+    regenerate_tables(REPO / "figures" / "histories" / "mini", tmp_path)
+    regenerate_figures(REPO / "figures" / "histories" / "mini", tmp_path)
+    for name in ("time_to_accuracy.md", "figure5.png", "figure5.pdf"):
+        assert (tmp_path / name).read_bytes() == (REPO / "figures" / name).read_bytes(), name

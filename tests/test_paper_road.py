@@ -6,7 +6,8 @@
 The ``.caffemodel`` is CaffeNet-shaped with random weights, written here in Caffe's current (V2)
 and legacy (V1) formats; the targets are the real MNIST and CIFAR-10 of ``$TFDS_DATA_DIR`` (linked,
 not copied) and a fake CIFAR-100 in its real archive format, prepared by tfds' own builder. Every
-run of the paper preset runs except pretraining, which the weights stand in for, down to Table III.
+run of the paper preset runs except pretraining, which the weights stand in for (the
+random-features controls take none), down to Table III.
 """
 
 from __future__ import annotations
@@ -71,9 +72,16 @@ def test_both_caffemodel_formats_import_to_the_same_network(road):
 def test_the_weights_stand_in_for_pretraining(road):
     assert not (road / "runs" / "paper" / "pretrain-imagenet").exists()
     kept = sorted(p.name for p in (road / "figures" / "histories" / "paper").iterdir())
-    assert kept == sorted(
-        f"{mode}-{d}.history.json" for d in TARGETS for mode in ("full", "retrain")
-    )
+    modes = ("full", "retrain", "retrain-random")
+    assert kept == sorted(f"{mode}-{d}.history.json" for d in TARGETS for mode in modes)
+
+
+@pytest.mark.parametrize("dataset", TARGETS)
+def test_the_random_features_controls_are_not_given_the_weights(road, dataset):
+    history, layers = _run(road, f"retrain-random-{dataset}")
+    assert history.start == "random-features" and history.provenance.weights is None
+    imported = caffe_layers(load_model(road / "caffenet-v2.keras"))
+    assert not np.array_equal(layers["conv1"].kernel.numpy(), imported["conv1"].kernel.numpy())
 
 
 @pytest.mark.parametrize("dataset", TARGETS)

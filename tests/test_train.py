@@ -20,7 +20,7 @@ from paper_repro import train as train_module
 from paper_repro.errors import UserError
 from paper_repro.experiments import resolve
 from paper_repro.history import load_history, save_history
-from paper_repro.model import build_alexnet, caffe_layers
+from paper_repro.model import FEATURES, build_alexnet, caffe_layers
 from paper_repro.train import TrainingDiverged, train
 
 TINY = ["train_subset=160", "test_subset=80", "batch_size=40"]  # 4 steps an epoch
@@ -375,3 +375,38 @@ def test_a_cut_short_last_epoch_counts_as_done_on_resume():
     assert train_module._epochs_done(8, 4, max_iterations=10) == 2
     assert train_module._epochs_done(10, 4, max_iterations=10) == 3
     assert train_module._epochs_done(11, 4, max_iterations=None) == 2
+
+
+@pytest.mark.usefixtures("tfds_dir")
+def test_the_random_features_control_retrains_on_frozen_untrained_features(tmp_path, capsys):
+    overrides = [*TINY, "epochs=1", "drop_epochs=1"]
+    history = _run(tmp_path, "retrain-random-mnist", overrides=overrides, seed=3)
+    assert history.status == "finished" and history.start == "random-features"
+    assert history.config["features"] == "random" and history.provenance.weights is None
+    model = keras.saving.load_model(tmp_path / "smoke/retrain-random-mnist-seed3/model.keras")
+    fresh = build_alexnet(10, 67, init="xavier", seed=3)
+    _assert_same_weights(fresh.get_layer(FEATURES), model.get_layer(FEATURES))
+    assert not model.get_layer(FEATURES).trainable
+    trained, untrained = caffe_layers(model), caffe_layers(fresh)
+    assert not np.array_equal(trained["fc7"].kernel.numpy(), untrained["fc7"].kernel.numpy())
+
+    cached = _run(tmp_path, "retrain-random-mnist", [*overrides, "cache_features=true"], seed=3)
+    assert cached.start == "random-features" and cached.cache is not None
+    cached_model = keras.saving.load_model(
+        tmp_path / "smoke/retrain-random-mnist-cached-seed3/model.keras"
+    )
+    _assert_same_weights(fresh.get_layer(FEATURES), cached_model.get_layer(FEATURES))
+
+    code = _cli("train", "retrain-random-mnist", "--preset", "smoke", "--runs-dir",
+                str(tmp_path / "w"), "--weights", "caffenet.keras")  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "takes no weights; drop --weights" in err
+    assert len(err.strip().splitlines()) == 1
+    code = _cli("train", "retrain-random-mnist", "--preset", "smoke", "--runs-dir",
+                str(tmp_path / "p"), "--set", "features=pretrained")  # fmt: skip
+    assert code == 2 and "names no pretraining run: pass --weights" in capsys.readouterr().err
+
+
+def _assert_same_weights(expected: keras.layers.Layer, actual: keras.layers.Layer) -> None:
+    for before, after in zip(expected.get_weights(), actual.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)

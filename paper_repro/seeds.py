@@ -1,0 +1,106 @@
+"""Aggregation across seeds: what Table III, the time-to-accuracy table and Figure 5 show when an
+experiment was run with several seeds (``reproduce --seeds 0,1,2``).
+
+A value measured once per seed is shown as its mean ± the sample standard deviation (ddof=1: the
+seeds are a sample of the runs one could make), with its minimum, maximum and count kept for the
+CSV; a value measured once is shown as itself, so that one seed's tables are the tables of
+before. A curve (Figure 5) is the per-epoch mean over the seeds with a min-max band, over the
+epochs every seed has reached. Nothing here imports TensorFlow, nor matplotlib: the figures module
+draws what this one computes.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from paper_repro.history import History
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One value across seeds: its mean, sample standard deviation (None for one value), range
+    and count."""
+
+    mean: float
+    std: float | None
+    low: float
+    high: float
+    n: int
+
+
+def summarize(values: Sequence[float]) -> Summary:
+    """Mean, sample standard deviation (ddof=1), min and max of one value per seed."""
+    if not values:
+        raise ValueError("summarize needs at least one value")
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Summary(statistics.fmean(values), std, min(values), max(values), len(values))
+
+
+def text(summary: Summary, number: Callable[[float], str]) -> str:
+    """``mean ± std (n=N)`` with ``number`` formatting both, or the one value alone."""
+    if summary.std is None:
+        return number(summary.mean)
+    return f"{number(summary.mean)} ± {number(summary.std)} (n={summary.n})"
+
+
+def spread(summary: Summary, number: Callable[[float], str]) -> tuple[str, str, str]:
+    """(count, min, max) as text, the CSV's columns for a value measured per seed."""
+    return str(summary.n), number(summary.low), number(summary.high)
+
+
+def range_text(summary: Summary, number: Callable[[float], str]) -> str:
+    """``value`` when every seed gives the same, else ``min-max`` (epochs, for instance)."""
+    low, high = number(summary.low), number(summary.high)
+    return low if low == high else f"{low}-{high}"
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A per-epoch value across seeds: the mean and the min-max band at each epoch."""
+
+    epochs: tuple[int, ...]
+    mean: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    n: int
+
+
+def mean_curve(curves: Sequence[Sequence[float]]) -> Curve:
+    """The per-epoch mean, min and max of one curve per seed (epoch 1 first), over the epochs
+    every seed has reached: a seed still running does not pull the later epochs' mean."""
+    if not curves:
+        raise ValueError("mean_curve needs at least one curve")
+    length = min(len(curve) for curve in curves)
+    columns = [summarize([curve[i] for curve in curves]) for i in range(length)]
+    return Curve(
+        epochs=tuple(range(1, length + 1)),
+        mean=tuple(c.mean for c in columns),
+        low=tuple(c.low for c in columns),
+        high=tuple(c.high for c in columns),
+        n=len(curves),
+    )
+
+
+def found(histories: Iterable[History]) -> list[int]:
+    """The seeds of the transfer runs (pretraining runs once, with seed 0, for all of them)."""
+    return sorted({h.seed for h in histories if h.mode != "pretrain"} or {0})
+
+
+def caption(histories: Iterable[History]) -> str:
+    """A table caption's sentence naming the seeds, when there are several; empty for one."""
+    seeds = found(histories)
+    if len(seeds) < 2:
+        return ""
+    return (
+        f" Seeds: {', '.join(map(str, seeds))}. A value over several seeds is their mean ± sample"
+        " standard deviation (n = its number of runs); the CSV adds each value's count, minimum"
+        " and maximum. Derived columns (epochs to match, ratios, targets) use the means."
+    )
+
+
+def title(histories: Iterable[History]) -> str:
+    """Figure 5's title line for several seeds; empty for one."""
+    seeds = found(histories)
+    return f"\nmean over seeds {', '.join(map(str, seeds))}, band min-max" if len(seeds) > 1 else ""
