@@ -426,14 +426,33 @@ def _pretrain_section(index: _Index) -> _Section:
             (runs for (p, _, mode), runs in index.items() if p == preset and mode == "pretrain"),
             key=lambda runs: _dataset_order(runs[0][1].dataset),
         )
-        rows.extend(_pretrain_row(preset, runs) for runs in groups or [None])
+        stand_in = _given_weights(index, preset)
+        rows.extend(_pretrain_row(preset, runs, stand_in) for runs in groups or [None])
     return _Section("pretrain", PRETRAIN_HEADER, tuple(rows))
 
 
-def _pretrain_row(preset: str, runs: _Runs | None) -> _Row:
+def _given_weights(index: _Index, preset: str) -> str | None:
+    """The weights a preset's retrainings started from, for a preset whose histories hold no
+    pretraining run (``--weights``, such as an imported CaffeNet), as ``path (sha256 prefix)``."""
+    given = sorted(
+        {
+            f"{h.provenance.weights.path} (sha256 {h.provenance.weights.sha256[:12]})"
+            for (p, _, mode), runs in index.items()
+            if p == preset and mode == "retrain"
+            for _, h in runs
+            if h.provenance.weights is not None
+        }
+    )
+    return ", ".join(given) or None
+
+
+def _pretrain_row(preset: str, runs: _Runs | None, stand_in: str | None = None) -> _Row:
     paper = (_Cell(f"{PAPER_PRETRAIN_TOP1:.2f}"), _Cell(f"{PAPER_PRETRAIN_TOP5:.2f}"))
     if runs is None:
-        missing = _Cell(note=f"no pretrain history in preset {preset}")
+        what = f"no pretrain history in preset {preset}"
+        if stand_in:
+            what += f"; its retrainings started from the weights {stand_in}"
+        missing = _Cell(note=what)
         cells = (missing, _Cell(preset), _Cell(), missing, paper[0], missing, paper[1], missing,
                  missing)  # fmt: skip
         return _Row("", preset, cells, ())

@@ -102,7 +102,10 @@ def test_a_missing_run_is_a_dash_with_a_footnote(tmp_path, histories):
     assert row_of(markdown, "MNIST")[3:] == [
         "99.15", "99.68", dash, "99.54", "99.79 [22]", dash, "—", dash
     ]  # fmt: skip
-    none = f"—{footnote(markdown, 'no pretrain history in preset mini')}"
+    weights = histories["retrain-cifar10/history.json"].provenance.weights
+    stand_in = f"the weights {weights.path} (sha256 {weights.sha256[:12]})"
+    note = f"no pretrain history in preset mini; its retrainings started from {stand_in}"
+    none = f"—{footnote(markdown, note)}"
     assert row_of(markdown, none) == [none, "mini", "—", none, "59.23", none, "83.58", none, none]
     line = csv_values(tmp_path / "table3.csv")[("transfer", "mnist", "mini", "Retraining")]
     assert (line["value"], line["note"]) == ("", "no retrain history for mnist in preset mini")
@@ -476,3 +479,16 @@ def test_without_a_control_or_seeds_the_committed_outputs_regenerate_byte_for_by
     regenerate_figures(REPO / "figures" / "histories" / "mini", tmp_path)
     for name in OUTPUTS:
         assert (tmp_path / name).read_bytes() == (REPO / "figures" / name).read_bytes(), name
+
+
+def test_weights_that_stand_in_for_pretraining_are_named_in_its_row(tmp_path, histories):
+    """`reproduce --weights caffenet.keras`: no pretraining run; its row says what replaced it."""
+    del histories["pretrain-cifar10-0to4.history.json"]
+    write_table3(histories, tmp_path)
+    markdown = (tmp_path / "table3.md").read_text(encoding="utf-8")
+    weights = histories["retrain-mnist/history.json"].provenance.weights
+    note = (
+        f"no pretrain history in preset mini; its retrainings started from the weights "
+        f"{weights.path} (sha256 {weights.sha256[:12]})"
+    )
+    assert row_of(markdown, f"—{footnote(markdown, note)}")
