@@ -12,24 +12,17 @@ produces the same history as one that was never interrupted (on CPU, where ops a
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import importlib.util
 import math
 import os
-import platform
-import socket
-import subprocess
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
-from paper_repro import __version__, cache, data, evaluate, experiments
+from paper_repro import cache, data, evaluate, experiments, provenance
 from paper_repro import model as model_lib
 from paper_repro.augment import AUGMENT_LAYER
 from paper_repro.errors import UserError
@@ -38,8 +31,6 @@ from paper_repro.history import (
     EpochRecord,
     FinalEvaluation,
     History,
-    Provenance,
-    Weights,
     load_history,
     save_history,
 )
@@ -52,8 +43,6 @@ from paper_repro.runs import (
     run_directory,
 )
 from paper_repro.solver import paper_solver
-
-_VERSIONED = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy")
 
 
 class TrainingDiverged(UserError):
@@ -101,7 +90,7 @@ def train(
     The settings and the seed are checked before anything is written, and the run directory is
     locked for the whole run (``runs.lock_run``): a second process on it is refused at once.
     """
-    _git_commit()  # read once, when the first run of this process starts
+    provenance.git_commit()  # read once, when the first run of this process starts
     config = experiments.resolve(experiment, preset, overrides)
     experiments.check_seed(seed)
     paths = RunPaths(run_directory(runs_dir, preset, experiment, seed, config.cache_features))
@@ -390,15 +379,11 @@ def _initial_model(config: RunConfig, splits, source: keras.Model | None, seed: 
 
 def _check_same_weights(previous: History, weights_path: Path) -> None:
     recorded = previous.provenance.weights
-    if recorded and recorded.sha256 != _sha256(weights_path):
+    if recorded and recorded.sha256 != provenance.sha256(weights_path):
         raise UserError(
             f"{weights_path} changed since this run started from it ({recorded.path}); "
             "use --force to start the run again"
         )
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _load_checkpoint(path: Path) -> keras.Model:
@@ -482,7 +467,7 @@ def _new_history(run: _Run) -> History:
         mode=run.config.mode,
         seed=run.seed,
         config=run.config.to_dict(),
-        provenance=_provenance(run.weights_path),
+        provenance=provenance.record(run.weights_path),
         epochs=(),
         final=None,
         status="running",
@@ -497,59 +482,6 @@ def _start(config: RunConfig, weights_path: Path | None) -> str:
     if weights_path is None:
         return "scratch"
     return "pretrained-features" if config.mode == "retrain" else "pretrained-network"
-
-
-def _provenance(weights_path: Path | None) -> Provenance:
-    weights = None
-    if weights_path is not None:
-        weights = Weights(str(weights_path), _sha256(weights_path))
-    return Provenance(
-        package_version=__version__,
-        versions=_versions(),
-        git_commit=_git_commit(),
-        weights=weights,
-        device=_device(),
-        host=socket.gethostname(),
-        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-
-
-def _versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
-@functools.cache
-def _git_commit() -> str | None:
-    """The commit of the code this process runs (read once, when its first run starts: a long
-    ``reproduce`` keeps running the code it started with while the checkout moves on), ``+dirty``
-    with local edits."""
-    package = Path(__file__).parent
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=package, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return f"{commit}+dirty" if dirty else commit or None
-
-
-def _device() -> str:
-    gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
-        details = tf.config.experimental.get_device_details(gpus[0])
-        return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
-    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
 
 
 def _say(verbose: int, message: str) -> None:

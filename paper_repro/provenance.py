@@ -1,0 +1,84 @@
+"""Provenance: what produced a run's numbers, recorded in its history when it starts.
+
+The package and library versions, the commit of the code the process imported (``+dirty`` with
+local edits), the pretrained weights by sha256 (a path alone can be overwritten), the device and
+the host. Kept apart from the trainer because none of it changes how a run trains.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import platform
+import socket
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import tensorflow as tf
+
+from paper_repro import __version__
+from paper_repro.history import Provenance, Weights
+
+VERSIONED = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def record(weights_path: Path | None) -> Provenance:
+    """What produces a run: this package and its libraries, the code's commit, the weights it
+    starts from (by content), the machine and the start time."""
+    weights = None
+    if weights_path is not None:
+        weights = Weights(str(weights_path), sha256(weights_path))
+    return Provenance(
+        package_version=__version__,
+        versions=versions(),
+        git_commit=git_commit(),
+        weights=weights,
+        device=device(),
+        host=socket.gethostname(),
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+@functools.cache
+def git_commit() -> str | None:
+    """The commit of the code this process runs (read once, when its first run starts: a long
+    ``reproduce`` keeps running the code it started with while the checkout moves on), ``+dirty``
+    with local edits."""
+    package = Path(__file__).parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=package, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return f"{commit}+dirty" if dirty else commit or None
+
+
+def device() -> str:
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
+    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
