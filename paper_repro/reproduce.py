@@ -84,8 +84,11 @@ def _takes_weights(config: RunConfig) -> bool:
 
 
 def _distinct(seeds: Sequence[int]) -> list[int]:
+    """The seeds, each valid and named once, checked before any run starts."""
     if not seeds:
         raise UserError("no seed given: pass --seeds as a comma list such as 0,1,2")
+    for seed in seeds:
+        experiments.check_seed(seed)
     repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
     if repeated:
         raise UserError(f"--seeds {','.join(map(str, seeds))} repeats {repeated}: name each once")
