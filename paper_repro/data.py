@@ -533,7 +533,13 @@ def eval_dataset(
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Batches per epoch of ``train_dataset``: ``ceil(num_examples / batch_size)``."""
+    """Batches per epoch of ``train_dataset``: ``ceil(num_examples / batch_size)``.
+
+    The last batch of an epoch is partial when the batch does not divide the data, where Caffe's
+    data layer wraps around to the next pass and keeps every batch full: no difference for the
+    paper's transfer runs (80 divides 60,000 and 50,000); 143 instead of 256 images once per
+    ILSVRC-12 epoch (README, "Where this differs from Caffe").
+    """
     return math.ceil(num_examples / batch_size)
 
 
