@@ -784,7 +784,7 @@ def build_figure5(histories: Mapping[str, History], allow_mixed_presets: bool = 
     colours = _colours(sorted({key[1] for key, _ in runs}, key=_dataset_order))
     presets = sorted({key[0] for key, _ in runs})
     with _style():
-        figure = Figure(figsize=(6.4, 4.4))
+        figure = Figure(figsize=(9.6, 4.4))
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
         for (preset, dataset, variant), group in runs:
@@ -813,7 +813,8 @@ def build_figure5(histories: Mapping[str, History], allow_mixed_presets: bool = 
         title = f"Figure 5 (reproduced), preset {', '.join(presets)}"
         axes.set_title(title + seeds.title(h for _, group in runs for _, h in group))
         axes.xaxis.get_major_locator().set_params(integer=True)
-        axes.legend(loc="best")
+        # Outside the axes, right of them: inside, some placement always hides a curve.
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
         figure.tight_layout()
     return figure
 

@@ -472,9 +472,8 @@ def test_the_random_features_control_has_its_column_and_dotted_line(tmp_path, hi
     assert re.fullmatch(r"\d+ \(\d\)", row_of(times, "MNIST")[-1])
 
 
-def test_without_a_control_or_seeds_the_committed_outputs_regenerate_byte_for_byte(tmp_path):
-    """One seed, no control: every committed table and figure is what its histories regenerate
-    (the time table's Markdown and the figure unchanged since before seeds and controls)."""
+def test_the_committed_outputs_regenerate_byte_for_byte(tmp_path):
+    """Every committed table and figure is what the committed mini histories regenerate."""
     regenerate_tables(REPO / "figures" / "histories" / "mini", tmp_path)
     regenerate_figures(REPO / "figures" / "histories" / "mini", tmp_path)
     for name in OUTPUTS:
