@@ -180,6 +180,61 @@ def _reproduce(args: argparse.Namespace) -> None:
     _print_paths(paths)
 
 
+def _add_study(sub: argparse._SubParsersAction) -> None:
+    from paper_repro.study import CELLS
+
+    p = sub.add_parser(
+        "study",
+        help="the transfer study's cells (issue 13, figures/study/PLAN.md), then its table",
+    )
+    p.add_argument(
+        "cells",
+        nargs="*",
+        metavar="CELL",
+        help=f"cells to train: {', '.join(CELLS)} (none: only the table again)",
+    )
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="change a setting of every run (for a quick try: the table then mixes settings)",
+    )  # fmt: skip
+    p.add_argument("--seeds", default="0,1,2", metavar="N,N,...", help="default: 0,1,2")
+    p.add_argument("--data-dir", help="tfds data directory (default: $TFDS_DATA_DIR)")
+    p.add_argument(
+        "--runs-dir", default="runs/study", help="runs go to RUNS_DIR/CELL (default: runs/study)"
+    )
+    p.add_argument(
+        "--out", default="figures/study", help="histories and table.md (default: figures/study)"
+    )
+    p.add_argument("--force", action="store_true", help="train again, also when finished")
+    p.add_argument(
+        "--download", action="store_true", help="let tfds download a dataset that is missing"
+    )
+    p.set_defaults(handler=_study)
+
+
+def _study(args: argparse.Namespace) -> None:
+    if not args.cells:
+        from pathlib import Path
+
+        from paper_repro.study import HISTORIES, write_table
+
+        _print_paths([write_table(Path(args.out) / HISTORIES, args.out)])
+        return
+    from paper_repro.reproduce import reproduce_study
+
+    path = reproduce_study(
+        args.cells,
+        seeds=_seeds(None, args.seeds),
+        overrides=args.overrides,
+        data_dir=args.data_dir,
+        runs_dir=args.runs_dir,
+        out=args.out,
+        force=args.force,
+        download=args.download,
+    )
+    _print_paths([path])
+
+
 def _seeds(seed: int | None, seeds: str | None) -> list[int]:
     """``--seed N`` or ``--seeds N,N,...`` (not both) as a list; seed 0 when neither is given."""
     if seeds is None:
@@ -295,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_evaluate,
         _add_list,
         _add_reproduce,
+        _add_study,
         _add_regenerate,
         _add_export,
         _add_import_caffe,

@@ -65,6 +65,14 @@ Selection rule
     runs whose numbers are reported. An image folder's split is a sub-folder: carve a validation
     folder instead (a sliced split name is refused there).
 
+study
+    ``paper-repro study CELL --seeds 0,1,2`` -- the transfer study's base (issue 13): mini as
+    first run, on validation splits (MNIST trains on ``train[:50000]``, CIFAR-10 on
+    ``train[:45000]``; each reports accuracy on the rest of its training split). Its cells, one
+    knob changed each, are in ``paper_repro/study.py``; its plan and selection rule, written
+    before its first run, in figures/study/PLAN.md. It keeps the first mini's settings when mini
+    changes.
+
 smoke
     ``paper-repro reproduce --preset smoke`` -- for tests: mini's settings on 800 training and 200
     test images, 2 epochs; well under a minute per run on a 2-core CPU. Its accuracies mean
@@ -114,6 +122,9 @@ class RunConfig:
     drop_iterations: tuple[int, ...] | None = None
     max_iterations: int | None = None
     gamma: float = 0.1
+    # A linear warm-up (not in Caffe or the paper; for the transfer study's source): the learning
+    # rate grows from base_lr / steps to the schedule's value over this many epochs' steps.
+    warmup_epochs: float = 0.0
     momentum: float = 0.9
     weight_decay: float = 0.0005
     resize: int = 256
@@ -129,6 +140,9 @@ class RunConfig:
     dropout: float = 0.5
     init: str = "gaussian"
     keep_fc67: bool = True
+    # Retraining on pretrained features: subtract the target's own channel mean instead of the
+    # source's (the paper keeps the source's, as the features were learned under it).
+    target_mean: bool = False
     pretrained: str | None = None
     features: str = "pretrained"  # retrain runs: FEATURE_SOURCES
     augment_on: str = "auto"
@@ -153,6 +167,12 @@ class RunConfig:
                 f"features=random freezes untrained features under a new classifier, a retrain "
                 f"run; this run's mode is {self.mode}: drop --set features=random"
             )
+        if self.target_mean and (self.mode != "retrain" or self.features != "pretrained"):
+            raise UserError(
+                "target_mean replaces a pretrained network's mean when retraining on its "
+                f"features; this run (mode {self.mode}, features {self.features}) already uses "
+                "its own data's mean: drop --set target_mean"
+            )
         if self.cache_features and self.mode != "retrain":
             raise UserError(
                 f"cache_features needs frozen features, so only retrain runs can use it; "
@@ -173,6 +193,10 @@ class RunConfig:
             )
         if any(step < 1 for step in self.drop_iterations or ()):
             raise UserError(f"drop_iterations must be at least 1, got {list(self.drop_iterations)}")
+        if not 0 <= self.warmup_epochs < math.inf:
+            raise UserError(
+                f"warmup_epochs must be a finite number of epochs >= 0, got {self.warmup_epochs}"
+            )
         if self.crop > self.resize:
             raise UserError(f"crop {self.crop} is larger than resize {self.resize}: lower crop")
         if not 0 <= self.dropout < 1:
@@ -267,6 +291,19 @@ MINI = {
     ),
 }
 
+# The transfer study's base (paper_repro/study.py, figures/study/PLAN.md): the first mini, each run
+# training on the first images of its training split and reporting accuracy on the rest, a
+# validation split that settings are chosen on, so that choosing never looks at a test split.
+_VALIDATION_SPLITS = {"mnist": 50_000, "cifar10": 45_000}
+STUDY = {
+    name: dataclasses.replace(
+        config,
+        train_split=f"train[:{_VALIDATION_SPLITS[config.dataset]}]",
+        test_split=f"train[{_VALIDATION_SPLITS[config.dataset]}:]",
+    )
+    for name, config in MINI.items()
+}
+
 _SMOKE = {**_MINI, "epochs": 2, "drop_epochs": (1,), "train_subset": 800, "test_subset": 200}
 SMOKE = {
     "pretrain-imagenet": dataclasses.replace(MINI["pretrain-imagenet"], **_SMOKE),
@@ -275,7 +312,12 @@ SMOKE = {
     "retrain-random-mnist": dataclasses.replace(PAPER["retrain-random-mnist"], **_SMOKE),
 }
 
-PRESETS: dict[str, dict[str, RunConfig]] = {"paper": PAPER, "mini": MINI, "smoke": SMOKE}
+PRESETS: dict[str, dict[str, RunConfig]] = {
+    "paper": PAPER,
+    "mini": MINI,
+    "study": STUDY,
+    "smoke": SMOKE,
+}
 
 
 def _did_you_mean(value: str, choices: Iterable[str]) -> str:

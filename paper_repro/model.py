@@ -433,16 +433,28 @@ def replace_classifier(
     keep_fc67: bool = True,
     init: str = "gaussian",
     seed: int | None = None,
+    dropout: float | None = None,
+    mean: Sequence[float] | None = None,
 ) -> keras.Model:
     """A new model with ``model``'s preprocessing and features and a classifier for N classes.
 
     Retraining starts from a pretrained network: conv1 .. conv5 (and, by default, fc6 and fc7)
     start from its values; fc8 is always fresh, sized for the new classes. The source model is
     left untouched (weights are copied, not shared); ``init`` fills the fresh layers.
-    ``features`` comes back trainable; freezing it is the caller's decision.
+    ``features`` comes back trainable; freezing it is the caller's decision. ``dropout`` sets
+    the new classifier's rate (default: the source's); ``mean`` replaces the source's
+    preprocessing mean (and its mean image, if any) with a per-channel mean of RGB images, such
+    as the target's own (reversed here for a BGR network such as an imported CaffeNet).
     """
-    new = build_alexnet(num_classes, **describe(model), init=init, seed=seed, name=model.name)
-    for block in (PREPROCESS, FEATURES):
+    geometry = describe(model)
+    if dropout is not None:
+        geometry["dropout"] = dropout
+    if mean is not None:
+        mean = tuple(mean)[::-1] if geometry["bgr"] else tuple(mean)
+        geometry.update(mean=mean, mean_image=False)
+    new = build_alexnet(num_classes, **geometry, init=init, seed=seed, name=model.name)
+    blocks = (FEATURES,) if mean is not None else (PREPROCESS, FEATURES)
+    for block in blocks:
         new.get_layer(block).set_weights(model.get_layer(block).get_weights())
     if keep_fc67:
         old_layers, new_layers = caffe_layers(model), caffe_layers(new)

@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from paper_repro import experiments, figures
+from paper_repro import experiments, figures, study
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 from paper_repro.runs import HISTORY_SUFFIX, RunPaths, run_directory, write_atomic
@@ -67,14 +67,96 @@ def reproduce(
         if verbose:
             print(f"[{number}/{len(runs)}] {name} ({preset}, seed {seed})", flush=True)
         config = configs[name]
-        cached = cache_features and config.mode == "retrain"
-        train(name, preset, weights=weights if _takes_weights(config) else None,
-              data_dir=data_dir, runs_dir=runs_dir, seed=seed,
-              overrides=[*overrides, *(["cache_features=true"] if cached else [])], force=force,
-              download=download, verbose=verbose)  # fmt: skip
-        run = run_directory(runs_dir, preset, name, seed, cached)
-        write_atomic(kept / f"{run.name}{HISTORY_SUFFIX}", RunPaths(run).history.read_bytes())
+        _train_and_keep(
+            name, preset, seed, kept, overrides,
+            weights=weights if _takes_weights(config) else None,
+            cached=cache_features and config.mode == "retrain",
+            runs_dir=runs_dir, data_dir=data_dir, force=force, download=download, verbose=verbose,
+        )  # fmt: skip
     return [*figures.regenerate_tables(kept, out), *figures.regenerate_figures(kept, out)]
+
+
+def reproduce_study(
+    cells: Sequence[str],
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    overrides: Iterable[str] = (),
+    data_dir: str | None = None,
+    runs_dir: str | os.PathLike = "runs/study",
+    out: str | os.PathLike = "figures/study",
+    force: bool = False,
+    download: bool = False,
+    verbose: int = 1,
+) -> Path:
+    """The transfer study's cells (``study.CELLS``), each for every seed, then its table.
+
+    Runs go to ``RUNS_DIR/CELL``, histories are kept under ``OUT/histories/CELL``, and
+    ``OUT/table.md`` is regenerated from every cell's kept histories (with no cell named, that is
+    all it does). A seed's runs all finish before the next seed starts, so an interrupted study
+    leaves whole seeds behind; rerunning resumes it. ``overrides`` apply to every run after the
+    cell's own (for trying the pipeline at a tiny size; such runs do not belong in the table).
+    """
+    seeds, extra = _distinct(seeds), list(overrides)
+    for name in cells:
+        _check_sources(name, cells, seeds, runs_dir)
+    for name in cells:
+        runs = [(experiment, seed) for seed in seeds for experiment in study.run_order(name)]
+        for number, (experiment, seed) in enumerate(runs, 1):
+            if verbose:
+                print(f"[{name} {number}/{len(runs)}] {experiment} (seed {seed})", flush=True)
+            overrides = [*study.cell(name).runs[experiment], *extra]
+            config = experiments.resolve(experiment, study.PRESET, overrides)
+            source = _study_source(runs_dir, name, seed)
+            _train_and_keep(
+                experiment, study.PRESET, seed, Path(out) / study.HISTORIES / name, overrides,
+                weights=str(source) if _takes_weights(config) else None,
+                cached=config.mode == "retrain", runs_dir=Path(runs_dir) / name,
+                data_dir=data_dir, force=force, download=download, verbose=verbose,
+            )  # fmt: skip
+    return study.write_table(Path(out) / study.HISTORIES, out)
+
+
+def _study_source(runs_dir: str | os.PathLike, cell: str, seed: int) -> Path:
+    """The model a study cell's retraining with ``seed`` starts from (``study.source_cell``)."""
+    source = study.source_cell(cell)
+    run = run_directory(Path(runs_dir) / source, study.PRESET, study.SOURCE, seed)
+    return RunPaths(run).model
+
+
+def _check_sources(cell: str, cells: Sequence[str], seeds: Sequence[int], runs_dir) -> None:
+    """A cell that borrows the baseline's sources needs them trained, or the baseline named
+    before it: refused before any run starts, not after hours of others."""
+    source = study.source_cell(cell)
+    if source == cell or source in cells[: list(cells).index(cell)]:
+        return
+    missing = [seed for seed in seeds if not _study_source(runs_dir, cell, seed).is_file()]
+    if missing:
+        raise UserError(
+            f"study cell {cell} retrains from the {source} cell's sources, not trained for seeds "
+            f"{','.join(map(str, missing))} in {runs_dir}: run `paper-repro study {source} "
+            f"--seeds {','.join(map(str, missing))}` first (or name {source} before {cell})"
+        )
+
+
+def _train_and_keep(
+    experiment: str,
+    preset: str,
+    seed: int,
+    kept: Path,
+    overrides: Sequence[str],
+    *,
+    weights: str | None,
+    cached: bool,
+    runs_dir: str | os.PathLike,
+    **options,
+) -> None:
+    """Train one run (or skip it, finished; or resume it) and keep a copy of its history in
+    ``kept`` under its run directory's name."""
+    cache = ["cache_features=true"] if cached else []
+    train(experiment, preset, weights=weights, runs_dir=runs_dir, seed=seed,
+          overrides=[*overrides, *cache], **options)  # fmt: skip
+    run = run_directory(runs_dir, preset, experiment, seed, cached)
+    write_atomic(kept / f"{run.name}{HISTORY_SUFFIX}", RunPaths(run).history.read_bytes())
 
 
 def _takes_weights(config: RunConfig) -> bool:

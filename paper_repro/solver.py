@@ -114,6 +114,40 @@ def epoch_schedule(
     return step_schedule(base_lr, [round(e * steps_per_epoch) for e in drop_epochs], gamma)
 
 
+@keras.saving.register_keras_serializable(package="paper_repro")
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """``schedule(step) * min(1, (step + 1) / warmup_steps)``: a linear ramp into any schedule.
+
+    Not Caffe's nor the paper's: the transfer study (figures/study/PLAN.md) tries a source trained
+    at lr 0.01, which diverges from Xavier weights at mini's scale without a ramp. Keras' only
+    warm-up lives inside ``CosineDecay``, so this wraps the step policy instead. Its first step
+    trains at ``schedule / warmup_steps``; from step ``warmup_steps - 1`` on it is the schedule.
+    """
+
+    def __init__(
+        self, schedule: keras.optimizers.schedules.LearningRateSchedule, warmup_steps: int
+    ):
+        if warmup_steps < 1:
+            raise ValueError(f"warmup_steps must be at least 1, got {warmup_steps}")
+        self.schedule = schedule
+        self.warmup_steps = int(warmup_steps)
+
+    def __call__(self, step):
+        ramp = ops.divide(ops.cast(step, "float32") + 1.0, float(self.warmup_steps))
+        return ops.multiply(self.schedule(step), ops.minimum(ramp, 1.0))
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "warmup_steps": self.warmup_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        schedule = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(schedule, config["warmup_steps"])
+
+
 def paper_solver(
     steps_per_epoch: int,
     base_lr: float = PAPER_BASE_LR,
@@ -122,15 +156,19 @@ def paper_solver(
     weight_decay: float = PAPER_WEIGHT_DECAY,
     gamma: float = PAPER_GAMMA,
     drop_iterations: Sequence[int] | None = None,
+    warmup_epochs: float = 0.0,
 ) -> CaffeSGD:
     """The paper's solver for a given number of batches per epoch.
 
     ``drop_iterations`` (Caffe's ``stepsize`` multiples, as BVLC's CaffeNet solver gives them)
     replaces ``drop_epochs``: a schedule the source states in iterations is followed in
-    iterations.
+    iterations. ``warmup_epochs`` > 0 ramps the rate in linearly first (``LinearWarmup``).
     """
     if drop_iterations is not None:
         schedule = step_schedule(base_lr, drop_iterations, gamma)
     else:
         schedule = epoch_schedule(base_lr, steps_per_epoch, drop_epochs, gamma)
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
+    if warmup_steps:
+        schedule = LinearWarmup(schedule, warmup_steps)
     return CaffeSGD(schedule, momentum=momentum, coupled_weight_decay=weight_decay)

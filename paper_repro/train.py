@@ -171,6 +171,7 @@ def _fit(run: _Run) -> History:
                 optimizer=paper_solver(
                     steps_per_epoch, config.base_lr, config.drop_epochs, config.momentum,
                     config.weight_decay, config.gamma, config.drop_iterations,
+                    config.warmup_epochs,
                 ),
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"],
@@ -371,7 +372,13 @@ def _initial_model(config: RunConfig, splits, source: keras.Model | None, seed: 
             )
         return source
     new = model_lib.replace_classifier(
-        source, splits.num_classes, keep_fc67=config.keep_fc67, init=config.init, seed=seed
+        source,
+        splits.num_classes,
+        keep_fc67=config.keep_fc67,
+        init=config.init,
+        seed=seed,
+        dropout=config.dropout,
+        mean=splits.channel_mean if config.target_mean else None,
     )
     new.get_layer(FEATURES).trainable = False
     return new

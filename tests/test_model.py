@@ -206,6 +206,22 @@ def test_replace_classifier_keeps_features_and_sizes_fc8():
     assert not np.array_equal(fresh["fc6"].kernel.numpy(), src["fc6"].kernel.numpy())
 
 
+def test_replace_classifier_can_take_the_targets_mean_and_its_own_dropout():
+    """The study's knobs: the target's mean replaces the source's (reversed for a BGR network,
+    mean image dropped) and the retraining's dropout replaces the source's; features stay."""
+    source = build_alexnet(7, QUICK, mean=(1.0, 2.0, 3.0), bgr=True, mean_image=True, seed=4)
+    target = replace_classifier(source, 4, seed=5, mean=(10.0, 20.0, 30.0), dropout=0.0)
+    pre = target.get_layer(PREPROCESS)
+    assert (pre.mean, pre.bgr, pre.mean_image) == ([30.0, 20.0, 10.0], True, False)
+    assert caffe_layers(target)["drop6"].rate == 0.0 == caffe_layers(target)["drop7"].rate
+    np.testing.assert_array_equal(
+        caffe_layers(target)["conv1"].kernel.numpy(), caffe_layers(source)["conv1"].kernel.numpy()
+    )
+    kept = replace_classifier(source, 4, seed=5)
+    assert kept.get_layer(PREPROCESS).mean == [1.0, 2.0, 3.0]
+    assert kept.get_layer(PREPROCESS).mean_image and caffe_layers(kept)["drop6"].rate == 0.5
+
+
 def test_replace_classifier_refuses_other_models():
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(UserError, match="not a paper_repro AlexNet"):

@@ -4,7 +4,13 @@ import keras
 import numpy as np
 import pytest
 
-from paper_repro.solver import CaffeSGD, epoch_schedule, paper_solver, step_schedule
+from paper_repro.solver import (
+    CaffeSGD,
+    LinearWarmup,
+    epoch_schedule,
+    paper_solver,
+    step_schedule,
+)
 
 
 def caffe_sgd_numpy(params, grads_per_step, lrs, momentum=0.9, decay=0.0005):
@@ -94,3 +100,23 @@ def test_epoch_drops_fall_where_caffe_puts_them_when_the_batch_divides_the_data(
         for step in (stepsize - 1, stepsize, stepsize + 1):
             caffe = 0.001 * 0.1 ** (step // stepsize)
             assert float(schedule(step)) == pytest.approx(caffe)
+
+
+def test_warm_up_ramps_linearly_into_the_step_schedule_and_survives_saving():
+    """The study's lr-0.01 source: step s of a 10-step ramp trains at 0.01 * (s + 1) / 10, then
+    the step policy as before (its drop at 20 included), also after a save and load."""
+    solver = paper_solver(5, 0.01, drop_epochs=(4,), warmup_epochs=2)
+    clone = CaffeSGD.from_config(solver.get_config())
+    for optimizer in (solver, clone):
+        lr = []
+        for step in (0, 4, 9, 10, 19, 20):
+            optimizer.iterations.assign(step)
+            lr.append(float(optimizer.learning_rate))
+        assert lr == pytest.approx([0.001, 0.005, 0.01, 0.01, 0.01, 0.001])
+
+
+def test_no_warm_up_leaves_the_paper_schedule_as_it_was():
+    assert not isinstance(paper_solver(5)._learning_rate, LinearWarmup)
+    assert isinstance(paper_solver(5, warmup_epochs=0.5)._learning_rate, LinearWarmup)
+    with pytest.raises(ValueError, match="at least 1"):
+        LinearWarmup(step_schedule(0.1, []), 0)

@@ -1,0 +1,225 @@
+"""The transfer study (issue 13): what closes the first mini's gap between retraining and full
+training? Its cells as plain data, and its table.
+
+Commands (each resumable: finished runs are skipped, interrupted ones resumed)::
+
+    paper-repro study baseline --seeds 0,1,2       # the first mini on validation splits
+    paper-repro study fresh-fc67 --seeds 0,1,2     # one knob changed; needs baseline's sources
+    paper-repro study                              # only figures/study/table.md again
+
+Expected: a table of validation accuracies (never test: figures/study/PLAN.md, the plan and
+selection rule written before the first run) with, per cell and target, full training, retraining
+and the random-features control over seeds 0-2, the gap full - retraining and the margin
+retraining - control, and whether the cell passes the selection rule against the baseline.
+
+Every cell is the ``study`` preset (the first mini, training on ``train[:N]`` and reporting
+accuracy on the held-out ``train[N:]``) with one thing changed. A cell trains only the runs its
+knob changes; the others (the full runs, the control, the sources) are the baseline's, shown as
+such. A cell that changes the source trains one per seed, and its retraining with seed s starts
+from its source with seed s; the other cells' retraining starts from the baseline's source of the
+same seed. Retraining and the control train on cached features (``cache_features``), the cheap
+arms, so that the CPU goes to the sources and the full runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+from paper_repro import seeds
+from paper_repro.errors import UserError
+from paper_repro.history import History, load_history
+from paper_repro.runs import find_histories, write_atomic
+
+PRESET = "study"
+BASELINE = "baseline"
+SOURCE = "pretrain-imagenet"
+TARGETS = ("mnist", "cifar10")
+ARMS = ("full", "retrain", "retrain-random")  # per target, in the table's order
+ARMS_ORDER = ("retrain", "retrain-random", "full")  # the cheap ones first
+
+
+def _runs(arm: str, overrides: Iterable[str] = (), targets: Sequence[str] = TARGETS) -> dict:
+    return {f"{arm}-{target}": tuple(overrides) for target in targets}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One knob changed from the baseline: the runs it trains, each with its ``--set`` changes."""
+
+    knob: str  # what changes, in words, for the table
+    runs: Mapping[str, tuple[str, ...]]
+
+    @property
+    def trains_source(self) -> bool:
+        return SOURCE in self.runs
+
+
+_RETRAIN = ("retrain",)
+_RETRAINING = ("retrain", "retrain-random")  # recipes that apply to the control as well
+
+
+def _arms(arms: Sequence[str], overrides: Iterable[str] = ()) -> dict:
+    return {name: tuple(overrides) for arm in arms for name in _runs(arm)}
+
+
+def _everything(overrides: Iterable[str] = ()) -> dict:
+    return {SOURCE: tuple(overrides), **_arms(ARMS, overrides)}
+
+
+CELLS: dict[str, Cell] = {
+    BASELINE: Cell("the first mini", _everything()),
+    # The retraining recipe, on the baseline's sources.
+    "fresh-fc67": Cell("fc6, fc7 drawn fresh", _arms(_RETRAIN, ["keep_fc67=false"])),
+    "target-mean": Cell("the target's own mean", _arms(_RETRAIN, ["target_mean=true"])),
+    "no-dropout": Cell("dropout 0 when retraining", _arms(_RETRAINING, ["dropout=0"])),
+    "retrain-30-epochs": Cell(
+        "30 retraining epochs, drop after 20", _arms(_RETRAINING, ["epochs=30", "drop_epochs=20"])
+    ),
+    # The source's training.
+    "source-30-epochs": Cell(
+        "source trained 30 epochs, drop after 20",
+        {SOURCE: ("epochs=30", "drop_epochs=20"), **_arms(_RETRAIN)},
+    ),
+    "source-10-classes": Cell(
+        "source on all 10 CIFAR-10 classes (MNIST target only)",
+        {SOURCE: ("classes=0,1,2,3,4,5,6,7,8,9",), **_runs("retrain", targets=("mnist",))},
+    ),
+    "source-lr-0.01": Cell(
+        "source at lr 0.01 with a 1-epoch warm-up",
+        {SOURCE: ("base_lr=0.01", "warmup_epochs=1"), **_arms(_RETRAIN)},
+    ),
+    # The input size, for every run.
+    "crop-99": Cell("crop 99 (resize 112), every run", _everything(["resize=112", "crop=99"])),
+    "crop-131": Cell("crop 131 (resize 148), every run", _everything(["resize=148", "crop=131"])),
+}  # fmt: skip
+
+
+def cell(name: str) -> Cell:
+    if name not in CELLS:
+        raise UserError(f"unknown study cell '{name}'; cells: {', '.join(CELLS)}")
+    return CELLS[name]
+
+
+def source_cell(name: str) -> str:
+    """The cell whose sources a cell's retraining starts from: its own, else the baseline's."""
+    return name if cell(name).trains_source else BASELINE
+
+
+def run_order(name: str) -> list[str]:
+    """The cell's runs, its source first (the retraining reads it), then the cheap arms."""
+    order = {
+        SOURCE: 0,
+        **{f"{arm}-{t}": 1 + ARMS_ORDER.index(arm) for arm in ARMS for t in TARGETS},
+    }
+    return sorted(cell(name).runs, key=order.__getitem__)
+
+
+# The table ----------------------------------------------------------------------------------
+
+TABLE_NAME = "table.md"
+HISTORIES = "histories"
+CAPTION = (
+    "Transfer study (figures/study/PLAN.md): last-epoch centre-crop accuracy (%) on the "
+    "validation splits carved from the training images (never a test split), mean ± sample "
+    'standard deviation over seeds (n = runs). "(baseline)": the baseline cell\'s runs, which '
+    "this cell does not change. Source: its own validation accuracy (5 classes; 10 for "
+    "source-10-classes). Differences are per seed, in points. Rule: PLAN.md's rule 1 on the "
+    "retraining arms' mean over the targets, margin vs the larger std."
+)
+
+
+def _accuracy(history: History) -> float:
+    """The last epoch's centre-crop accuracy on the validation split (PLAN.md's measure)."""
+    return history.epochs[-1].test_accuracy
+
+
+def _by_run(directory: Path) -> dict[str, dict[int, float]]:
+    """``{experiment: {seed: accuracy}}`` of a cell's finished histories."""
+    found: dict[str, dict[int, float]] = {}
+    for path in find_histories(directory) if directory.is_dir() else ():
+        history = load_history(path)
+        if history.status == "finished":
+            found.setdefault(history.experiment, {})[history.seed] = _accuracy(history)
+    return found
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _summary(values: Mapping[int, float] | None) -> seeds.Summary | None:
+    return seeds.summarize([values[s] for s in sorted(values)]) if values else None
+
+
+def _text(summary: seeds.Summary | None, borrowed: bool = False) -> str:
+    if summary is None:
+        return "–"
+    return seeds.text(summary, _percent) + (" (baseline)" if borrowed else "")
+
+
+def _difference(a: Mapping[int, float] | None, b: Mapping[int, float] | None) -> str:
+    """Mean ± std over the seeds both have of ``a - b``, in points."""
+    common = sorted(set(a or ()) & set(b or ()))
+    if not common:
+        return "–"
+    return seeds.text(seeds.summarize([a[s] - b[s] for s in common]), _percent)
+
+
+def _verdict(runs: Mapping[str, dict[int, float]], base: Mapping[str, dict[int, float]]) -> str:
+    """PLAN.md's rule 1: the retrain arms' mean over the targets (per seed) beats the baseline's
+    by more than the larger of the two standard deviations."""
+    names = [f"retrain-{t}" for t in TARGETS if f"retrain-{t}" in runs]
+
+    def per_seed(found: Mapping[str, dict[int, float]]) -> list[float]:
+        shared = set.intersection(*(set(found.get(n, {})) for n in names)) if names else set()
+        return [sum(found[n][s] for n in names) / len(names) for s in sorted(shared)]
+
+    mine, theirs = per_seed(runs), per_seed(base)
+    if len(mine) < 2 or len(theirs) < 2:
+        return "needs 2+ seeds"
+    a, b = seeds.summarize(mine), seeds.summarize(theirs)
+    margin = a.mean - b.mean
+    verdict = "chosen" if margin > max(a.std, b.std) else "not chosen"
+    return f"{verdict} ({margin * 100:+.2f} vs ±{max(a.std, b.std) * 100:.2f})"
+
+
+def table(histories_dir: str | os.PathLike[str]) -> str:
+    """The study's Markdown table from ``HISTORIES_DIR/CELL/*.history.json``."""
+    root = Path(histories_dir)
+    found = {name: _by_run(root / name) for name in CELLS}
+    base = found[BASELINE]
+    header = (
+        "| cell | knob | target | source | full | retraining | control (random) "
+        "| full - retraining | retraining - control | rule |"
+    )
+    lines = [CAPTION, "", header, "|---" * (header.count("|") - 1) + "|"]
+    for name, spec in CELLS.items():
+        runs = found[name]
+        if not runs:
+            continue
+        source = runs.get(SOURCE) or base.get(SOURCE)
+        verdict = "" if name == BASELINE else _verdict(runs, base)
+        for target in TARGETS:
+            arms = {arm: runs.get(f"{arm}-{target}") for arm in ARMS}
+            if arms["retrain"] is None and arms["full"] is None:
+                continue
+            borrowed = {arm: arms[arm] is None for arm in ARMS}
+            arms = {arm: arms[arm] or base.get(f"{arm}-{target}") for arm in ARMS}
+            lines.append(
+                f"| {name} | {spec.knob} | {target} "
+                f"| {_text(_summary(source), not spec.trains_source and name != BASELINE)} "
+                + "".join(f"| {_text(_summary(arms[a]), borrowed[a])} " for a in ARMS)
+                + f"| {_difference(arms['full'], arms['retrain'])} "
+                f"| {_difference(arms['retrain'], arms['retrain-random'])} | {verdict} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_table(histories_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """``OUT/table.md`` from the histories kept under ``HISTORIES_DIR``."""
+    path = Path(out) / TABLE_NAME
+    write_atomic(path, table(histories_dir).encode())
+    return path

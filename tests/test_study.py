@@ -1,0 +1,89 @@
+"""The transfer study's cells and table (figures/study/PLAN.md): what each cell trains, where its
+retraining starts, and the table's numbers and rule, from generated histories."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from paper_repro import experiments, study
+from paper_repro.errors import UserError
+from paper_repro.figures import load_histories
+from paper_repro.history import EpochRecord, save_history
+
+FIXTURES = Path(__file__).parent / "fixtures" / "histories"
+
+
+def test_every_cell_resolves_and_changes_one_thing_from_the_baseline():
+    baseline = study.CELLS[study.BASELINE].runs
+    for name, cell in study.CELLS.items():
+        for experiment, overrides in cell.runs.items():
+            config = experiments.resolve(experiment, study.PRESET, overrides)
+            assert config.test_split.startswith("train[")  # never a test split
+            assert experiment in baseline
+        if name != study.BASELINE:
+            assert {tuple(o) for o in cell.runs.values()} != {()} or cell.trains_source
+
+
+def test_study_preset_holds_out_part_of_each_training_split():
+    for name, config in experiments.PRESETS[study.PRESET].items():
+        mini = experiments.PRESETS["mini"][name]
+        train, held = config.train_split, config.test_split
+        count = train.removeprefix("train[:").removesuffix("]")
+        assert count.isdigit() and held == f"train[{count}:]"
+        assert dataclasses.replace(config, train_split="train", test_split="test") == mini
+
+
+def test_a_cell_borrows_the_baselines_sources_unless_it_trains_its_own():
+    assert study.source_cell("fresh-fc67") == study.BASELINE
+    assert study.source_cell("source-30-epochs") == "source-30-epochs"
+    assert study.run_order("crop-99")[0] == study.SOURCE
+    assert study.run_order("no-dropout")[-1].startswith("retrain-random")
+    with pytest.raises(UserError, match="unknown study cell 'nope'; cells: baseline"):
+        study.cell("nope")
+
+
+def _save(directory: Path, template, experiment: str, seed: int, accuracy: float) -> None:
+    last = dataclasses.replace(template.epochs[-1], test_accuracy=accuracy)
+    history = dataclasses.replace(
+        template, experiment=experiment, seed=seed, epochs=(*template.epochs[:-1], last)
+    )
+    name = experiment + (f"-seed{seed}" if seed else "")
+    save_history(history, directory / f"{name}.history.json")
+
+
+def test_table_reads_the_last_epochs_and_applies_the_rule(tmp_path):
+    template = next(iter(load_histories(FIXTURES).values()))
+    assert isinstance(template.epochs[-1], EpochRecord) and template.status == "finished"
+    accuracy = {  # cell: {experiment: per-seed accuracy}
+        "baseline": {
+            "pretrain-imagenet": (0.70, 0.72, 0.74),
+            "full-mnist": (0.98, 0.99, 0.97),
+            "retrain-mnist": (0.80, 0.82, 0.84),
+            "retrain-random-mnist": (0.90, 0.90, 0.90),
+            "full-cifar10": (0.86, 0.86, 0.86),
+            "retrain-cifar10": (0.70, 0.70, 0.70),
+            "retrain-random-cifar10": (0.66, 0.66, 0.66),
+        },
+        "fresh-fc67": {"retrain-mnist": (0.90, 0.91, 0.92), "retrain-cifar10": (0.72,) * 3},
+        "target-mean": {"retrain-mnist": (0.81, 0.83, 0.85), "retrain-cifar10": (0.70,) * 3},
+    }
+    for cell, runs in accuracy.items():
+        for experiment, values in runs.items():
+            for seed, value in enumerate(values):
+                _save(tmp_path / cell, template, experiment, seed, value)
+    text = study.write_table(tmp_path, tmp_path / "out").read_text()
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()]
+    table = {tuple(row[:3]): row for row in rows if len(row) == 10}
+    cells = table.__getitem__
+    base = cells(("baseline", "the first mini", "mnist"))
+    assert base[3:8] == [
+        "72.00 ± 2.00 (n=3)", "98.00 ± 1.00 (n=3)", "82.00 ± 2.00 (n=3)", "90.00 ± 0.00 (n=3)",
+        "16.00 ± 2.65 (n=3)",
+    ]  # fmt: skip
+    assert base[8] == "-8.00 ± 2.00 (n=3)"
+    fresh = cells(("fresh-fc67", "fc6, fc7 drawn fresh", "mnist"))
+    assert fresh[3] == "72.00 ± 2.00 (n=3) (baseline)" and fresh[4].endswith("(baseline)")
+    assert fresh[6].endswith("(baseline)") and fresh[9].startswith("chosen (+5.50 vs ±1.00)")
+    mean = cells(("target-mean", "the target's own mean", "mnist"))
+    assert mean[9].startswith("not chosen (+0.50 vs ±1.00)")
