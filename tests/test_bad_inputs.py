@@ -37,6 +37,18 @@ CASES = {
         }.items()
         for value in values
     },
+    "target_mean on a full run": (
+        [*TRAIN, "--set", "target_mean=true"],
+        "already uses its own data's mean",
+    ),
+    "target_mean on the control": (
+        ["train", "retrain-random-mnist", "--preset", "smoke", "--set", "target_mean=true"],
+        "drop --set target_mean",
+    ),
+    "warmup_epochs negative": ([*TRAIN, "--set", "warmup_epochs=-1"], "warmup_epochs must be"),
+    "warmup_epochs nan": ([*TRAIN, "--set", "warmup_epochs=nan"], "warmup_epochs must be"),
+    "study, unknown cell": (["study", "nope"], "unknown study cell 'nope'; cells: baseline"),
+    "study, bad seeds": (["study", "baseline", "--seeds", "0,x"], "--seeds 0,x: expected"),
     "reproduce, base_lr nan": ([*REPRODUCE, "--set", "base_lr=nan"], "base_lr must be a finite"),
     "dropout nan": ([*TRAIN, "--set", "dropout=nan"], "dropout must be in [0, 1)"),
     "dropout 1": ([*TRAIN, "--set", "dropout=1"], "dropout must be in [0, 1)"),
