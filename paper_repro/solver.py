@@ -21,6 +21,9 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+if keras.backend.backend() == "tensorflow":  # the GPU checks run Keras on JAX, without TensorFlow
+    import tensorflow as tf
+
 PAPER_BASE_LR = 0.001
 PAPER_MOMENTUM = 0.9
 PAPER_WEIGHT_DECAY = 0.0005
@@ -70,7 +73,36 @@ class CaffeSGD(keras.optimizers.SGD):
         elif self.coupled_weight_decay:
             decay = ops.multiply(ops.cast(variable, gradient.dtype), self.coupled_weight_decay)
             gradient = ops.add(gradient, decay)
-        super().update_step(gradient, variable, learning_rate)
+        if self._fusable(variable):
+            self._fused_momentum_step(gradient, variable, learning_rate)
+        else:
+            super().update_step(gradient, variable, learning_rate)
+
+    def _fusable(self, variable) -> bool:
+        """TensorFlow's fused kernel serves a plain variable outside tf.distribute (whose
+        mirrored variables Keras' own update handles); other backends take Keras' step."""
+        return (
+            keras.backend.backend() == "tensorflow"
+            and isinstance(variable, tf.Variable)
+            and self.momentum != 0
+            and not tf.distribute.has_strategy()
+        )
+
+    def _fused_momentum_step(self, gradient, variable, learning_rate) -> None:
+        """Keras' momentum step (``v = momentum * v - lr * g; w += v``) as one TensorFlow kernel,
+        ``ResourceApplyKerasMomentum``: one pass over the weight, velocity and gradient instead
+        of four element-wise ops and two assignments, each a pass over memory. It computes the
+        same float32 products and sums in the same order, and TensorFlow's CPU build fuses none
+        of them into FMAs, so every step is bit for bit Keras' (tests/test_solver.py)."""
+        momentum = self.momentums[self._get_variable_index(variable)]
+        tf.raw_ops.ResourceApplyKerasMomentum(
+            var=variable.handle,
+            accum=momentum.handle,
+            lr=ops.cast(learning_rate, variable.dtype),
+            grad=ops.cast(gradient, variable.dtype),
+            momentum=ops.cast(self.momentum, variable.dtype),
+            use_nesterov=self.nesterov,
+        )
 
     def get_config(self):
         return {

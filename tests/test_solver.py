@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from paper_repro.solver import (
     CaffeSGD,
@@ -120,3 +121,35 @@ def test_no_warm_up_leaves_the_paper_schedule_as_it_was():
     assert isinstance(paper_solver(5, warmup_epochs=0.5)._learning_rate, LinearWarmup)
     with pytest.raises(ValueError, match="at least 1"):
         LinearWarmup(step_schedule(0.1, []), 0)
+
+
+def test_the_fused_update_is_keras_update_bit_for_bit(monkeypatch):
+    """TensorFlow's fused momentum kernel against Keras' element-wise step, across a drop, on a
+    layer large enough for Eigen to split the work between threads."""
+    rng = np.random.default_rng(1)
+    start = [
+        rng.normal(size=(300, 200)).astype(np.float32),
+        rng.normal(size=200).astype(np.float32),
+    ]
+    grads = [[rng.normal(size=w.shape).astype(np.float32) for w in start] for _ in range(5)]
+    calls = []
+    fused = tf.raw_ops.ResourceApplyKerasMomentum
+    monkeypatch.setattr(
+        tf.raw_ops, "ResourceApplyKerasMomentum", lambda **kw: calls.append(1) or fused(**kw)
+    )
+
+    def train(fusable: bool) -> list[np.ndarray]:
+        layer = keras.layers.Dense(200)
+        layer.build((None, 300))
+        layer.set_weights(start)
+        optimizer = CaffeSGD(step_schedule(0.01, drop_steps=[3]))
+        monkeypatch.setattr(optimizer, "_fusable", lambda variable: fusable)
+        for g in grads:
+            optimizer.apply(g, [layer.kernel, layer.bias])
+        return [layer.kernel.numpy(), layer.bias.numpy()]
+
+    keras_step = train(False)
+    assert not calls
+    for got, want in zip(train(True), keras_step, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert len(calls) == 2 * len(grads)
