@@ -17,6 +17,7 @@ from paper_repro.model import FEATURES, build_alexnet, caffe_layers
 from paper_repro.solver import CaffeSGD
 
 MATMUL_N = 4096
+STREAM_FLOATS = 2**25  # 128 MiB per float32 array: far past any CPU cache
 
 
 def forward_flops(model: tf.keras.Model) -> tuple[float, float]:
@@ -54,6 +55,15 @@ def matmul_step() -> tuple:
     a = tf.random.normal((MATMUL_N, MATMUL_N))
     matmul = tf.function(lambda: tf.linalg.matmul(a, a))
     return lambda: matmul().numpy(), 1
+
+
+def stream_step() -> tuple:
+    """``c = a + b`` over arrays far larger than the caches: memory bandwidth, as STREAM's add
+    measures it (two arrays read, one written per step; the step's "items" are bytes)."""
+    a = tf.random.normal((STREAM_FLOATS,))
+    b = tf.random.normal((STREAM_FLOATS,))
+    add = tf.function(lambda: tf.add(a, b))  # on the CPU the call returns once it is computed
+    return lambda: add(), 3 * 4 * STREAM_FLOATS
 
 
 def torch_steps(size: int, batch: int, classes: int) -> dict:
