@@ -32,6 +32,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -48,6 +49,7 @@ from benchmarks.timing import machine, measure_alternating, peak_rss_gb, write_j
 from paper_repro import cache, data
 from paper_repro.augment import AugmentConfig
 from paper_repro.evaluate import evaluate
+from paper_repro.experiments import PRECISIONS
 from paper_repro.model import CLASSIFIER
 from paper_repro.runs import write_atomic
 from paper_repro.solver import CaffeSGD
@@ -205,7 +207,8 @@ def goal_rows(values: dict) -> list[dict]:
 def markdown(result: dict) -> str:
     lines = [
         f"Benchmarks: {result['machine']}, TensorFlow {result['tensorflow']}, "
-        f"{result['image_size']} px, batch {result['batch']}, medians of {result['repeats']} "
+        f"{result['image_size']} px, batch {result['batch']}, {result['precision']}, medians of "
+        f"{result['repeats']} "
         "alternated repeats (`python -m benchmarks`).",
         "",
         "| measurement | images/s |",
@@ -234,9 +237,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=80)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=PRECISIONS,
+        help="Keras dtype policy of every model built (as --set precision=... in a run)",
+    )
     args = parser.parse_args(argv)
+    keras.mixed_precision.set_dtype_policy(args.precision)
 
-    print(f"{machine()}, TF {tf.__version__}, {args.size} px, batch {args.batch}", flush=True)
+    print(
+        f"{machine()}, TF {tf.__version__}, {args.size} px, batch {args.batch}, {args.precision}",
+        flush=True,
+    )
     rates, derived = model_rates(args)
     print("  training steps measured", flush=True)
     rates.update(augmentation_rates(args))
@@ -249,6 +262,7 @@ def main(argv=None) -> dict:
         "tensorflow": tf.__version__,
         "image_size": args.size,
         "batch": args.batch,
+        "precision": args.precision,
         "repeats": args.repeats,
         "images_per_second": rates,
         "rates": derived,

@@ -27,9 +27,15 @@ def test_the_suite_measures_every_section_and_writes_what_it_prints(tmp_path, ca
                          "8", "--steps", "1", "--repeats", "1"])  # fmt: skip
     rates = result["images_per_second"]
     for name in ("full step", "frozen-features step", "cached step", "cached step, XLA",
+                 "cached step, element-wise update",
                  "inference", "augmentation pipeline", "frozen, fed", "cache pipeline",
                  "cached, fed", "10-crop evaluation (source images)"):  # fmt: skip
         assert rates[name] > 0, name
+    derived = result["rates"]
+    for name in ("matmul GFLOP/s", "memory GB/s", "cached step GFLOP/s", "cached step ms"):
+        assert derived[name] > 0, name
+    assert derived["cached step ms"] == pytest.approx(8e3 / rates["cached step"])
+    assert result["precision"] == "float32"
     assert json.loads((tmp_path / "benchmark.json").read_text()) == result
     table = (tmp_path / "benchmark.md").read_text()
     assert table in capsys.readouterr().out
