@@ -182,7 +182,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from paper_repro.evaluate import evaluate_source
+    from paper_repro.evaluate import evaluate_source, top5_text
 
     scores = evaluate_source(
         args.source,
@@ -195,7 +195,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
     print(
         f"{args.source}: {scores['crops']}-crop top-1 {scores['top1']:.2%}, "
-        f"top-5 {scores['top5']:.2%} on {scores['num_examples']} images"
+        f"top-5 {top5_text(scores['top5'], scores['num_classes'])} on {scores['num_examples']} "
+        "images"
     )
 
 

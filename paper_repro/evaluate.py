@@ -61,7 +61,8 @@ def evaluate(
         verbose: 1 shows a progress bar.
 
     Returns:
-        ``{"top1", "top5", "num_examples", "crops", "center_top1", "center_top5"}``; top5 is
+        ``{"top1", "top5", "num_examples", "crops", "center_top1", "center_top5",
+        "num_classes"}``; top5 is
         top-min(5, classes); ``center_*`` score the centre view alone, from the same pass: Caffe's
         TEST phase (and so most likely the paper's ILSVRC-12 accuracy) tests the centre crop.
     """
@@ -90,7 +91,13 @@ def evaluate(
         raise UserError("the test data holds no examples")
     top1, top5, center_top1, center_top5 = (float(h) / seen for h in (*hits, *center_hits))
     return {"top1": top1, "top5": top5, "num_examples": seen, "crops": crops,
-            "center_top1": center_top1, "center_top5": center_top5}  # fmt: skip
+            "center_top1": center_top1, "center_top5": center_top5,
+            "num_classes": int(model.output_shape[-1])}  # fmt: skip
+
+
+def top5_text(top5: float, num_classes: int) -> str:
+    """A top-5 accuracy as printed: "n/a" for at most 5 classes, where it is always 100 %."""
+    return "n/a" if num_classes <= TOP_K else f"{top5:.2%}"
 
 
 def _batches(data, augment: AugmentConfig, batch_size: int) -> tf.data.Dataset:

@@ -256,8 +256,9 @@ def _finish(run: _Run, model: keras.Model, splits, history: History) -> History:
     paths.checkpoint.unlink(missing_ok=True)
     _say(
         run.verbose,
-        f"{paths.root}: {config.test_crops}-crop top-1 {final.top1:.2%}, top-5 {final.top5:.2%} "
-        f"(centre crop {final.center_top1:.2%}, {final.center_top5:.2%})",
+        f"{paths.root}: {config.test_crops}-crop top-1 {final.top1:.2%}, top-5 "
+        f"{evaluate.top5_text(final.top5, scores['num_classes'])} (centre crop "
+        f"{final.center_top1:.2%}, {evaluate.top5_text(final.center_top5, scores['num_classes'])})",
     )
     return history
 
