@@ -104,8 +104,9 @@ def _progress(args: argparse.Namespace) -> int:
 def _run_options(*, which: str) -> argparse.ArgumentParser:
     """The flags ``train`` and ``reproduce`` share, as an argparse parent.
 
-    A new parent per command: argparse shares a parent's actions with its children, so one
-    child's defaults would otherwise change the other's. ``which`` names the runs they apply to.
+    A new parent per command: argparse shares a parent's actions with its children, so a change
+    to one child's option would otherwise change the other's. ``which`` names the runs they apply
+    to.
     """
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--preset", default=DEFAULT_PRESET, help=PRESET_HELP)

@@ -3,8 +3,7 @@
 Every export is written next to its target under a temporary name, reloaded, run on a few images
 and compared with the in-memory model (largest probability difference at most 1e-4; measured
 2.5e-5 to 8e-5 for trained models' SavedModels, see ``TOLERANCE``); only then does it replace
-the target. A mismatch (or a
-crash) leaves no half-written or silently wrong export behind.
+the target. A mismatch (or a crash) leaves no half-written or silently wrong export behind.
 
 The SavedModel carries the whole test-time pipeline of the paper, so that a client sends raw
 images and gets class names back:
@@ -291,8 +290,9 @@ def serving_config(
     if not names:
         names = tuple(map(str, range(num_classes)))
         print(
-            f"class names: none recorded with the model and none found for its dataset "
-            f"({config.get('dataset', 'unknown')}); classes are named 0..{num_classes - 1}",
+            f"class names: none recorded with the model, nor in its dataset's info "
+            f"({config.get('dataset', 'unknown')}); the classes are named by their numbers "
+            f"0..{num_classes - 1}",
             file=sys.stderr,
         )
     if len(names) != num_classes:
@@ -325,7 +325,9 @@ def _dataset_class_names(config: dict, data_dir: str | None) -> list[str] | None
     except tfds.core.DatasetNotFoundError:
         return None
     classes = config.get("classes") or range(label.num_classes)
-    return [label.names[c] for c in classes]
+    names = [label.names[c] for c in classes]
+    # An unprepared dataset's builder may know only the numbers (CIFAR's names are in its files).
+    return None if names == [str(c) for c in classes] else names
 
 
 def export_model(
