@@ -44,15 +44,19 @@ def import_tensorflow(verbose: bool = False) -> None:
     once, so every later message, and every error, reaches stderr. ``TF_CPP_MIN_LOG_LEVEL=3``
     (unless set) then quiets TensorFlow's native log at run time, whose "errors" are notices such
     as oneDNN's "supports DT_UINT8 only on platforms with AVX-512" at the first evaluation; a
-    failure that matters raises a Python exception, which still prints. ``TF_ENABLE_ONEDNN_OPTS``
-    is left alone: it changes the numerics, and runs must stay bit-identical. ``verbose`` lets
-    all of it through.
+    failure that matters raises a Python exception, which still prints. TensorFlow's Python
+    logger is set to errors only: its warnings are hints for developers, such as "N out of the
+    last M calls ... triggered tf.function retracing" when ``reproduce`` evaluates its fourth run
+    in one process. ``TF_ENABLE_ONEDNN_OPTS`` is left alone: it changes the numerics, and runs
+    must stay bit-identical. ``verbose`` lets all of it through.
     """
     quiet = not verbose and "tensorflow" not in sys.modules
     if quiet:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with _stderr_discarded() if quiet else contextlib.nullcontext():
-        importlib.import_module("tensorflow")
+        tensorflow = importlib.import_module("tensorflow")
+    if quiet:
+        tensorflow.get_logger().setLevel("ERROR")
 
 
 @contextlib.contextmanager
