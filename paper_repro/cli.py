@@ -3,34 +3,118 @@
 Subcommands only parse their arguments and call one library function; the work lives in the
 modules. Imports happen inside the handlers so that ``--help`` and the TensorFlow-free commands
 (tables, figures, list) start fast. A ``UserError`` becomes one line on stderr and exit status 2.
+
+Output, as Keras' own ``verbose`` levels: progress bars on a terminal, one line per epoch and per
+evaluation when stdout is a file or a pipe (a log stays readable and small), nothing with
+``--quiet``. TensorFlow's start-up lines (absl, oneDNN, CPU features) are hidden unless
+``--verbose``: see :func:`import_tensorflow`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from paper_repro import __version__
 from paper_repro.errors import UserError
 from paper_repro.experiments import CROPS, PRESETS, STRATEGIES
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not for users
-
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+# The one preset every command defaults to: the CPU-sized analog that runs on the data shipped.
+DEFAULT_PRESET = "mini"
+PRESET_HELP = (
+    f"{', '.join(PRESETS)} (default: {DEFAULT_PRESET}, for every command: the CPU-sized analog; "
+    "paper for the paper's settings, on a GPU)"
+)
+DATA_DIR_HELP = "tfds data directory (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)"
 
 
-def _run_options(*, preset: str, which: str) -> argparse.ArgumentParser:
+def import_tensorflow(verbose: bool = False) -> None:
+    """Import TensorFlow once, before any command that uses it, without its start-up noise.
+
+    TensorFlow 2.21 writes "All log messages before absl::InitializeLog() ..." and the oneDNN and
+    CPU-feature notices straight to file descriptor 2 while it loads, before any of its logging
+    settings (``TF_CPP_MIN_LOG_LEVEL``, ``GLOG_minloglevel``, ``ABSL_MIN_LOG_LEVEL``) is read, so
+    only redirecting the descriptor itself around the import silences them; it is restored at
+    once, so every later message, and every error, reaches stderr. ``TF_CPP_MIN_LOG_LEVEL=3``
+    (unless set) then quiets TensorFlow's native log at run time, whose "errors" are notices such
+    as oneDNN's "supports DT_UINT8 only on platforms with AVX-512" at the first evaluation; a
+    failure that matters raises a Python exception, which still prints. TensorFlow's Python
+    logger is set to errors only: its warnings are hints for developers, such as "N out of the
+    last M calls ... triggered tf.function retracing" when ``reproduce`` evaluates its fourth run
+    in one process. ``TF_ENABLE_ONEDNN_OPTS`` is left alone: it changes the numerics, and runs
+    must stay bit-identical. ``verbose`` lets all of it through.
+    """
+    quiet = not verbose and "tensorflow" not in sys.modules
+    if quiet:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    with _stderr_discarded() if quiet else contextlib.nullcontext():
+        tensorflow = importlib.import_module("tensorflow")
+    if quiet:
+        tensorflow.get_logger().setLevel("ERROR")
+
+
+@contextlib.contextmanager
+def _stderr_discarded() -> Iterator[None]:
+    """File descriptor 2 on /dev/null (what native code writes too), restored on the way out."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _log_options() -> argparse.ArgumentParser:
+    """``--quiet`` / ``--verbose``, for the commands that run TensorFlow, as an argparse parent."""
+    p = argparse.ArgumentParser(add_help=False)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--quiet", action="store_true", help="no progress output (results and errors still print)"
+    )
+    group.add_argument(
+        "--verbose",
+        action="store_true",
+        help="let TensorFlow's start-up and info messages (absl, oneDNN) through to stderr",
+    )
+    return p
+
+
+def _tensorflow_command(
+    sub: argparse._SubParsersAction, name: str, about: str, *parents: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    """A subcommand that runs TensorFlow: it takes ``--quiet`` and ``--verbose`` (``main``
+    imports TensorFlow for it, quietly unless ``--verbose``)."""
+    return sub.add_parser(name, parents=[_log_options(), *parents], help=about)
+
+
+def _progress(args: argparse.Namespace) -> int:
+    """Keras' ``verbose`` for this run: a progress bar on a terminal, one line per epoch (and per
+    evaluation) in a file or pipe, where a bar's carriage returns would make megabytes, or none."""
+    if args.quiet:
+        return 0
+    return 1 if sys.stdout.isatty() else 2
+
+
+def _run_options(*, which: str) -> argparse.ArgumentParser:
     """The flags ``train`` and ``reproduce`` share, as an argparse parent.
 
-    A new parent per command: argparse shares a parent's actions with its children, so one
-    child's defaults would otherwise change the other's. ``which`` names the runs they apply to.
+    A new parent per command: argparse shares a parent's actions with its children, so a change
+    to one child's option would otherwise change the other's. ``which`` names the runs they apply
+    to.
     """
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--preset", default=preset, help=f"{', '.join(PRESETS)} (default: {preset})")
-    p.add_argument("--data-dir", help="tfds data directory (default: $TFDS_DATA_DIR)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=PRESET_HELP)
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
     p.add_argument("--seed", type=int, help="the runs' seed (default: 0)")
     p.add_argument(
@@ -52,10 +136,11 @@ def _run_options(*, preset: str, which: str) -> argparse.ArgumentParser:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = _tensorflow_command(
+        sub,
         "train",
-        parents=[_run_options(preset="paper", which="the run")],
-        help="train one experiment of the paper (full, retrain, pretrain)",
+        "train one experiment of the paper (full, retrain, pretrain)",
+        _run_options(which="the run"),
     )
     p.add_argument("experiment", help="e.g. retrain-cifar10; `paper-repro list` shows them all")
     p.add_argument("--weights", help="pretrained model to retrain from: a run dir or a .keras")
@@ -84,21 +169,25 @@ def _train(args: argparse.Namespace) -> None:
         strategy=args.strategy,
         tensorboard=args.tensorboard,
         download=args.download,
+        verbose=_progress(args),
     )
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="multi-crop test accuracy of a run or a .keras model")
+    p = _tensorflow_command(sub, "evaluate", "multi-crop test accuracy of a run or a .keras model")
     p.add_argument("source", help="a run directory or a .keras file")
     p.add_argument("--dataset", help="tfds name or image folder (default: the run's)")
     p.add_argument("--crops", type=int, choices=CROPS, help="default: the run's (10 or 5)")
     p.add_argument("--split", help="default: the run's test split")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument(
+        "--download", action="store_true", help="let tfds download a dataset that is missing"
+    )
     p.set_defaults(handler=_evaluate)
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from paper_repro.evaluate import evaluate_source
+    from paper_repro.evaluate import evaluate_source, top5_text
 
     scores = evaluate_source(
         args.source,
@@ -106,16 +195,19 @@ def _evaluate(args: argparse.Namespace) -> None:
         crops=args.crops,
         split=args.split,
         data_dir=args.data_dir,
+        download=args.download,
+        verbose=_progress(args),
     )
     print(
         f"{args.source}: {scores['crops']}-crop top-1 {scores['top1']:.2%}, "
-        f"top-5 {scores['top5']:.2%} on {scores['num_examples']} images"
+        f"top-5 {top5_text(scores['top5'], scores['num_classes'])} on {scores['num_examples']} "
+        "images"
     )
 
 
 def _add_list(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="experiments, presets and existing runs")
-    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--runs-dir", default="runs", help="where to look for runs (default: runs)")
     p.set_defaults(handler=_list)
 
 
@@ -135,7 +227,7 @@ def _list(args: argparse.Namespace) -> None:
                 f"crop {config.crop}{subset}"
             )
     found = find_histories(args.runs_dir) if Path(args.runs_dir).is_dir() else []
-    print(f"runs in {args.runs_dir}: {'none' if not found else ''}")
+    print(f"run directories under {Path(args.runs_dir).as_posix()}/: {'none' if not found else ''}")
     for path in found:
         history = load_history(path)
         final = f", top-1 {history.final.top1:.2%}" if history.final else ""
@@ -143,12 +235,18 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = _tensorflow_command(
+        sub,
         "reproduce",
-        parents=[_run_options(preset="mini", which="every run of the preset")],
-        help="every experiment of a preset, then Table III + Fig. 5",
+        "every experiment of a preset, then Table III + Fig. 5",
+        _run_options(which="every run of the preset"),
     )
-    p.add_argument("--out", default="figures", help="where the table and figure go")
+    p.add_argument(
+        "--out",
+        default="figures",
+        help="where the tables, the figure and the histories they come from go (default: "
+        "figures, the committed ones: give a scratch folder to keep them)",
+    )
     p.add_argument(
         "--weights",
         help="pretrained model for every retraining on pretrained features (skips "
@@ -176,6 +274,7 @@ def _reproduce(args: argparse.Namespace) -> None:
         force=args.force,
         cache_features=args.cache_features,
         download=args.download,
+        verbose=_progress(args),
     )
     _print_paths(paths)
 
@@ -257,8 +356,12 @@ def _add_regenerate(sub: argparse._SubParsersAction) -> None:
             default="figures/histories",
             help="folder searched for history.json / *.history.json (default: figures/histories)",
         )
-        p.add_argument("--out", default="figures")
-        p.add_argument("--allow-mixed-presets", action="store_true")
+        p.add_argument("--out", default="figures", help="where they are written (default: figures)")
+        p.add_argument(
+            "--allow-mixed-presets",
+            action="store_true",
+            help="accept histories of several presets (each row and line then names its preset)",
+        )
         if what == "tables":
             p.add_argument(
                 "--target",
@@ -294,10 +397,21 @@ def _print_paths(paths) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a trained model (.keras, SavedModel, ONNX)")
+    p = _tensorflow_command(sub, "export", "export a trained model (.keras, SavedModel, ONNX)")
     p.add_argument("source", help="a run directory or a .keras file")
-    p.add_argument("--format", choices=("keras", "saved_model", "onnx"), default="keras")
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--format",
+        choices=("keras", "saved_model", "onnx"),
+        default="keras",
+        help="keras: a .keras file; saved_model: a directory for TF Serving, raw images in, "
+        "class names out; onnx: a .onnx file (extra onnx) (default: keras)",
+    )
+    p.add_argument("--out", required=True, help="the file or directory to write")
+    p.add_argument(
+        "--data-dir",
+        help="tfds data directory, read only for the class names of a run that predates their "
+        "recording (default: $TFDS_DATA_DIR)",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing export")
     p.set_defaults(handler=_export)
 
@@ -305,13 +419,17 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> None:
     from paper_repro.export import export_model
 
-    _print_paths([export_model(args.source, args.format, args.out, force=args.force)])
+    _print_paths(
+        [export_model(args.source, args.format, args.out, force=args.force, data_dir=args.data_dir)]
+    )
 
 
 def _add_import_caffe(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("import-caffe", help="CaffeNet weights from a .caffemodel into .keras")
-    p.add_argument("caffemodel")
-    p.add_argument("--out", default="caffenet.keras")
+    p = _tensorflow_command(sub, "import-caffe", "CaffeNet weights from a .caffemodel into .keras")
+    p.add_argument("caffemodel", help="BVLC CaffeNet's .caffemodel (either of Caffe's formats)")
+    p.add_argument(
+        "--out", default="caffenet.keras", help="the .keras file to write (default: caffenet.keras)"
+    )
     p.add_argument(
         "--mean",
         help="per-channel mean: ilsvrc_2012_mean.npy averaged (default: Caffe's 104/117/123 BGR)",
@@ -321,7 +439,7 @@ def _add_import_caffe(sub: argparse._SubParsersAction) -> None:
         help="ilsvrc_2012_mean.npy (or .binaryproto) subtracted per pixel, centre-cropped, as "
         "Caffe's TEST phase does",
     )
-    p.add_argument("--force", action="store_true")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.set_defaults(handler=_import_caffe)
 
 
@@ -361,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "verbose"):  # a ``_tensorflow_command``
+        import_tensorflow(args.verbose)
     try:
         args.handler(args)
     except UserError as error:

@@ -197,8 +197,9 @@ def _not_prepared_message(builder: tfds.core.DatasetBuilder, data_dir: str) -> s
         )
     return (
         f"{where}; prepare it on a machine with network (`tfds build {builder.name} "
-        f"--data_dir {data_dir}`) and copy it there, set TFDS_DATA_DIR to a prepared copy, or "
-        f"rerun with --download (needs a network{_offline(builder, data_dir, '; offline, ')})"
+        f"--data_dir {data_dir}`) and copy it there, point --data-dir (or TFDS_DATA_DIR) at a "
+        f"prepared copy, or rerun with --download (needs a network"
+        f"{_offline(builder, data_dir, '; offline, ')})"
     )
 
 
@@ -251,8 +252,8 @@ def _folder_source(root: Path, split: str) -> _Source:
         # Sliced like a tfds split, it would name no sub-folder and silently read them all.
         raise UserError(
             f"split {split!r} slices a tfds split, but {root} is an image folder, whose splits "
-            f"are sub-folders: put validation images in {root}/validation/<class>/ and "
-            "--set test_split=validation"
+            f"are sub-folders: put validation images in {root}/validation/<class>/ and name the "
+            "split validation"
         )
     folder = root / split if (root / split).is_dir() else root
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -12,7 +12,8 @@ exported SavedModel serves (``paper_repro.export``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -29,7 +30,7 @@ from paper_repro.augment import (
 from paper_repro.data import load_split
 from paper_repro.errors import UserError
 from paper_repro.history import load_history
-from paper_repro.model import FC8, caffe_layers, load_model
+from paper_repro.model import FC8, caffe_layers, load_model, model_record
 from paper_repro.runs import RunPaths, model_file
 
 TOP_K = 5
@@ -60,7 +61,8 @@ def evaluate(
         verbose: 1 shows a progress bar.
 
     Returns:
-        ``{"top1", "top5", "num_examples", "crops", "center_top1", "center_top5"}``; top5 is
+        ``{"top1", "top5", "num_examples", "crops", "center_top1", "center_top5",
+        "num_classes"}``; top5 is
         top-min(5, classes); ``center_*`` score the centre view alone, from the same pass: Caffe's
         TEST phase (and so most likely the paper's ILSVRC-12 accuracy) tests the centre crop.
     """
@@ -89,7 +91,13 @@ def evaluate(
         raise UserError("the test data holds no examples")
     top1, top5, center_top1, center_top5 = (float(h) / seen for h in (*hits, *center_hits))
     return {"top1": top1, "top5": top5, "num_examples": seen, "crops": crops,
-            "center_top1": center_top1, "center_top5": center_top5}  # fmt: skip
+            "center_top1": center_top1, "center_top5": center_top5,
+            "num_classes": int(model.output_shape[-1])}  # fmt: skip
+
+
+def top5_text(top5: float, num_classes: int) -> str:
+    """A top-5 accuracy as printed: "n/a" for at most 5 classes, where it is always 100 %."""
+    return "n/a" if num_classes <= TOP_K else f"{top5:.2%}"
 
 
 def _batches(data, augment: AugmentConfig, batch_size: int) -> tf.data.Dataset:
@@ -194,14 +202,45 @@ def resolve_geometry(
     return augment, crops or int(config.get("test_crops", 10 if mirror else 5))
 
 
-def load_source(source: str | Path) -> tuple[keras.Model, dict, int]:
-    """The model of a run directory with its run config and seed, or of a .keras file (``{}``,
-    seed 0): what ``evaluate`` and ``export`` take."""
+@dataclass(frozen=True)
+class Source:
+    """A trained model with what it was trained on: its run config (``{}`` when unknown), seed
+    and class names (None when unrecorded)."""
+
+    model: keras.Model
+    config: dict
+    seed: int
+    class_names: tuple[str, ...] | None
+
+    def trained_on(self) -> dict | None:
+        """What a copy of the model file carries of it (``trained_on``); None when unknown."""
+        if not (self.config or self.class_names):
+            return None
+        return trained_on(self.config, self.seed, self.class_names)
+
+
+def trained_on(config: Mapping, seed: int, class_names: Sequence[str] | None) -> dict:
+    """The record a trained model file carries (``model.save_model``), read by ``load_source``:
+    its run config (dataset, splits, class subset, resize, crop, mirroring, test crops), seed and
+    class names."""
+    return {"seed": seed, "class_names": list(class_names or ()), "config": dict(config)}
+
+
+def load_source(source: str | Path) -> Source:
+    """The model of a run directory, with its history's config, seed and class names, or of a
+    .keras file, with those its trainer recorded inside it (``model.save_model``): what
+    ``evaluate`` and ``export`` take, so neither needs the dataset to know them."""
     path = model_file(source)
     history = RunPaths(Path(source)).history
-    record = load_history(history) if Path(source).is_dir() and history.is_file() else None
     model = load_model(path)
-    return (model, record.config, record.seed) if record else (model, {}, 0)
+    if Path(source).is_dir() and history.is_file():
+        record = load_history(history)
+        return Source(model, record.config, record.seed, record.class_names)
+    record = model_record(path)
+    names = record.get("class_names")
+    return Source(
+        model, record.get("config", {}), record.get("seed", 0), tuple(names or ()) or None
+    )
 
 
 def evaluate_source(
@@ -211,15 +250,18 @@ def evaluate_source(
     crops: int | None = None,
     split: str | None = None,
     data_dir: str | None = None,
+    download: bool = False,
     verbose: int = 1,
 ) -> dict[str, float | int]:
     """``paper-repro evaluate``: a run directory or a .keras model on a dataset's test split.
 
     The run's config supplies what the model was trained with (dataset, class subset, resize,
     mirroring, number of test crops, test subset and seed, so that a run's recorded accuracy is
-    reproduced); a bare .keras file gets Caffe's 256/227 ratio, and needs ``dataset``.
+    reproduced), as does the record inside a model file the trainer wrote; any other .keras file
+    gets Caffe's 256/227 ratio, and needs ``dataset``.
     """
-    model, config, seed = load_source(source)
+    loaded = load_source(source)
+    model, config, seed = loaded.model, loaded.config, loaded.seed
     dataset = dataset or config.get("dataset")
     if not dataset:
         raise UserError(f"{source} has no run config naming its dataset: pass --dataset NAME")
@@ -231,6 +273,7 @@ def evaluate_source(
         class_subset=config.get("classes") if same_data else None,
         subset_size=config.get("test_subset") if same_data and not split else None,
         seed=seed,
+        download=download,
     )
     fc8 = caffe_layers(model)[FC8].kernel.shape
     if fc8[-1] != info.num_classes:

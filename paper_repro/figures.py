@@ -75,6 +75,9 @@ PAPER = {
     "cifar10": PaperRow(89.99, 89.14, 91.78, "[23]", 8),
     "cifar100": PaperRow(63.65, 67.68, 65.43, "[23]", 10),
 }
+# The classes of the paper's datasets, for histories that do not record theirs.
+KNOWN_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+TOP_K = 5  # top-5 accuracy: "n/a" for a run of at most this many classes, where it is always 100 %
 PAPER_PRETRAIN_TOP1 = 59.23
 PAPER_PRETRAIN_TOP5 = 83.58
 
@@ -188,6 +191,27 @@ def _percent(fraction: float) -> str:
 def _train_seconds(history: History) -> float:
     """Training time of a run: the epochs' seconds, without the final multi-crop evaluation."""
     return sum(epoch.wall_seconds for epoch in history.epochs)
+
+
+def _timed_at(history: History) -> str:
+    """Where a run's seconds were measured: the code's commit, the device and the host."""
+    recorded = history.provenance
+    commit = recorded.git_commit or "unknown"
+    short = commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+    return f"commit {short}, {recorded.device}, host {recorded.host}"
+
+
+def _places(*groups: _Runs | None) -> list[str]:
+    """The distinct places (``_timed_at``) where these runs were timed, in order."""
+    return sorted({_timed_at(h) for runs in groups if runs for _, h in runs})
+
+
+def _mixed_note(*groups: _Runs | None) -> str:
+    """The note of a value that combines seconds from several places; empty when one."""
+    places = _places(*groups)
+    if len(places) < 2:
+        return ""
+    return "combines seconds from different machines or code versions: " + "; ".join(places)
 
 
 def _sources(*groups: _Runs | None) -> tuple[str, ...]:
@@ -415,7 +439,8 @@ def _wall_ratio_cell(full: _Runs | None, retrain: _Runs | None, absent: str) -> 
     retrain_seconds = statistics.fmean(_train_seconds(h) for _, h in retrain)
     if retrain_seconds == 0:
         return _Cell(note=f"{retrain[0][0]} records no training time")
-    return _Cell(f"{statistics.fmean(_train_seconds(h) for _, h in full) / retrain_seconds:.2f}")
+    ratio = statistics.fmean(_train_seconds(h) for _, h in full) / retrain_seconds
+    return _Cell(f"{ratio:.2f}", _mixed_note(full, retrain))
 
 
 def _pretrain_section(index: _Index) -> _Section:
@@ -472,10 +497,25 @@ def _pretrain_row(preset: str, runs: _Runs | None, stand_in: str | None = None) 
                 [final.center_top5 for final in finals],
             )
         )
+        classes = _num_classes(runs[0][1])
+        if classes is not None and classes <= TOP_K:
+            top5 = center5 = _Cell(
+                "n/a", f"{classes} classes: every image's class is among the top {TOP_K}"
+            )
     crops = _crops_cell(runs)
     cells = (_Cell(_display(dataset)), _Cell(preset), crops, top1, paper[0], top5, paper[1],
              center1, center5)  # fmt: skip
     return _Row(dataset, preset, cells, _sources(runs))
+
+
+def _num_classes(history: History) -> int | None:
+    """The classes a run's network outputs: recorded, else its class subset's, else those of a
+    dataset of the paper's (histories written before the names were recorded)."""
+    if history.class_names:
+        return len(history.class_names)
+    if history.config.get("classes"):
+        return len(history.config["classes"])
+    return KNOWN_CLASSES.get(history.dataset)
 
 
 def _footnotes(sections: Sequence[_Section]) -> dict[str, int]:
@@ -657,9 +697,16 @@ def write_time_to_accuracy(
     index = _index(histories, allow_mixed_presets)
     control = _has_control(index)
     header = (*TIME_HEADER, TIME_CONTROL_COLUMN) if control else TIME_HEADER
-    section = _Section("time_to_accuracy", header, tuple(_time_rows(index, target, control)))
+    timed = [
+        _with_epochs(runs) for (_, _, v), runs in index.items() if v in (*TIME_VARIANTS, CONTROL)
+    ]
+    places = _places(*timed)
+    rows = tuple(_time_rows(index, target, control, mixed=len(places) > 1))
+    section = _Section("time_to_accuracy", header, rows)
     title = "Time to accuracy (reproduced)"
-    caption = _caption(TIME_CAPTION, index, histories, TIME_CONTROL_CAPTION)
+    caption = _caption(TIME_CAPTION, index, histories, TIME_CONTROL_CAPTION) + _places_caption(
+        places
+    )
     files = {
         "time_to_accuracy.md": _markdown([section], _presets(histories), histories, title, caption),
         "time_to_accuracy.csv": _csv([section]),
@@ -667,8 +714,22 @@ def write_time_to_accuracy(
     return _write_all(Path(out_dir), {n: t.encode("utf-8") for n, t in files.items()})
 
 
-def _time_rows(index: _Index, target: float | None, control: bool) -> Iterator[_Row]:
-    """A row per preset and dataset with at least two of the modes run (the control aside)."""
+def _places_caption(places: Sequence[str]) -> str:
+    """The caption's word on where the seconds were measured: one place, named, or several,
+    each time then footnoted with its own (seconds of different machines or code versions are
+    not compared silently)."""
+    if len(places) == 1:
+        return f" Every time was measured at {places[0]}."
+    return (
+        f" The times come from {len(places)} different machines or code versions, so they compare"
+        " the places as well as the modes: each time's footnote names where it was measured, and"
+        " a ratio of times from different places says so."
+    )
+
+
+def _time_rows(index: _Index, target: float | None, control: bool, mixed: bool) -> Iterator[_Row]:
+    """A row per preset and dataset with at least two of the modes run (the control aside);
+    ``mixed``: the table's times come from several places, each time cell names its own."""
     shown = (*TIME_VARIANTS, CONTROL) if control else TIME_VARIANTS
     for preset, dataset in sorted(
         {(p, d) for p, d, _ in index}, key=lambda k: (k[0], _dataset_order(k[1]))
@@ -684,13 +745,15 @@ def _time_rows(index: _Index, target: float | None, control: bool) -> Iterator[_
             _Cell(_display(dataset)),
             _Cell(preset),
             _Cell(_percent(goal)),
-            *(_time_cell(runs.get(v), times.get(v)) for v in TIME_VARIANTS),
+            *(_time_cell(runs.get(v), times.get(v), mixed) for v in TIME_VARIANTS),
             _summary_cell([h.cache.build_seconds for _, h in cached], _seconds)
             if cached
             else _Cell(),
-            _ratio_cell(times.get("full"), times.get("retrain")),
-            _ratio_cell(times.get("full"), times.get("retrain-cached")),
-            *([_time_cell(runs.get(CONTROL), times.get(CONTROL))] if control else []),
+            *(
+                _ratio_cell(runs.get("full"), runs.get(other), times.get("full"), times.get(other))
+                for other in ("retrain", "retrain-cached")
+            ),
+            *([_time_cell(runs.get(CONTROL), times.get(CONTROL), mixed)] if control else []),
         )
         yield _Row(dataset, preset, cells, _sources(*runs.values()))
 
@@ -723,34 +786,46 @@ def _time_to(history: History, goal: float) -> _Time:
     return None
 
 
-def _time_cell(runs: _Runs | None, times: Sequence[_Time] | None) -> _Cell:
+def _time_cell(runs: _Runs | None, times: Sequence[_Time] | None, mixed: bool) -> _Cell:
     """``seconds (epoch)`` over the seeds that reach the target (mean ± std, epochs min-max);
-    a seed that does not is named in a note."""
+    a seed that does not is named in a note, and so, in a table of ``mixed`` places, is where
+    the seconds shown were measured."""
     if not runs:
         return _Cell()
-    missed = "; ".join(
+    missed = [
         f"{source} does not reach the target in {len(h.epochs)} epochs"
         for (source, h), time in zip(runs, times, strict=True)
         if time is None
-    )
+    ]
+    timed = tuple(run for run, time in zip(runs, times, strict=True) if time is not None)
+    if not timed:
+        return _Cell(note="; ".join(missed))
+    where = ["timed at " + " and ".join(_places(timed))] if mixed else []
     reached = [time for time in times if time is not None]
-    if not reached:
-        return _Cell(note=missed)
     seconds = seeds.summarize([time[0] for time in reached])
     epochs = seeds.range_text(seeds.summarize([time[1] for time in reached]), _seconds)
     return _Cell(
-        f"{seeds.text(seconds, _seconds)} ({epochs})", missed, seeds.spread(seconds, _seconds)
+        f"{seeds.text(seconds, _seconds)} ({epochs})",
+        "; ".join([*missed, *where]),
+        seeds.spread(seconds, _seconds),
     )
 
 
-def _ratio_cell(full: Sequence[_Time] | None, other: Sequence[_Time] | None) -> _Cell:
-    """Mean seconds of full training over another mode's, where every seed of both reaches."""
+def _ratio_cell(
+    full_runs: _Runs | None,
+    other_runs: _Runs | None,
+    full: Sequence[_Time] | None,
+    other: Sequence[_Time] | None,
+) -> _Cell:
+    """Mean seconds of full training over another mode's, where every seed of both reaches;
+    noted where the two were timed at different places."""
     if not full or not other or None in full or None in other:
         return _Cell()
     other_seconds = statistics.fmean(time[0] for time in other)
     if other_seconds <= 0:
         return _Cell()
-    return _Cell(f"{statistics.fmean(time[0] for time in full) / other_seconds:.2f}")
+    ratio = statistics.fmean(time[0] for time in full) / other_seconds
+    return _Cell(f"{ratio:.2f}", _mixed_note(full_runs, other_runs))
 
 
 # --- Figure 5 --------------------------------------------------------------------------------

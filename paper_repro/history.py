@@ -47,7 +47,8 @@ class EpochRecord:
     wall_seconds: float
 
 
-# Fields of the final evaluation added after the first histories were written.
+# Fields added after the first histories were written: of the history, of its final evaluation.
+_OPTIONAL = ("cache", "start", "class_names")
 _OPTIONAL_FINAL = ("center_top1", "center_top5")
 
 
@@ -112,12 +113,19 @@ class History:
     status: str
     cache: CacheRecord | None = None
     start: str | None = None  # one of STARTS; None in histories written before it was recorded
+    # The names of the classes the network outputs, in output order (the ``config``'s ``classes``
+    # subset, relabelled), so that export and evaluate need no dataset to name them; None in
+    # histories written before they were recorded. The dataset, its splits, the class subset and
+    # the input geometry are the ``config``'s.
+    class_names: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, keys in schema order so that saved files diff cleanly."""
         data = asdict(self)
         data["epochs"] = list(data["epochs"])
-        for optional in ("cache", "start"):  # absent rather than null: older files stay valid
+        if data["class_names"] is not None:
+            data["class_names"] = list(data["class_names"])
+        for optional in _OPTIONAL:  # absent rather than null: older files stay valid
             if data[optional] is None:
                 del data[optional]
         for optional in _OPTIONAL_FINAL:
@@ -245,9 +253,7 @@ def _seconds(value: Any, where: _Field) -> float:
 
 
 def _read_history(data: Any, where: _Field) -> History:
-    data = _object(
-        data, where, ("schema", *History.__dataclass_fields__), optional=("cache", "start")
-    )
+    data = _object(data, where, ("schema", *History.__dataclass_fields__), optional=_OPTIONAL)
     if data["schema"] != SCHEMA:
         where.key("schema").fail(f"must be {_show(SCHEMA)}, got {_show(data['schema'])}")
     status = _choice(data["status"], where.key("status"), STATUSES)
@@ -275,7 +281,17 @@ def _read_history(data: Any, where: _Field) -> History:
         start=None
         if data.get("start") is None
         else _choice(data["start"], where.key("start"), STARTS),
+        class_names=_read_class_names(data.get("class_names"), where.key("class_names")),
     )
+
+
+def _read_class_names(data: Any, where: _Field) -> tuple[str, ...] | None:
+    if data is None:
+        return None
+    names = _array(data, where)
+    if not names:
+        where.fail("must name at least one class, got []")
+    return tuple(_string(name, where.index(i)) for i, name in enumerate(names))
 
 
 def _read_cache(data: Any, where: _Field) -> CacheRecord | None:

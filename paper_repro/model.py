@@ -26,7 +26,10 @@ also the sizes at which Keras' floor-mode pooling equals Caffe's ceil mode.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import json
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
 
 import keras
 from keras import ops
@@ -46,6 +49,7 @@ DEFAULT_GROUPS = 2
 
 # The blocks' and the output layer's names: contracts with the trainer (freezing, the cached
 # classifier), the feature cache, the evaluation and the Caffe import.
+MODEL_RECORD = "paper_repro.json"  # the member of a .keras file that ``save_model`` adds
 PREPROCESS = "preprocess"
 FEATURES = "features"
 CLASSIFIER = "classifier"
@@ -362,6 +366,27 @@ def build_alexnet(
     x = CaffePreprocessing(mean=mean, bgr=bgr, mean_image=mean_image, name=PREPROCESS)(inputs)
     outputs = classifier(features(x))
     return keras.Model(inputs, outputs, name=name)
+
+
+def save_model(model: keras.Model, path: str | os.PathLike, record: Mapping | None = None) -> None:
+    """``model.save`` as ``.keras``, with ``record`` (what the model was trained on) inside.
+
+    A ``.keras`` file is a zip of Keras' config, metadata and weights; the record is one more
+    member, ``MODEL_RECORD``, which Keras' loader leaves alone. So the model file alone says
+    what its outputs mean (class names, dataset, geometry), without its run directory.
+    """
+    model.save(path)
+    if record is not None:
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr(MODEL_RECORD, json.dumps(record, indent=2) + "\n")
+
+
+def model_record(path: str | os.PathLike) -> dict:
+    """The record :func:`save_model` put in a ``.keras`` file; ``{}`` where it has none."""
+    with zipfile.ZipFile(path) as archive:
+        if MODEL_RECORD not in archive.namelist():
+            return {}
+        return json.loads(archive.read(MODEL_RECORD))
 
 
 def load_model(path, *, compile: bool = False) -> keras.Model:

@@ -77,8 +77,22 @@ def git_commit() -> str | None:
 
 
 def device() -> str:
+    """The accelerator, or the CPU with its model name where the system says it: the time
+    tables tell runs of different machines apart by it (a host name such as "vm" may repeat)."""
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
-    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+    model = _cpu_model()
+    machine = platform.processor() or platform.machine()
+    return f"CPU ({os.cpu_count()} cores, {machine}{f', {model}' if model else ''})"
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name from Linux's /proc/cpuinfo; None elsewhere."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names and names[0] else None

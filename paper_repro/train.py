@@ -181,6 +181,8 @@ def _fit(run: _Run) -> History:
             history = _new_history(run)
     if config.cache_features and history.cache is None:
         history = dataclasses.replace(history, cache=feeds.record)
+    if history.class_names is None:  # also a run resumed from a history that predates them
+        history = dataclasses.replace(history, class_names=splits.train_info.class_names)
     save_history(history, paths.history)
 
     recorder = RunRecorder(paths, history, config.max_iterations)
@@ -246,14 +248,18 @@ def _finish(run: _Run, model: keras.Model, splits, history: History) -> History:
         center_top1=scores["center_top1"],
         center_top5=scores["center_top5"],
     )
-    replace_atomic(paths.model, _without_optimizer(model).save)
+    record = evaluate.trained_on(history.config, history.seed, history.class_names)
+    replace_atomic(
+        paths.model, lambda path: model_lib.save_model(_without_optimizer(model), path, record)
+    )
     history = dataclasses.replace(history, final=final, status="finished")
     save_history(history, paths.history)
     paths.checkpoint.unlink(missing_ok=True)
     _say(
         run.verbose,
-        f"{paths.root}: {config.test_crops}-crop top-1 {final.top1:.2%}, top-5 {final.top5:.2%} "
-        f"(centre crop {final.center_top1:.2%}, {final.center_top5:.2%})",
+        f"{paths.root}: {config.test_crops}-crop top-1 {final.top1:.2%}, top-5 "
+        f"{evaluate.top5_text(final.top5, scores['num_classes'])} (centre crop "
+        f"{final.center_top1:.2%}, {evaluate.top5_text(final.center_top5, scores['num_classes'])})",
     )
     return history
 

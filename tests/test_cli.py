@@ -1,6 +1,7 @@
 """The command line: every planned command, `reproduce --preset smoke`, evaluate and list."""
 
 import csv
+import json
 import re
 import subprocess
 import sys
@@ -15,15 +16,28 @@ COMMANDS = ("train", "evaluate", "list", "reproduce", "regenerate-tables", "rege
             "export", "import-caffe")  # fmt: skip
 
 
-def test_help_lists_every_command_of_the_design():
-    out = subprocess.run(
-        [sys.executable, "-m", "paper_repro.cli", "--help"],
-        capture_output=True,
-        text=True,
-        check=True,
+def _help(args: list[str]) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "paper_repro.cli", *args], capture_output=True, text=True, check=True
     ).stdout
+
+
+def test_help_lists_every_command_of_the_design():
+    out = _help(["--help"])
     for command in COMMANDS:
         assert command in out
+
+
+def test_verbose_lets_tensorflow_start_up_lines_through_and_errors_stay_last(tmp_path):
+    """The default's silence is checked on a real training run (test_train's killed run)."""
+    missing = str(tmp_path / "missing.keras")
+    command = [sys.executable, "-m", "paper_repro.cli", "evaluate", missing, "--verbose"]
+    err = subprocess.run(command, capture_output=True, text=True).stderr.splitlines()
+    assert len(err) > 1 and any("oneDNN" in line or "absl" in line for line in err[:-1])
+    assert (
+        err[-1]
+        == f"paper-repro evaluate: error: {missing} is neither a run directory nor a .keras file"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +80,41 @@ def test_reproduce_again_skips_finished_runs(smoke_reproduction, capsys):
 
 
 @pytest.mark.usefixtures("tfds_dir")
-def test_evaluate_a_run_gives_its_recorded_multi_crop_accuracy(smoke_reproduction, capsys):
+@pytest.mark.parametrize("source", ["", "model.keras"])
+def test_evaluate_a_run_or_its_model_file_gives_its_recorded_accuracy(
+    smoke_reproduction, capsys, source
+):
+    """The model file alone carries its run's dataset, classes, geometry and seed: no --dataset."""
     _, root = smoke_reproduction
     run = root / "runs" / "smoke" / "retrain-mnist"
-    assert cli.main(["evaluate", str(run)]) == 0
+    assert cli.main(["evaluate", str(run / source), "--quiet"]) == 0
     final = load_history(run / "history.json").final
     assert f"5-crop top-1 {final.top1:.2%}" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("tfds_dir")
+def test_export_without_any_dataset_keeps_the_class_names(
+    smoke_reproduction, tmp_path, monkeypatch
+):
+    """The pretraining's 5 CIFAR-10 classes, named from its record, with no data to read."""
+    import tensorflow as tf
+
+    _, root = smoke_reproduction
+    run = root / "runs" / "smoke" / "pretrain-imagenet"
+    cifar = ["airplane", "automobile", "bird", "cat", "deer"]
+    assert list(load_history(run / "history.json").class_names) == cifar
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))  # an empty data directory
+    out = tmp_path / "served"
+    assert cli.main(["export", str(run / "model.keras"), "--format", "saved_model", "--out",
+                     str(out)]) == 0  # fmt: skip
+    signatures = tf.saved_model.load(str(out)).signatures
+    metadata = signatures["metadata"]()
+    assert metadata["class_names"].numpy().astype(str).tolist() == cifar
+    trained_on = json.loads(metadata["trained_on"].numpy())
+    assert trained_on["config"]["classes"] == [0, 1, 2, 3, 4]
+    assert trained_on["config"]["dataset"] == "cifar10" and trained_on["served"]["crop"] == 67
+    top5 = signatures["serving_default"](images=tf.zeros((1, 32, 32, 3), tf.uint8))
+    assert sorted(top5["top5_class_names"].numpy().astype(str)[0]) == sorted(cifar)
 
 
 @pytest.mark.usefixtures("tfds_dir")
@@ -89,6 +132,13 @@ def test_list_shows_presets_and_runs(smoke_reproduction, capsys):
     out = capsys.readouterr().out
     assert "preset mini:" in out and "retrain-cifar100" in out
     assert "retrain-mnist: finished, 2 epochs, top-1" in out
+    assert f"run directories under {(root / 'runs').as_posix()}/:" in out
+
+
+def test_list_names_the_default_runs_directory_as_a_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["list"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "run directories under runs/: none"
 
 
 def test_regenerate_without_histories_says_which_command_makes_them(tmp_path, capsys):
@@ -128,8 +178,12 @@ def test_train_and_reproduce_share_their_run_flags_with_their_own_preset_default
             ["epochs=1"],
         )
         assert args.force and args.cache_features and args.download
-    assert (train.preset, reproduce.preset) == ("paper", "mini")
-    assert parser.parse_args(["train", "full-mnist"]).preset == "paper"
+    # One rule: every command defaults to the mini preset, and its help says so.
+    assert train.preset == reproduce.preset == cli.DEFAULT_PRESET == "mini"
+    for command in ("train", "reproduce"):
+        assert "default: mini, for every command" in " ".join(
+            _help([command, *(["x"] if command == "train" else []), "--help"]).split()
+        )
 
 
 @pytest.mark.parametrize(

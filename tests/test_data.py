@@ -427,7 +427,7 @@ def test_a_validation_split_carved_from_training_is_disjoint_from_what_trains(tf
 
 def test_a_sliced_split_of_an_image_folder_is_refused(image_folder):
     root = image_folder({"a": [np.zeros((4, 4, 3))], "b": [np.ones((4, 4, 3))]})
-    with pytest.raises(UserError, match=r"slices a tfds split.*test_split=validation"):
+    with pytest.raises(UserError, match=r"slices a tfds split.*name the split validation"):
         data.load_split(str(root), "train[:90%]")
 
 

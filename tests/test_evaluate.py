@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from paper_repro.augment import AugmentConfig
 from paper_repro.errors import UserError
-from paper_repro.evaluate import evaluate
+from paper_repro.evaluate import evaluate, top5_text
 
 # 24 -> 16: corners at 0 and 8, centre at 4 (Caffe's (resize - crop) // 2).
 SMALL = AugmentConfig(24, 16)
@@ -114,3 +114,8 @@ def test_bad_arguments_are_explained(case, kwargs, message):
     arguments = {"data": (images, labels), "crops": 1, "augment": SMALL, **kwargs}
     with pytest.raises(UserError, match=message):
         evaluate(model, arguments.pop("data"), verbose=0, **arguments)
+
+
+def test_top5_prints_na_where_the_model_has_at_most_5_classes():
+    assert top5_text(1.0, 5) == "n/a"  # always 100 %: says nothing
+    assert top5_text(0.875, 6) == "87.50%"

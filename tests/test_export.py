@@ -18,7 +18,7 @@ import tensorflow as tf
 from paper_repro import evaluate, export
 from paper_repro.errors import UserError
 from paper_repro.history import FinalEvaluation, History, Provenance, save_history
-from paper_repro.model import build_alexnet, caffe_layers
+from paper_repro.model import build_alexnet, caffe_layers, save_model
 
 SIZE, RESIZE = 67, 76
 NAMES = tuple(f"class-{i}" for i in range(10))
@@ -185,6 +185,13 @@ def test_class_names_come_from_the_runs_dataset(model):
     assert export.serving_config(model, {}).class_names == tuple(map(str, range(10)))
 
 
+def test_names_never_recorded_nor_prepared_are_numbers_said_on_stderr(model, tmp_path, capsys):
+    """A run older than the recorded names, its CIFAR-10 not prepared: never silently '0'..'9'."""
+    serving = export.serving_config(model, {"dataset": "cifar10"}, data_dir=str(tmp_path))
+    assert serving.class_names == tuple(map(str, range(10)))
+    assert "the classes are named by their numbers 0..9" in capsys.readouterr().err
+
+
 def test_keras_export_loads_in_safe_mode(model, tmp_path, capsys):
     source = tmp_path / "trained.keras"
     model.save(source)
@@ -195,6 +202,15 @@ def test_keras_export_loads_in_safe_mode(model, tmp_path, capsys):
     np.testing.assert_allclose(
         reloaded.predict(images, verbose=0), model.predict(images, verbose=0)
     )
+
+
+def test_a_keras_export_keeps_what_its_model_was_trained_on(model, tmp_path, capsys):
+    config = {"dataset": "cifar10", "classes": list(range(10)), "resize": RESIZE, "crop": SIZE}
+    source = tmp_path / "trained.keras"
+    save_model(model, source, evaluate.trained_on(config, 3, NAMES))
+    out = export.export_model(source, "keras", tmp_path / "exported.keras")
+    loaded = evaluate.load_source(out)
+    assert (loaded.config, loaded.seed, loaded.class_names) == (config, 3, NAMES)
 
 
 def test_existing_target_is_refused_unless_forced(model, tmp_path):

@@ -72,7 +72,27 @@ def test_table_values_equal_those_in_the_histories(tmp_path, histories):
             assert float(line["value"]) == pytest.approx(100 * history.final.top1, abs=0.005)
             assert source in line["histories"].split()
     top5 = values[("pretrain", "cifar10", "mini", "Top-5")]
-    assert float(top5["value"]) == pytest.approx(100.0)
+    assert (top5["value"], top5["note"]) == ("n/a", FIVE_CLASSES)
+
+
+FIVE_CLASSES = "5 classes: every image's class is among the top 5"
+
+
+def test_top5_is_na_for_a_run_of_at_most_5_classes_only(tmp_path, histories):
+    """The pretraining on CIFAR-10's classes 0-4 scores 100 % top-5 whatever it learnt."""
+    key = "pretrain-cifar10-0to4.history.json"
+    write_table3(histories, tmp_path)
+    assert (
+        csv_values(tmp_path / "table3.csv")[("pretrain", "cifar10", "mini", "Top-5")]["value"]
+        == "n/a"
+    )
+    for ten_classes in (
+        replace(histories[key], config={**histories[key].config, "classes": None}),
+        replace(histories[key], class_names=tuple("abcdefghij")),
+    ):
+        write_table3({**histories, key: ten_classes}, tmp_path)
+        top5 = csv_values(tmp_path / "table3.csv")[("pretrain", "cifar10", "mini", "Top-5")]
+        assert top5["value"] == f"{100 * ten_classes.final.top5:.2f}"
 
 
 def test_table_rows_match_hand_computed_values_and_the_paper(tmp_path, histories):
@@ -84,10 +104,11 @@ def test_table_rows_match_hand_computed_values_and_the_paper(tmp_path, histories
     assert row_of(markdown, "MNIST", "mini", "5", "99.15")[4:] == mnist_rest
     cifar10_rest = ["89.99", "73.98", "89.14", "91.78 [23]", "5", "≈8", "4.08"]
     assert row_of(markdown, "CIFAR-10", "mini", "10", "70.12")[4:] == cifar10_rest
-    pretrain = ["CIFAR-10", "mini", "10", "67.95", "59.23", "100.00", "83.58"]
+    na = f"n/a{footnote(markdown, FIVE_CLASSES)}"
+    pretrain = ["CIFAR-10", "mini", "10", "67.95", "59.23", na, "83.58"]
     older = footnote(markdown, "kept only by histories written since the centre crop was recorded")
     pretrain_row = row_of(markdown, "CIFAR-10", "mini", "10", "67.95")
-    assert pretrain_row == [*pretrain, f"—{older}", f"—{older}"]
+    assert pretrain_row == [*pretrain, f"—{older}", na]
     cifar100 = row_of(markdown, "CIFAR-100")
     assert [cifar100[i] for i in (4, 6, 7, 9)] == ["63.65", "67.68", "65.43 [23]", "≈10"]
 
@@ -347,6 +368,30 @@ def test_time_to_accuracy_counts_epochs_and_cache_build_until_the_target(tmp_pat
     assert "retrain.history.json does not reach the target in 3 epochs" in markdown
 
 
+def test_times_from_one_place_are_said_to_be_and_several_are_marked(tmp_path, histories):
+    """Seconds from other machines or commits are never compared silently."""
+    write_time_to_accuracy(histories, tmp_path)
+    markdown = (tmp_path / "time_to_accuracy.md").read_text(encoding="utf-8")
+    here = "commit 4a8a614, CPU (2 cores), host fixture-host"
+    assert f"Every time was measured at {here}." in markdown and "timed at" not in markdown
+    key = "retrain-mnist/history.json"
+    other = replace(histories[key].provenance, git_commit="0123456789abcdef+dirty", host="other")
+    histories[key] = replace(histories[key], provenance=other)
+    write_time_to_accuracy(histories, tmp_path)
+    markdown = (tmp_path / "time_to_accuracy.md").read_text(encoding="utf-8")
+    there = "commit 0123456+dirty, CPU (2 cores), host other"
+    assert "The times come from 2 different machines or code versions" in markdown
+    full, retrain, ratio = (row_of(markdown, "MNIST")[i] for i in (3, 4, 7))
+    assert full.endswith(footnote(markdown, f"timed at {here}"))
+    assert retrain.endswith(footnote(markdown, f"timed at {there}"))
+    mixed = f"combines seconds from different machines or code versions: {there}; {here}"
+    assert ratio.endswith(footnote(markdown, mixed))
+    assert not row_of(markdown, "CIFAR-10")[7].endswith("]")  # its runs share one place
+    write_table3(histories, tmp_path)
+    table3 = (tmp_path / "table3.md").read_text(encoding="utf-8")
+    assert row_of(table3, "MNIST")[-1].endswith(footnote(table3, mixed))
+
+
 def test_a_cached_retraining_is_its_own_curve_and_not_table_iiis_retraining(tmp_path, histories):
     retrain = histories["retrain-mnist/history.json"]
     cache = CacheRecord("mnist-train", "mnist-test", build_seconds=30.0, reused=False)
@@ -367,7 +412,8 @@ def test_pretraining_shows_the_centre_crop_beside_the_multi_crop_accuracy(tmp_pa
     histories[key] = dataclasses.replace(histories[key], final=final)
     write_table3(histories, tmp_path)
     markdown = (tmp_path / "table3.md").read_text(encoding="utf-8")
-    assert row_of(markdown, "CIFAR-10", "mini", "10", "67.95")[7:] == ["61.25", "98.00"]
+    na = f"n/a{footnote(markdown, FIVE_CLASSES)}"  # top-5 of 5 classes
+    assert row_of(markdown, "CIFAR-10", "mini", "10", "67.95")[7:] == ["61.25", na]
     line = csv_values(tmp_path / "table3.csv")[
         ("pretrain", "cifar10", "mini", "Top-1, centre crop")
     ]
@@ -470,6 +516,19 @@ def test_the_random_features_control_has_its_column_and_dotted_line(tmp_path, hi
     times = (tmp_path / "time_to_accuracy.md").read_text(encoding="utf-8")
     assert row_of(times, "Dataset")[-1] == "Retraining, random features (control): s (epoch)"
     assert re.fullmatch(r"\d+ \(\d\)", row_of(times, "MNIST")[-1])
+
+
+def test_the_legend_hides_no_data_of_the_committed_figure():
+    """Its box, on the drawn canvas, overlaps the extent of no curve, band or marker line."""
+    figure = build_figure5(load_histories(REPO / "figures" / "histories" / "mini"))
+    renderer = figure.canvas.get_renderer()
+    figure.draw(renderer)
+    (axes,) = figure.axes
+    legend = axes.get_legend().get_window_extent(renderer)
+    drawn = [*axes.lines, *axes.collections]
+    assert len(axes.lines) >= 7  # the mini figure's curves and its learning-rate drop
+    hidden = [a.get_label() for a in drawn if legend.overlaps(a.get_window_extent(renderer))]
+    assert not hidden
 
 
 def test_the_committed_outputs_regenerate_byte_for_byte(tmp_path):

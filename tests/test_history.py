@@ -160,3 +160,17 @@ def test_a_cache_record_round_trips_and_is_validated(tmp_path):
     data["cache"]["build_seconds"] = -1
     with pytest.raises(HistoryError, match=r"cache\.build_seconds must be a finite number >= 0"):
         History.from_dict(data)
+
+
+def test_class_names_round_trip_are_validated_and_older_histories_lack_them(tmp_path):
+    older = load_history(RETRAIN)  # written before the names were recorded
+    assert older.class_names is None and "class_names" not in older.to_dict()
+    history = replace(older, class_names=("dog", "frog"))
+    save_history(history, tmp_path / "h.json")
+    assert load_history(tmp_path / "h.json") == history
+    assert json.loads((tmp_path / "h.json").read_text())["class_names"] == ["dog", "frog"]
+    bad = [([], r"class_names must name at least one class"),
+           (["dog", 3], r"class_names\[1\] must be a non-empty string")]  # fmt: skip
+    for names, message in bad:
+        with pytest.raises(HistoryError, match=message):
+            History.from_dict({**history.to_dict(), "class_names": names})

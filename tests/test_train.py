@@ -108,6 +108,7 @@ def _train_command(runs: Path) -> list[str]:
 
 @pytest.mark.usefixtures("tfds_dir")
 def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path, capsys):
+    """Also the command's log to a pipe: small, one line per epoch, nothing on stderr."""
     history_file = tmp_path / "killed" / "smoke" / "full-mnist" / "history.json"
     checkpoint = history_file.with_name("checkpoint.keras")
     process = subprocess.Popen(_train_command(tmp_path / "killed"), cwd=REPO,
@@ -131,8 +132,15 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path, cap
     resumed = subprocess.run(_train_command(tmp_path / "killed"), cwd=REPO, capture_output=True,
                              text=True, check=True)  # fmt: skip
     assert "resuming after epoch" in resumed.stdout
-    subprocess.run(_train_command(tmp_path / "whole"), cwd=REPO, capture_output=True, check=True)
+    logged = subprocess.run(_train_command(tmp_path / "whole"), cwd=REPO, capture_output=True,
+                            text=True, check=True)  # fmt: skip
     whole = load_history(tmp_path / "whole" / "smoke" / "full-mnist" / "history.json")
+    # Output to a pipe, as to a log file: one line per epoch and evaluation, no progress bars,
+    # and no TensorFlow start-up lines on stderr.
+    epochs = len(whole.epochs)
+    assert "\r" not in logged.stdout and "\b" not in logged.stdout
+    assert len(logged.stdout) < 1000 * epochs and logged.stdout.count("Epoch ") == epochs
+    assert logged.stderr == ""
     assert _metrics(load_history(history_file)) == _metrics(whole)
     resumed_final = load_history(history_file).final
     assert (resumed_final.top1, resumed_final.top5) == (whole.final.top1, whole.final.top5)
