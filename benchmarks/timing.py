@@ -41,9 +41,14 @@ def peak_rss_gb() -> float:
 
 
 def machine() -> str:
+    """The processor model (benchmarks report it: ratios differ between CPU kinds), the number
+    of CPUs and the system."""
     import os
 
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform(terse=True)}"
+    from paper_repro.provenance import cpu_model
+
+    model = cpu_model() or platform.machine()
+    return f"{model}, {os.cpu_count()} CPUs, {platform.platform(terse=True)}"
 
 
 def write_json(result: dict, path: str | None) -> None:

@@ -282,9 +282,8 @@ def _reproduce(args: argparse.Namespace) -> None:
 def _add_study(sub: argparse._SubParsersAction) -> None:
     from paper_repro.study import CELLS
 
-    p = sub.add_parser(
-        "study",
-        help="the transfer study's cells (issue 13, figures/study/PLAN.md), then its table",
+    p = _tensorflow_command(
+        sub, "study", "the transfer study's cells (issue 13, figures/study/PLAN.md), then its table"
     )
     p.add_argument(
         "cells",
@@ -330,6 +329,7 @@ def _study(args: argparse.Namespace) -> None:
         out=args.out,
         force=args.force,
         download=args.download,
+        verbose=_progress(args),
     )
     _print_paths([path])
 

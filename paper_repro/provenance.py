@@ -83,12 +83,12 @@ def device() -> str:
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
-    model = _cpu_model()
+    model = cpu_model()
     machine = platform.processor() or platform.machine()
     return f"CPU ({os.cpu_count()} cores, {machine}{f', {model}' if model else ''})"
 
 
-def _cpu_model() -> str | None:
+def cpu_model() -> str | None:
     """The CPU's model name from Linux's /proc/cpuinfo; None elsewhere."""
     try:
         lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()

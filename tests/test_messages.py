@@ -35,10 +35,11 @@ REACHED_BY = {
     "figures.py": ("regenerate-tables", "regenerate-figures"),
     "history.py": (),
     "model.py": (*RUN_COMMANDS, "evaluate", "export"),
-    "reproduce.py": ("reproduce",),
+    "reproduce.py": ("reproduce", "study"),
     "runs.py": RUN_COMMANDS,
     "seeds.py": (),
     "solver.py": RUN_COMMANDS,
+    "study.py": ("study",),
     "train.py": RUN_COMMANDS,
 }
 NOT_MESSAGES = {"provenance.py", "__init__.py"}
