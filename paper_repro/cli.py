@@ -289,7 +289,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "cells",
         nargs="*",
         metavar="CELL",
-        help=f"cells to train: {', '.join(CELLS)} (none: only the table again)",
+        help=f"cells to train: {', '.join(CELLS)} (none: only the table and figure again)",
     )
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
@@ -301,7 +301,9 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "--runs-dir", default="runs/study", help="runs go to RUNS_DIR/CELL (default: runs/study)"
     )
     p.add_argument(
-        "--out", default="figures/study", help="histories and table.md (default: figures/study)"
+        "--out",
+        default="figures/study",
+        help="histories, table.md and gap.png (default: figures/study)",
     )
     p.add_argument("--force", action="store_true", help="train again, also when finished")
     p.add_argument(
@@ -312,15 +314,13 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
 
 def _study(args: argparse.Namespace) -> None:
     if not args.cells:
-        from pathlib import Path
+        from paper_repro.study_figure import regenerate_study
 
-        from paper_repro.study import HISTORIES, write_table
-
-        _print_paths([write_table(Path(args.out) / HISTORIES, args.out)])
+        _print_paths(regenerate_study(args.out))
         return
     from paper_repro.reproduce import reproduce_study
 
-    path = reproduce_study(
+    paths = reproduce_study(
         args.cells,
         seeds=_seeds(None, args.seeds),
         overrides=args.overrides,
@@ -331,7 +331,7 @@ def _study(args: argparse.Namespace) -> None:
         download=args.download,
         verbose=_progress(args),
     )
-    _print_paths([path])
+    _print_paths(paths)
 
 
 def _seeds(seed: int | None, seeds: str | None) -> list[int]:

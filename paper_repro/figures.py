@@ -23,17 +23,16 @@ import io
 import os
 import statistics
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from matplotlib import rc_context, style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from paper_repro import seeds
 from paper_repro.errors import UserError
 from paper_repro.history import History, load_history
+from paper_repro.plotting import deterministic_style, save_figure
 from paper_repro.runs import find_histories, write_atomic
 
 PAPER_DATASETS = ("mnist", "cifar10", "cifar100")
@@ -830,20 +829,6 @@ def _ratio_cell(
 
 # --- Figure 5 --------------------------------------------------------------------------------
 
-# matplotlib's defaults, not the user's matplotlibrc, so every machine draws the same figure;
-# svg.hashsalt fixes the ids matplotlib would otherwise randomise should an SVG ever be written.
-_RC = {"svg.hashsalt": "paper_repro", "savefig.dpi": 150}
-_METADATA = {
-    "png": {"Software": None},
-    "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
-}
-
-
-@contextmanager
-def _style() -> Iterator[None]:
-    with style.context("default"), rc_context(_RC):
-        yield
-
 
 def build_figure5(histories: Mapping[str, History], allow_mixed_presets: bool = False) -> Figure:
     """Figure 5 as a matplotlib Figure (Agg canvas, no pyplot state): one line per full,
@@ -858,7 +843,7 @@ def build_figure5(histories: Mapping[str, History], allow_mixed_presets: bool = 
         raise UserError(f"no full or retrain history to plot among {', '.join(sorted(histories))}")
     colours = _colours(sorted({key[1] for key, _ in runs}, key=_dataset_order))
     presets = sorted({key[0] for key, _ in runs})
-    with _style():
+    with deterministic_style():
         figure = Figure(figsize=(9.6, 4.4))
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
@@ -932,11 +917,4 @@ def write_figure5(
     allow_mixed_presets: bool = False,
 ) -> list[Path]:
     """Write ``figure5.png`` and ``figure5.pdf``, free of timestamps and version stamps."""
-    figure = build_figure5(histories, allow_mixed_presets)
-    files = {}
-    with _style():
-        for fmt in ("png", "pdf"):
-            buffer = io.BytesIO()
-            figure.savefig(buffer, format=fmt, metadata=_METADATA[fmt])
-            files[f"figure5.{fmt}"] = buffer.getvalue()
-    return _write_all(Path(out_dir), files)
+    return save_figure(build_figure5(histories, allow_mixed_presets), out_dir, "figure5")

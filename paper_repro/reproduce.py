@@ -14,6 +14,7 @@ from paper_repro import experiments, figures, study
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 from paper_repro.runs import HISTORY_SUFFIX, RunPaths, run_directory, write_atomic
+from paper_repro.study_figure import regenerate_study
 from paper_repro.train import train
 
 # The pretraining runs once, with this seed: ``runs.pretrained_model`` retrains every seed from it.
@@ -87,13 +88,14 @@ def reproduce_study(
     force: bool = False,
     download: bool = False,
     verbose: int = 1,
-) -> Path:
-    """The transfer study's cells (``study.CELLS``), each for every seed, then its table.
+) -> list[Path]:
+    """The transfer study's cells (``study.CELLS``), each for every seed, then its table and
+    figure (``study_figure.regenerate_study``).
 
     Runs go to ``RUNS_DIR/CELL``, histories are kept under ``OUT/histories/CELL``, and
-    ``OUT/table.md`` is regenerated from every cell's kept histories (with no cell named, that is
-    all it does). A seed's runs all finish before the next seed starts, so an interrupted study
-    leaves whole seeds behind; rerunning resumes it. ``overrides`` apply to every run after the
+    ``OUT/table.md`` (and ``OUT/gap.png``) are regenerated from every cell's kept histories. A
+    seed's runs all finish before the next seed starts, so an interrupted study leaves whole
+    seeds behind; rerunning resumes it. ``overrides`` apply to every run after the
     cell's own (for trying the pipeline at a tiny size; such runs do not belong in the table).
     """
     seeds, extra = _distinct(seeds), list(overrides)
@@ -113,7 +115,7 @@ def reproduce_study(
                 cached=config.mode == "retrain", runs_dir=Path(runs_dir) / name,
                 data_dir=data_dir, force=force, download=download, verbose=verbose,
             )  # fmt: skip
-    return study.write_table(Path(out) / study.HISTORIES, out)
+    return regenerate_study(out)
 
 
 def _study_source(runs_dir: str | os.PathLike, cell: str, seed: int) -> Path:

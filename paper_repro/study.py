@@ -150,7 +150,7 @@ def _percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
-def _summary(values: Mapping[int, float] | None) -> seeds.Summary | None:
+def summary(values: Mapping[int, float] | None) -> seeds.Summary | None:
     return seeds.summarize([values[s] for s in sorted(values)]) if values else None
 
 
@@ -160,12 +160,33 @@ def _text(summary: seeds.Summary | None, borrowed: bool = False) -> str:
     return seeds.text(summary, _percent) + (" (baseline)" if borrowed else "")
 
 
+def difference(
+    a: Mapping[int, float] | None, b: Mapping[int, float] | None
+) -> seeds.Summary | None:
+    """``a - b`` per seed, over the seeds both have, summarized; None when they share none."""
+    common = sorted(set(a or ()) & set(b or ()))
+    return seeds.summarize([a[s] - b[s] for s in common]) if common else None
+
+
 def _difference(a: Mapping[int, float] | None, b: Mapping[int, float] | None) -> str:
     """Mean ± std over the seeds both have of ``a - b``, in points."""
-    common = sorted(set(a or ()) & set(b or ()))
-    if not common:
-        return "–"
-    return seeds.text(seeds.summarize([a[s] - b[s] for s in common]), _percent)
+    summary = difference(a, b)
+    return "–" if summary is None else seeds.text(summary, _percent)
+
+
+Results = dict[str, dict[str, dict[int, float]]]  # cell: experiment: seed: accuracy
+
+
+def results(histories_dir: str | os.PathLike[str]) -> Results:
+    """Every cell's finished runs under ``HISTORIES_DIR/CELL``, as accuracies per seed."""
+    return {name: _by_run(Path(histories_dir) / name) for name in CELLS}
+
+
+def arm(found: Results, name: str, experiment: str) -> tuple[dict[int, float] | None, bool]:
+    """A cell's accuracies of one run, or the baseline's where the cell does not train it (then
+    ``True``, borrowed)."""
+    own = found[name].get(experiment)
+    return (own, False) if own else (found[BASELINE].get(experiment), True)
 
 
 def _verdict(runs: Mapping[str, dict[int, float]], base: Mapping[str, dict[int, float]]) -> str:
@@ -188,8 +209,7 @@ def _verdict(runs: Mapping[str, dict[int, float]], base: Mapping[str, dict[int, 
 
 def table(histories_dir: str | os.PathLike[str]) -> str:
     """The study's Markdown table from ``HISTORIES_DIR/CELL/*.history.json``."""
-    root = Path(histories_dir)
-    found = {name: _by_run(root / name) for name in CELLS}
+    found = results(histories_dir)
     base = found[BASELINE]
     header = (
         "| cell | knob | target | source | full | retraining | control (random) "
@@ -200,18 +220,17 @@ def table(histories_dir: str | os.PathLike[str]) -> str:
         runs = found[name]
         if not runs:
             continue
-        source = runs.get(SOURCE) or base.get(SOURCE)
+        source, borrowed_source = arm(found, name, SOURCE)
         verdict = "" if name == BASELINE else _verdict(runs, base)
         for target in TARGETS:
-            arms = {arm: runs.get(f"{arm}-{target}") for arm in ARMS}
-            if arms["retrain"] is None and arms["full"] is None:
+            if f"retrain-{target}" not in runs and f"full-{target}" not in runs:
                 continue
-            borrowed = {arm: arms[arm] is None for arm in ARMS}
-            arms = {arm: arms[arm] or base.get(f"{arm}-{target}") for arm in ARMS}
+            arms = {a: arm(found, name, f"{a}-{target}")[0] for a in ARMS}
+            borrowed = {a: arm(found, name, f"{a}-{target}")[1] for a in ARMS}
             lines.append(
                 f"| {name} | {spec.knob} | {target} "
-                f"| {_text(_summary(source), not spec.trains_source and name != BASELINE)} "
-                + "".join(f"| {_text(_summary(arms[a]), borrowed[a])} " for a in ARMS)
+                f"| {_text(summary(source), borrowed_source)} "
+                + "".join(f"| {_text(summary(arms[a]), borrowed[a])} " for a in ARMS)
                 + f"| {_difference(arms['full'], arms['retrain'])} "
                 f"| {_difference(arms['retrain'], arms['retrain-random'])} | {verdict} |"
             )

@@ -87,3 +87,28 @@ def test_table_reads_the_last_epochs_and_applies_the_rule(tmp_path):
     assert fresh[6].endswith("(baseline)") and fresh[9].startswith("chosen (+5.50 vs ±1.00)")
     mean = cells(("target-mean", "the target's own mean", "mnist"))
     assert mean[9].startswith("not chosen (+0.50 vs ±1.00)")
+
+
+def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
+    """One point per cell and target at (source accuracy, full - retraining), in points; the
+    baseline's control and the paper's gap as lines; files written by ``study`` itself."""
+    from paper_repro.figures import PAPER
+    from paper_repro.study_figure import build_gap_figure, regenerate_study
+
+    template = next(iter(load_histories(FIXTURES).values()))
+    runs = {"pretrain-imagenet": (0.70, 0.74), "full-mnist": (0.98, 0.99),
+            "retrain-mnist": (0.80, 0.83), "retrain-random-mnist": (0.90, 0.91)}  # fmt: skip
+    for experiment, values in runs.items():
+        for seed, value in enumerate(values):
+            _save(tmp_path / "histories" / "baseline", template, experiment, seed, value)
+    figure = build_gap_figure(tmp_path / "histories")
+    mnist, cifar = figure.axes
+    (point,) = [line for line in mnist.get_lines() if line.get_marker() == "o"]
+    assert list(point.get_xydata()[0]) == pytest.approx([72.0, 17.0])
+    lines = [line for line in mnist.get_lines() if line.get_linestyle() in ("--", ":")]
+    levels = sorted(line.get_ydata()[0] for line in lines)
+    assert levels == pytest.approx(sorted([8.0, PAPER["mnist"].full - PAPER["mnist"].retrain]))
+    assert not [line for line in cifar.get_lines() if line.get_marker() == "o"]
+    paths = regenerate_study(tmp_path)
+    assert [p.name for p in paths] == ["table.md", "gap.png", "gap.pdf"]
+    assert paths[1].read_bytes() == regenerate_study(tmp_path)[1].read_bytes()
