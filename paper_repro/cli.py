@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from paper_repro import __version__
 from paper_repro.errors import UserError
-from paper_repro.experiments import CROPS, PRESETS, STRATEGIES
+from paper_repro.experiments import CROPS, JOIN_TIMEOUT, PRESETS, STRATEGIES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not for users
 
@@ -63,7 +63,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--strategy",
         default="default",
         choices=STRATEGIES,
-        help="default: one device (batches prefetched to the GPU when there is one)",
+        help="default: one device (batches prefetched to the GPU when there is one); mirrored: "
+        "every local device; multi-worker: the machines of TF_CONFIG, each running this same "
+        "command (README, 'Many machines'); all with the run's global batch",
+    )
+    p.add_argument(
+        "--join-timeout",
+        type=float,
+        default=JOIN_TIMEOUT,
+        metavar="SECONDS",
+        help=f"multi-worker: how long to wait for every worker of TF_CONFIG to start "
+        f"({JOIN_TIMEOUT:g})",
     )
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to the run")
     p.set_defaults(handler=_train)
@@ -84,6 +94,7 @@ def _train(args: argparse.Namespace) -> None:
         strategy=args.strategy,
         tensorboard=args.tensorboard,
         download=args.download,
+        join_timeout=args.join_timeout,
     )
 
 

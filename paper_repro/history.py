@@ -47,7 +47,8 @@ class EpochRecord:
     wall_seconds: float
 
 
-# Fields of the final evaluation added after the first histories were written.
+# Fields of the history, and of its final evaluation, added after the first histories were written.
+_OPTIONAL = ("cache", "start", "cluster")
 _OPTIONAL_FINAL = ("center_top1", "center_top5")
 
 
@@ -97,6 +98,16 @@ class CacheRecord:
 
 
 @dataclass(frozen=True)
+class ClusterRecord:
+    """Where a distributed run trained (``--strategy mirrored`` or ``multi-worker``): its
+    replicas are ``workers * devices_per_worker``, each taking an equal part of every batch."""
+
+    strategy: str
+    workers: int
+    devices_per_worker: int
+
+
+@dataclass(frozen=True)
 class History:
     """A run's whole record. Training extends it with ``dataclasses.replace`` and saves it."""
 
@@ -112,12 +123,13 @@ class History:
     status: str
     cache: CacheRecord | None = None
     start: str | None = None  # one of STARTS; None in histories written before it was recorded
+    cluster: ClusterRecord | None = None  # None on one device (and before it was recorded)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, keys in schema order so that saved files diff cleanly."""
         data = asdict(self)
         data["epochs"] = list(data["epochs"])
-        for optional in ("cache", "start"):  # absent rather than null: older files stay valid
+        for optional in _OPTIONAL:  # absent rather than null: older files stay valid
             if data[optional] is None:
                 del data[optional]
         for optional in _OPTIONAL_FINAL:
@@ -245,9 +257,7 @@ def _seconds(value: Any, where: _Field) -> float:
 
 
 def _read_history(data: Any, where: _Field) -> History:
-    data = _object(
-        data, where, ("schema", *History.__dataclass_fields__), optional=("cache", "start")
-    )
+    data = _object(data, where, ("schema", *History.__dataclass_fields__), optional=_OPTIONAL)
     if data["schema"] != SCHEMA:
         where.key("schema").fail(f"must be {_show(SCHEMA)}, got {_show(data['schema'])}")
     status = _choice(data["status"], where.key("status"), STATUSES)
@@ -275,7 +285,25 @@ def _read_history(data: Any, where: _Field) -> History:
         start=None
         if data.get("start") is None
         else _choice(data["start"], where.key("start"), STARTS),
+        cluster=_read_cluster(data.get("cluster"), where.key("cluster")),
     )
+
+
+def _read_cluster(data: Any, where: _Field) -> ClusterRecord | None:
+    if data is None:
+        return None
+    data = _object(data, where, tuple(ClusterRecord.__dataclass_fields__))
+    return ClusterRecord(
+        strategy=_string(data["strategy"], where.key("strategy")),
+        workers=_count(data["workers"], where.key("workers")),
+        devices_per_worker=_count(data["devices_per_worker"], where.key("devices_per_worker")),
+    )
+
+
+def _count(value: Any, where: _Field) -> int:
+    if _integer(value, where) < 1:
+        where.fail(f"must be at least 1, got {value}")
+    return value
 
 
 def _read_cache(data: Any, where: _Field) -> CacheRecord | None:
