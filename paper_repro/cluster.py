@@ -49,6 +49,8 @@ from paper_repro.experiments import JOIN_TIMEOUT, STRATEGIES
 from paper_repro.history import ClusterRecord
 
 _TASK_TYPES = ("chief", "worker")
+# What a collective raises when a peer dies (its heartbeats stop, then the ops are aborted).
+_LOST_PEER = (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError)
 _POLL = 0.2
 
 
@@ -67,6 +69,11 @@ class Cluster:
         return self.name != "default"
 
     @property
+    def multi_worker(self) -> bool:
+        """More than one process: each feeds its own replicas, Keras' fit needs ``fit_scope``."""
+        return self.workers > 1
+
+    @property
     def is_chief(self) -> bool:
         """The one process that writes the run's files (tf.distribute's chief: worker 0)."""
         return self.worker == 0
@@ -82,11 +89,16 @@ class Cluster:
         return ClusterRecord(self.name, self.workers, self.devices_per_worker)
 
     def distribute(self, batches: Callable[[Shard | None], tf.data.Dataset]):
-        """``batches(shard)`` for this worker's replicas, as ``fit`` takes it: the dataset itself
-        on one device, else a distributed dataset built per worker
-        (``distribute_datasets_from_function``: nothing is auto-sharded, each worker reads its
-        replicas' parts of every global batch, in replica order)."""
-        if not self.distributed:
+        """``batches(shard)`` for this worker's replicas, as ``fit`` takes it.
+
+        On one machine, the dataset of global batches itself: Keras splits each batch among the
+        local devices by the same rule (tf.data's rebatching into contiguous equal parts). On
+        several, a distributed dataset built per worker (``distribute_datasets_from_function``:
+        nothing is auto-sharded, a worker reads only its replicas' parts of every global batch,
+        in replica order), where Keras' own distribution would have every worker read every
+        batch whole (``AutoShardPolicy.DATA``, as in-memory datasets have no files to shard).
+        """
+        if not self.multi_worker:
             return batches(None)
 
         def for_worker(context: tf.distribute.InputContext) -> tf.data.Dataset:
@@ -99,7 +111,7 @@ class Cluster:
     def gather(self, value: int) -> list[int]:
         """``value`` of every replica, in replica order: a collective, so it also waits for every
         worker to get there (a barrier)."""
-        if not self.distributed:
+        if not self.multi_worker:
             return [value]
         values = self.strategy.experimental_distribute_values_from_function(
             lambda _: tf.constant([value], tf.int64)
@@ -170,7 +182,8 @@ def read_tf_config(text: str) -> tuple[list[str], int]:
 
 def _field(parent: Mapping, key: str, kind: type):
     if not isinstance(parent, Mapping) or not isinstance(parent.get(key), kind):
-        raise UserError(f"TF_CONFIG needs {key!r} as a {kind.__name__}, got {parent!r:.80}")
+        what = {Mapping: "a JSON object", str: "a string", int: "an integer"}[kind]
+        raise UserError(f"TF_CONFIG needs {key!r} as {what}, got {json.dumps(parent)[:80]}")
     return parent[key]
 
 
@@ -280,7 +293,7 @@ class _KerasMultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
 
 @contextlib.contextmanager
 def fit_scope(model: keras.Model, cluster: Cluster) -> Iterator[None]:
-    """Where ``model.fit`` runs: as it is on one device; distributed, inside the strategy's scope
+    """Where ``model.fit`` runs: as it is on one machine; on several, inside the strategy's scope
     with the model's own record of the strategy cleared.
 
     A Keras model made under a strategy remembers it and, before fitting, all-reduces its first
@@ -288,11 +301,19 @@ def fit_scope(model: keras.Model, cluster: Cluster) -> Iterator[None]:
     MultiWorkerMirroredStrategy cannot do for a dict of uint8 images (keras-team/keras#20585).
     This package's models are built when made; with the record cleared Keras takes the strategy
     from the scope (``tf.distribute.get_strategy``) and builds the metrics when it first traces
-    the step, as for a model made before ``strategy.scope()`` existed.
+    the step, as for a model made before ``strategy.scope()`` existed. A peer that dies
+    mid-fit (its heartbeats stop: the others' collectives are aborted within seconds) is one line.
     """
-    if not cluster.distributed:
+    if not cluster.multi_worker:
         yield
         return
     model._distribute_strategy = None  # Keras' own attribute: see the docstring
-    with cluster.strategy.scope():
-        yield
+    try:
+        with cluster.strategy.scope():
+            yield
+    except _LOST_PEER as error:
+        raise UserError(
+            f"a worker of the cluster stopped during training ({type(error).__name__}); the run "
+            "directory keeps the last finished epoch: start every worker again with the same "
+            "command to resume"
+        ) from None

@@ -234,9 +234,9 @@ def _fit(run: _Run) -> History:
                 # Not prefetched to the device: Keras reads a validation set of unknown length
                 # (which prefetch_to_device makes it) to its end and warns that it ran out of data.
                 validation_data=run.cluster.distribute(feeds.validation_batches),
-                # A distributed dataset does not know its number of steps: without it Keras reads
-                # the test set to its end and warns that it ran out of data.
-                validation_steps=test_steps if run.cluster.distributed else None,
+                # A dataset distributed per worker counts elements, not steps (one element per
+                # local device): Keras would read past the end and warn that it ran out of data.
+                validation_steps=test_steps if run.cluster.multi_worker else None,
                 callbacks=callbacks,
                 shuffle=False,
                 verbose=verbose,
