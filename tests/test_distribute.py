@@ -29,7 +29,7 @@ import tensorflow as tf
 from paper_repro import cli, cluster, data
 from paper_repro import train as train_module
 from paper_repro.errors import UserError
-from paper_repro.history import ClusterRecord, load_history
+from paper_repro.history import ClusterRecord, History, HistoryError, load_history
 
 REPO = Path(__file__).resolve().parents[1]
 # 160 images in 2 global batches of 80 per epoch, 80 test images, no dropout (see above).
@@ -180,6 +180,15 @@ def test_a_bad_tf_config_is_one_line_before_anything_starts(
     assert cli.main([*args, "--runs-dir", "/nonexistent/never-made"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
+
+
+def test_a_history_names_its_cluster_and_a_bad_one_is_refused():
+    record = json.loads((REPO / "tests/fixtures/histories/full-mnist/history.json").read_text())
+    record["cluster"] = {"strategy": "multi-worker", "workers": 2, "devices_per_worker": 1}
+    assert History.from_dict(record).cluster == ClusterRecord("multi-worker", 2, 1)
+    record["cluster"]["devices_per_worker"] = 0
+    with pytest.raises(HistoryError, match=r"cluster.devices_per_worker must be at least 1, got 0"):
+        History.from_dict(record)
 
 
 def test_the_chief_is_worker_zero_and_workers_follow_it():
