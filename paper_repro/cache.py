@@ -106,29 +106,44 @@ class FeatureCache:
         return self.features.shape[1]
 
     def train_batches(
-        self, batch_size: int, seed: int, first_epoch: int, end_epoch: int
+        self,
+        batch_size: int,
+        seed: int,
+        first_epoch: int,
+        end_epoch: int,
+        shard: data.Shard | None = None,
     ) -> tf.data.Dataset:
         """Epochs ``first_epoch .. end_epoch - 1``: ``(features, label)`` batches, each epoch in
-        the order of uncached training's in-memory path, one keyed view per image."""
+        the order of uncached training's in-memory path, one keyed view per image; ``shard``:
+        this worker's parts of each batch (``data.shard_batches``), only they are read."""
         indices = tf.constant(self.indices)
-        epochs = [self._epoch(indices, batch_size, seed, e) for e in range(first_epoch, end_epoch)]
+        epochs = [
+            self._epoch(indices, batch_size, seed, e, shard) for e in range(first_epoch, end_epoch)
+        ]
         return data.finish_pipeline(functools.reduce(tf.data.Dataset.concatenate, epochs))
 
-    def validation_batches(self, batch_size: int) -> tf.data.Dataset:
+    def validation_batches(
+        self, batch_size: int, shard: data.Shard | None = None
+    ) -> tf.data.Dataset:
         """Every image's first view in order: the centre crop of a test cache built with 1 view."""
         positions = tf.data.Dataset.range(self.num_examples).batch(batch_size)
         return data.finish_pipeline(
-            positions.map(lambda rows: self._read(rows, tf.zeros_like(rows)))
+            data.shard_batches(positions, shard).map(
+                lambda rows: self._read(rows, tf.zeros_like(rows))
+            )
         )
 
-    def _epoch(self, indices: tf.Tensor, batch_size: int, seed: int, epoch: int) -> tf.data.Dataset:
+    def _epoch(
+        self, indices: tf.Tensor, batch_size: int, seed: int, epoch: int, shard: data.Shard | None
+    ) -> tf.data.Dataset:
         order = data.epoch_order(self.num_examples, seed, epoch)
 
         def read(rows: tf.Tensor):
             keys = example_keys(seed, epoch, tf.gather(indices, rows))
             return self._read(rows, tf.math.floormod(keys, self.num_views))
 
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(read)
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+        return data.shard_batches(batches, shard).map(read)
 
     def _read(self, rows: tf.Tensor, views: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         def gather(rows: np.ndarray, views: np.ndarray):
@@ -260,11 +275,13 @@ class CachedData:
     batch_size: int
     seed: int
 
-    def train_batches(self, first_epoch: int, end_epoch: int) -> tf.data.Dataset:
-        return self.train.train_batches(self.batch_size, self.seed, first_epoch, end_epoch)
+    def train_batches(
+        self, first_epoch: int, end_epoch: int, shard: data.Shard | None = None
+    ) -> tf.data.Dataset:
+        return self.train.train_batches(self.batch_size, self.seed, first_epoch, end_epoch, shard)
 
-    def validation_batches(self) -> tf.data.Dataset:
-        return self.test.validation_batches(self.batch_size)
+    def validation_batches(self, shard: data.Shard | None = None) -> tf.data.Dataset:
+        return self.test.validation_batches(self.batch_size, shard)
 
     @property
     def record(self) -> CacheRecord:

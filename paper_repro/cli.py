@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 
 from paper_repro import __version__
 from paper_repro.errors import UserError
-from paper_repro.experiments import CROPS, PRESETS, STRATEGIES
+from paper_repro.experiments import CROPS, JOIN_TIMEOUT, PRESETS, STRATEGIES
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -148,7 +148,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--strategy",
         default="default",
         choices=STRATEGIES,
-        help="default: one device (batches prefetched to the GPU when there is one)",
+        help="default: one device (batches prefetched to the GPU when there is one); mirrored: "
+        "every local device; multi-worker: the machines of TF_CONFIG, each running this same "
+        "command (README, 'Many machines'); all with the run's global batch",
+    )
+    p.add_argument(
+        "--join-timeout",
+        type=float,
+        default=JOIN_TIMEOUT,
+        metavar="SECONDS",
+        help=f"multi-worker: how long to wait for every worker of TF_CONFIG to start "
+        f"({JOIN_TIMEOUT:g})",
     )
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to the run")
     p.set_defaults(handler=_train)
@@ -170,6 +180,7 @@ def _train(args: argparse.Namespace) -> None:
         tensorboard=args.tensorboard,
         download=args.download,
         verbose=_progress(args),
+        join_timeout=args.join_timeout,
     )
 
 

@@ -449,6 +449,41 @@ def resolve_placement(placement: str) -> str:
 # -------------------------------------------------------------------------------- pipelines
 
 
+@dataclass(frozen=True)
+class Shard:
+    """The replicas one worker feeds: ``count`` of them from replica ``first``, of ``replicas``.
+
+    Every global batch is cut into ``replicas`` contiguous parts (``shard_batches``); a worker's
+    pipeline yields its replicas' parts of each batch in turn, as
+    ``distribute_datasets_from_function`` hands consecutive elements to a worker's devices.
+    """
+
+    first: int
+    count: int
+    replicas: int
+
+
+def shard_batches(batches: tf.data.Dataset, shard: Shard | None) -> tf.data.Dataset:
+    """This worker's parts of every batch (``paper_repro.cluster`` states the rule): replica ``r``
+    takes ``[r n // R, (r + 1) n // R)`` of a batch of ``n``; unchanged for ``None``. Done before
+    the augmentation, so a worker augments only its own images."""
+    if shard is None:
+        return batches
+
+    def part(batch, replica: tf.Tensor):
+        size = tf.shape(tf.nest.flatten(batch)[0], out_type=tf.int64)[0]
+        start = replica * size // shard.replicas
+        end = (replica + 1) * size // shard.replicas
+        return tf.nest.map_structure(lambda tensor: tensor[start:end], batch)
+
+    def parts(*batch) -> tf.data.Dataset:
+        batch = batch[0] if len(batch) == 1 else batch
+        replicas = tf.data.Dataset.range(shard.first, shard.first + shard.count)
+        return replicas.map(lambda replica: part(batch, replica))
+
+    return batches.flat_map(parts)
+
+
 def augment_on_host(
     batches: tf.data.Dataset, augment: AugmentConfig, *, seed: int, epoch: int
 ) -> tf.data.Dataset:
@@ -479,6 +514,7 @@ def train_dataset(
     num_epochs: int = 1,
     placement: str = "auto",
     in_memory_bytes: int = IN_MEMORY_BYTES,
+    shard: Shard | None = None,
 ) -> tf.data.Dataset:
     """Epochs ``first_epoch .. first_epoch + num_epochs - 1`` of shuffled, augmented batches.
 
@@ -488,7 +524,8 @@ def train_dataset(
     yields ``(uint8 crops, label)``; device placement ``({"image", "key"}, label)`` for
     ``with_device_augmentation``. A split that fits in ``in_memory_bytes`` (all of the paper's)
     is decoded once and permuted exactly per epoch; a larger one streams through a seeded
-    tf.data shuffle buffer (whose order also depends on TF's global seed).
+    tf.data shuffle buffer (whose order also depends on TF's global seed). ``shard``: this
+    worker's parts of each batch (``shard_batches``), for a distributed run.
     """
     _check_batching(dataset, batch_size)
     check_seed(seed)
@@ -502,7 +539,7 @@ def train_dataset(
     )
 
     def one_epoch(epoch: int) -> tf.data.Dataset:
-        batches = epoch_batches(epoch)
+        batches = shard_batches(epoch_batches(epoch), shard)
         if where == "host":
             return augment_on_host(batches, augment, seed=seed, epoch=epoch)
         return _device_inputs(batches, seed, epoch)
@@ -514,15 +551,21 @@ def train_dataset(
 
 
 def eval_dataset(
-    dataset: tf.data.Dataset, augment: AugmentConfig, *, batch_size: int, placement: str = "auto"
+    dataset: tf.data.Dataset,
+    augment: AugmentConfig,
+    *,
+    batch_size: int,
+    placement: str = "auto",
+    shard: Shard | None = None,
 ) -> tf.data.Dataset:
     """Centre-crop test batches in order, for ``model.fit(validation_data=...)`` (Figure 5).
 
     Host placement: ``(uint8 centre crops, label)``; device placement: ``({"image", "key"},
     label)`` for ``with_device_augmentation``, whose layer centre-crops outside training.
+    ``shard``: this worker's parts of each batch, as for ``train_dataset``.
     """
     _check_batching(dataset, batch_size)
-    batches = uniform_size(dataset, augment).batch(batch_size)
+    batches = shard_batches(uniform_size(dataset, augment).batch(batch_size), shard)
     if resolve_placement(placement) == "host":
         pairs = batches.map(
             lambda b: (crop_views(b["image"], augment, 1)[0], b["label"]),
@@ -652,18 +695,22 @@ class ExperimentData:
         """The training split's mean pixel (RGB), for a network trained from scratch on it."""
         return channel_mean(self.train)
 
-    def train_batches(self, first_epoch: int, end_epoch: int) -> tf.data.Dataset:
+    def train_batches(
+        self, first_epoch: int, end_epoch: int, shard: Shard | None = None
+    ) -> tf.data.Dataset:
         """Epochs ``first_epoch .. end_epoch - 1`` for ``model.fit(initial_epoch=first_epoch)``."""
         return train_dataset(
             self.train, self.augment, batch_size=self.batch_size, seed=self.seed,
             first_epoch=first_epoch, num_epochs=end_epoch - first_epoch, placement=self.placement,
+            shard=shard,
         )  # fmt: skip
 
-    def validation_batches(self) -> tf.data.Dataset:
+    def validation_batches(self, shard: Shard | None = None) -> tf.data.Dataset:
         """Centre-crop test batches for fit's per-epoch test accuracy (Figure 5)."""
         return eval_dataset(
-            self.test, self.augment, batch_size=self.batch_size, placement=self.placement
-        )
+            self.test, self.augment, batch_size=self.batch_size, placement=self.placement,
+            shard=shard,
+        )  # fmt: skip
 
     def training_model(self, model: keras.Model) -> keras.Model:
         """The model to compile and fit: ``model`` itself, or wrapped for device augmentation."""

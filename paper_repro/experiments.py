@@ -104,6 +104,7 @@ FEATURE_SOURCES = ("pretrained", "random")
 CROPS = (1, 5, 10)  # test views: centre; corners and centre; those and their mirrors
 CACHE_DTYPES = ("float32", "float16")
 STRATEGIES = ("default", "mirrored", "multi-worker")  # tf.distribute, by name
+JOIN_TIMEOUT = 300.0  # seconds for every worker of a cluster to start (launchers take minutes)
 MAX_SEED = 2**32 - 1  # numpy.random.seed's limit (keras.utils.set_random_seed)
 
 

@@ -47,8 +47,8 @@ class EpochRecord:
     wall_seconds: float
 
 
-# Fields added after the first histories were written: of the history, of its final evaluation.
-_OPTIONAL = ("cache", "start", "class_names")
+# Fields of the history, and of its final evaluation, added after the first histories were written.
+_OPTIONAL = ("cache", "start", "class_names", "cluster")
 _OPTIONAL_FINAL = ("center_top1", "center_top5")
 
 
@@ -98,6 +98,16 @@ class CacheRecord:
 
 
 @dataclass(frozen=True)
+class ClusterRecord:
+    """Where a distributed run trained (``--strategy mirrored`` or ``multi-worker``): its
+    replicas are ``workers * devices_per_worker``, each taking an equal part of every batch."""
+
+    strategy: str
+    workers: int
+    devices_per_worker: int
+
+
+@dataclass(frozen=True)
 class History:
     """A run's whole record. Training extends it with ``dataclasses.replace`` and saves it."""
 
@@ -118,6 +128,7 @@ class History:
     # histories written before they were recorded. The dataset, its splits, the class subset and
     # the input geometry are the ``config``'s.
     class_names: tuple[str, ...] | None = None
+    cluster: ClusterRecord | None = None  # None on one device (and before it was recorded)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, keys in schema order so that saved files diff cleanly."""
@@ -282,6 +293,7 @@ def _read_history(data: Any, where: _Field) -> History:
         if data.get("start") is None
         else _choice(data["start"], where.key("start"), STARTS),
         class_names=_read_class_names(data.get("class_names"), where.key("class_names")),
+        cluster=_read_cluster(data.get("cluster"), where.key("cluster")),
     )
 
 
@@ -292,6 +304,23 @@ def _read_class_names(data: Any, where: _Field) -> tuple[str, ...] | None:
     if not names:
         where.fail("must name at least one class, got []")
     return tuple(_string(name, where.index(i)) for i, name in enumerate(names))
+
+
+def _read_cluster(data: Any, where: _Field) -> ClusterRecord | None:
+    if data is None:
+        return None
+    data = _object(data, where, tuple(ClusterRecord.__dataclass_fields__))
+    return ClusterRecord(
+        strategy=_string(data["strategy"], where.key("strategy")),
+        workers=_count(data["workers"], where.key("workers")),
+        devices_per_worker=_count(data["devices_per_worker"], where.key("devices_per_worker")),
+    )
+
+
+def _count(value: Any, where: _Field) -> int:
+    if _integer(value, where) < 1:
+        where.fail(f"must be at least 1, got {value}")
+    return value
 
 
 def _read_cache(data: Any, where: _Field) -> CacheRecord | None:

@@ -3,6 +3,13 @@
 A run lives in a run directory (``paper_repro.runs``: its layout and atomic writer); its history
 is rewritten after every epoch, then its checkpoint, and its final model once it has finished.
 
+Distributed (``--strategy mirrored`` or ``multi-worker``, ``paper_repro.cluster``), every worker
+runs this same trainer on its part of each global batch. Only the chief writes the run directory;
+each other worker writes the same files to a temporary directory of its own, removed when it ends
+(tf.distribute's advice: saving may take part in collectives, so every worker saves), and resumes
+from the chief's checkpoint, so every worker needs to read the chief's run directory (one
+``--runs-dir`` on a shared file system; on one machine, the same folder).
+
 Resuming needs no saved random state: the augmentation, the shuffling and the dropout masks of
 epoch ``e`` are all keyed by ``(seed, e)``, and the epoch to continue from is the optimizer's
 iteration count in the checkpoint. So a run killed at any moment and rerun with the same command
@@ -11,18 +18,21 @@ produces the same history as one that was never interrupted (on CPU, where ops a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import math
 import os
+import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from paper_repro import cache, data, evaluate, experiments, provenance
+from paper_repro import cluster as cluster_lib
 from paper_repro import model as model_lib
 from paper_repro.augment import AUGMENT_LAYER
 from paper_repro.errors import UserError
@@ -56,14 +66,15 @@ class _Run:
     experiment: str
     preset: str
     config: RunConfig
-    paths: RunPaths
+    paths: RunPaths  # where this process writes: the run directory, or a worker's own
+    shared: RunPaths  # the run directory, written by the chief, read by every worker
     seed: int
     runs_dir: str | os.PathLike
     data_dir: str | None
     weights_path: Path | None  # the pretrained model it starts (or restarts) from
     source: keras.Model | None  # that model, loaded
     previous: History | None  # the history to resume, None for a new run
-    strategy: tf.distribute.Strategy
+    cluster: cluster_lib.Cluster
     tensorboard: bool
     download: bool
     verbose: int
@@ -83,24 +94,28 @@ def train(
     tensorboard: bool = False,
     download: bool = False,
     verbose: int = 1,
+    join_timeout: float = experiments.JOIN_TIMEOUT,
 ) -> History:
     """Run (or resume, or skip when finished) one experiment; returns its history.
 
     ``download`` lets tfds download and prepare a dataset that is not in the data directory.
     The settings and the seed are checked before anything is written, and the run directory is
     locked for the whole run (``runs.lock_run``): a second process on it is refused at once.
+    ``strategy`` names a ``paper_repro.cluster`` strategy; ``multi-worker`` first waits up to
+    ``join_timeout`` seconds for every worker of ``TF_CONFIG``.
     """
     provenance.git_commit()  # read once, when the first run of this process starts
     config = experiments.resolve(experiment, preset, overrides)
     experiments.check_seed(seed)
-    paths = RunPaths(run_directory(runs_dir, preset, experiment, seed, config.cache_features))
-    _prepare_directory(paths.root)
-    with lock_run(paths):
-        previous = _previous_history(paths, config, seed, force)
+    where = cluster_lib.connect(strategy, join_timeout)
+    shared = RunPaths(run_directory(runs_dir, preset, experiment, seed, config.cache_features))
+    _prepare_directory(shared.root)
+    with _workspace(shared, where) as paths:
+        previous = _previous_history(shared, config, seed, force, owner=where.is_chief)
         if previous is not None and previous.status == "finished":
-            _say(verbose, f"{paths.root}: already finished (use --force to train it again)")
+            _say(verbose, f"{shared.root}: already finished (use --force to train it again)")
             return previous
-        resuming = previous is not None and paths.checkpoint.exists()
+        resuming = previous is not None and shared.checkpoint.exists()
         # A cached run checkpoints only its classifier: resuming it needs the features again.
         weights_path = None
         if not resuming or config.cache_features:
@@ -125,13 +140,14 @@ def train(
                     preset=preset,
                     config=config,
                     paths=paths,
+                    shared=shared,
                     seed=seed,
                     runs_dir=runs_dir,
                     data_dir=data_dir,
                     weights_path=weights_path,
                     source=source,
                     previous=previous if resuming else None,
-                    strategy=_strategy(strategy),
+                    cluster=where,
                     tensorboard=tensorboard,
                     download=download,
                     verbose=verbose,
@@ -141,25 +157,38 @@ def train(
             keras.mixed_precision.set_dtype_policy("float32")
 
 
+@contextlib.contextmanager
+def _workspace(shared: RunPaths, where: cluster_lib.Cluster) -> Iterator[RunPaths]:
+    """Where this process writes, held for the run: the chief locks the run directory
+    (``runs.lock_run``); any other worker writes to a temporary directory, removed at the end."""
+    if where.is_chief:
+        with lock_run(shared):
+            yield shared
+        return
+    with tempfile.TemporaryDirectory(prefix=f"paper-repro-worker{where.worker}-") as own:
+        yield RunPaths(Path(own))
+
+
 def _fit(run: _Run) -> History:
     config, paths, verbose = run.config, run.paths, run.verbose
     splits = data.load_experiment_data(
         config, data_dir=run.data_dir, seed=run.seed, download=run.download
     )
     steps_per_epoch = data.steps_per_epoch(splits.train_examples, config.batch_size)
-    with run.strategy.scope():
+    _check_parts(run.cluster, splits, config.batch_size)
+    with run.cluster.strategy.scope():
         network, feeds = None, splits
         if run.previous is None or config.cache_features:
             network = _initial_model(config, splits, run.source, run.seed)
         if config.cache_features:
-            feeds = cache.for_experiment(run.runs_dir, network, splits, config, verbose)
+            feeds = _feature_cache(run, network, splits)
         if run.previous is not None:
-            trainee = _load_checkpoint(paths.checkpoint)
+            trainee = _load_checkpoint(run.shared.checkpoint)
             start_epoch = _epochs_done(
                 int(trainee.optimizer.iterations.numpy()), steps_per_epoch, config.max_iterations
             )
             history = dataclasses.replace(run.previous, epochs=run.previous.epochs[:start_epoch])
-            _say(verbose, f"{paths.root}: resuming after epoch {start_epoch}")
+            _say(verbose, f"{run.shared.root}: resuming after epoch {start_epoch}")
         else:
             # Cached: the classifier block alone is trained, on the cached pool5 outputs.
             trainee = (
@@ -179,10 +208,13 @@ def _fit(run: _Run) -> History:
             )  # fmt: skip
             start_epoch = 0
             history = _new_history(run)
+    _check_same_start(run.cluster, start_epoch)
     if config.cache_features and history.cache is None:
         history = dataclasses.replace(history, cache=feeds.record)
     if history.class_names is None:  # also a run resumed from a history that predates them
         history = dataclasses.replace(history, class_names=splits.train_info.class_names)
+    if history.cluster != run.cluster.record():
+        history = dataclasses.replace(history, cluster=run.cluster.record())
     save_history(history, paths.history)
 
     recorder = RunRecorder(paths, history, config.max_iterations)
@@ -190,21 +222,67 @@ def _fit(run: _Run) -> History:
     if run.tensorboard:
         callbacks.append(_tensorboard(paths.logs))
     if start_epoch < config.epochs:
-        device = _input_device(run.strategy)
-        trainee.fit(
-            data.prefetch_to(feeds.train_batches(start_epoch, config.epochs), device),
-            epochs=config.epochs,
-            initial_epoch=start_epoch,
-            steps_per_epoch=steps_per_epoch,
-            # Not prefetched to the device: Keras reads a validation set of unknown length (which
-            # prefetch_to_device makes it) to its end and warns that it ran out of data.
-            validation_data=feeds.validation_batches(),
-            callbacks=callbacks,
-            shuffle=False,
-            verbose=verbose,
-        )
+        device = _input_device(run.cluster)
+        test_steps = data.steps_per_epoch(splits.test_info.num_examples, config.batch_size)
+
+        def train_batches(shard: data.Shard | None) -> tf.data.Dataset:
+            return data.prefetch_to(feeds.train_batches(start_epoch, config.epochs, shard), device)
+
+        with cluster_lib.fit_scope(trainee, run.cluster):
+            trainee.fit(
+                run.cluster.distribute(train_batches),
+                epochs=config.epochs,
+                initial_epoch=start_epoch,
+                steps_per_epoch=steps_per_epoch,
+                # Not prefetched to the device: Keras reads a validation set of unknown length
+                # (which prefetch_to_device makes it) to its end and warns that it ran out of data.
+                validation_data=run.cluster.distribute(feeds.validation_batches),
+                # A dataset distributed per worker counts elements, not steps (one element per
+                # local device): Keras would read past the end and warn that it ran out of data.
+                validation_steps=test_steps if run.cluster.multi_worker else None,
+                callbacks=callbacks,
+                shuffle=False,
+                verbose=verbose,
+            )
     trained = _with_classifier(network, trainee) if config.cache_features else _network(trainee)
     return _finish(run, trained, splits, recorder.history)
+
+
+def _feature_cache(run: _Run, network: keras.Model, splits: data.ExperimentData):
+    """The run's feature caches, built by the chief alone: every other worker waits for the
+    build at a barrier, then opens them (in a runs directory it cannot read, it builds its own)."""
+
+    def caches() -> cache.CachedData:
+        return cache.for_experiment(run.runs_dir, network, splits, run.config, run.verbose)
+
+    built = caches() if run.cluster.is_chief else None
+    run.cluster.gather(0)
+    return built or caches()
+
+
+def _check_parts(where: cluster_lib.Cluster, splits: data.ExperimentData, batch: int) -> None:
+    """Every replica needs an image of every batch (``data.shard_batches``): refuse a last batch
+    smaller than the number of replicas before any work."""
+    for name, count in (("train", splits.train_examples), ("test", splits.test_info.num_examples)):
+        last = count % batch
+        if 0 < last < where.replicas:
+            raise UserError(
+                f"the last {name} batch holds {last} images, fewer than the {where.replicas} "
+                f"replicas that share it: change {name}_subset or batch_size so that each "
+                "replica gets at least one"
+            )
+
+
+def _check_same_start(where: cluster_lib.Cluster, start_epoch: int) -> None:
+    """Every worker must continue from the same epoch (the chief's checkpoint); one that cannot
+    read the chief's run directory would start over and train other steps than the rest."""
+    starts = where.gather(start_epoch)
+    if len(set(starts)) > 1:
+        raise UserError(
+            f"the workers would start after epochs {sorted(set(starts))}: every worker must "
+            "read the chief's run directory to resume from its checkpoint; give all workers "
+            "one --runs-dir on a shared file system"
+        )
 
 
 def _epochs_done(iterations: int, steps_per_epoch: int, max_iterations: int | None) -> int:
@@ -257,7 +335,7 @@ def _finish(run: _Run, model: keras.Model, splits, history: History) -> History:
     paths.checkpoint.unlink(missing_ok=True)
     _say(
         run.verbose,
-        f"{paths.root}: {config.test_crops}-crop top-1 {final.top1:.2%}, top-5 "
+        f"{run.shared.root}: {config.test_crops}-crop top-1 {final.top1:.2%}, top-5 "
         f"{evaluate.top5_text(final.top5, scores['num_classes'])} (centre crop "
         f"{final.center_top1:.2%}, {evaluate.top5_text(final.center_top5, scores['num_classes'])})",
     )
@@ -416,9 +494,11 @@ def _without_optimizer(model: keras.Model) -> keras.Model:
     return clean
 
 
-def _previous_history(paths: RunPaths, config: RunConfig, seed: int, force: bool):
+def _previous_history(paths: RunPaths, config: RunConfig, seed: int, force: bool, owner: bool):
+    """The run's history to resume, None to start anew; the ``owner`` of the run directory (the
+    one process that writes it) then removes what an earlier run left there."""
     if force or not paths.history.exists():
-        for stale in (paths.history, paths.checkpoint, paths.model):
+        for stale in (paths.history, paths.checkpoint, paths.model) if owner else ():
             stale.unlink(missing_ok=True)
         return None
     previous = load_history(paths.history)
@@ -453,23 +533,11 @@ def _prepare_directory(root: Path) -> None:
         ) from None
 
 
-def _input_device(strategy: tf.distribute.Strategy) -> str | None:
+def _input_device(where: cluster_lib.Cluster) -> str | None:
     """Where training batches are prefetched to: the GPU when one trains without a tf.distribute
     strategy (a distributed dataset is placed by its strategy), else nowhere beyond host memory."""
     gpus = tf.config.list_logical_devices("GPU")
-    return gpus[0].name if gpus and strategy is tf.distribute.get_strategy() else None
-
-
-def _strategy(name: str) -> tf.distribute.Strategy:
-    if name == "default":
-        return tf.distribute.get_strategy()
-    if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    if name == "multi-worker":
-        if "TF_CONFIG" not in os.environ:
-            raise UserError("--strategy multi-worker needs TF_CONFIG describing the cluster")
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    raise UserError(f"unknown strategy '{name}'; use one of {', '.join(experiments.STRATEGIES)}")
+    return gpus[0].name if gpus and not where.distributed else None
 
 
 def _new_history(run: _Run) -> History:
@@ -485,6 +553,7 @@ def _new_history(run: _Run) -> History:
         final=None,
         status="running",
         start=_start(run.config, run.weights_path),
+        cluster=run.cluster.record(),
     )
 
 

@@ -1,5 +1,5 @@
 """Training runs end to end on real MNIST: histories, retraining, resume after SIGKILL, determinism,
-two devices, divergence and every bad input of the train command."""
+divergence and every bad input of the train command."""
 
 import dataclasses
 import errno
@@ -144,29 +144,6 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path, cap
     assert _metrics(load_history(history_file)) == _metrics(whole)
     resumed_final = load_history(history_file).final
     assert (resumed_final.top1, resumed_final.top5) == (whole.final.top1, whole.final.top5)
-
-
-_TWO_DEVICES = """
-import sys, tensorflow as tf
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-from paper_repro.train import train
-tiny = ["dropout=0", "epochs=2", "train_subset=160", "test_subset=80", "batch_size=40"]
-h = train("full-mnist", "smoke", runs_dir=sys.argv[1], strategy=sys.argv[2], verbose=0,
-          overrides=tiny)
-print(h.final.top1, *[x for e in h.epochs for x in (e.train_loss, e.test_accuracy)])
-"""
-
-
-@pytest.mark.usefixtures("tfds_dir")
-def test_two_logical_devices_equal_one(tmp_path):
-    def run(strategy):
-        command = [sys.executable, "-c", _TWO_DEVICES, str(tmp_path / strategy), strategy]
-        out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
-        return np.array(out.stdout.split()[-5:], dtype=float)
-
-    mirrored, single = run("mirrored"), run("default")
-    np.testing.assert_allclose(mirrored, single, rtol=2e-3, atol=1e-3)
 
 
 @pytest.mark.usefixtures("tfds_dir")
