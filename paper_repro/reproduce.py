@@ -6,6 +6,7 @@ both, so that training never imports the figures (made without TensorFlow) nor t
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -13,9 +14,10 @@ from pathlib import Path
 from paper_repro import experiments, figures, study
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
+from paper_repro.history import load_history
 from paper_repro.runs import HISTORY_SUFFIX, RunPaths, run_directory, write_atomic
 from paper_repro.study_figure import regenerate_study
-from paper_repro.train import train
+from paper_repro.train import settings_changed, train
 
 # The pretraining runs once, with this seed: ``runs.pretrained_model`` retrains every seed from it.
 PRETRAIN_SEED = 0
@@ -108,14 +110,39 @@ def reproduce_study(
                 print(f"[{name} {number}/{len(runs)}] {experiment} (seed {seed})", flush=True)
             overrides = [*study.cell(name).runs[experiment], *extra]
             config = experiments.resolve(experiment, study.PRESET, overrides)
-            source = _study_source(runs_dir, name, seed)
+            source, kept = _study_source(runs_dir, name, seed), Path(out) / study.HISTORIES / name
+            cell_runs = Path(runs_dir) / name
+            if not force and _kept_and_finished(kept, cell_runs, experiment, config, seed):
+                if verbose:
+                    print(f"{kept}: {experiment} (seed {seed}) already finished", flush=True)
+                continue
             _train_and_keep(
-                experiment, study.PRESET, seed, Path(out) / study.HISTORIES / name, overrides,
+                experiment, study.PRESET, seed, kept, overrides,
                 weights=str(source) if _takes_weights(config) else None,
-                cached=config.mode == "retrain", runs_dir=Path(runs_dir) / name,
+                cached=config.mode == "retrain", runs_dir=cell_runs,
                 data_dir=data_dir, force=force, download=download, verbose=verbose,
             )  # fmt: skip
     return regenerate_study(out)
+
+
+def _kept_and_finished(
+    kept: Path, runs_dir: Path, experiment: str, config: RunConfig, seed: int
+) -> bool:
+    """Whether the study already keeps this run's finished history, with the same settings.
+
+    Run directories are not committed, so on another machine a finished study run is known
+    only by its kept history: it is not trained again. A source is, when its model file is
+    missing, since retraining starts from it (same seed, same bits: its history comes out the
+    same but for the wall times).
+    """
+    cached = config.mode == "retrain"
+    run = run_directory(runs_dir, study.PRESET, experiment, seed, cached)
+    history = kept / f"{run.name}{HISTORY_SUFFIX}"
+    if not history.is_file() or (config.mode == "pretrain" and not RunPaths(run).model.is_file()):
+        return False
+    previous = load_history(history)
+    settings = dataclasses.replace(config, cache_features=cached)
+    return previous.status == "finished" and settings_changed(previous, settings, seed) is None
 
 
 def _study_source(runs_dir: str | os.PathLike, cell: str, seed: int) -> Path:

@@ -502,6 +502,18 @@ def _previous_history(paths: RunPaths, config: RunConfig, seed: int, force: bool
             stale.unlink(missing_ok=True)
         return None
     previous = load_history(paths.history)
+    changed = settings_changed(previous, config, seed)
+    if changed:
+        raise UserError(
+            f"{paths.root} was started with other settings ({changed}); "
+            "use --force to start it again, or another --runs-dir"
+        )
+    return previous
+
+
+def settings_changed(previous: History, config: RunConfig, seed: int) -> str | None:
+    """What differs between the settings a history was trained with and ``config`` with
+    ``seed`` (``key: old -> new``, or ``seed``); None when it is the same run."""
     # A key missing from an older history had its default then (fields are only ever added).
     defaults = RunConfig(dataset=config.dataset, mode=config.mode).to_dict()
     changed = {
@@ -509,13 +521,10 @@ def _previous_history(paths: RunPaths, config: RunConfig, seed: int, force: bool
         for key, value in config.to_dict().items()
         if previous.config.get(key, defaults[key]) != value
     }
-    if changed or previous.seed != seed:
-        what = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
-        raise UserError(
-            f"{paths.root} was started with other settings ({what or 'seed'}); "
-            "use --force to start it again, or another --runs-dir"
-        )
-    return previous
+    if not changed and previous.seed == seed:
+        return None
+    what = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
+    return what or "seed"
 
 
 def _prepare_directory(root: Path) -> None:

@@ -12,6 +12,7 @@ from paper_repro.figures import load_histories
 from paper_repro.history import EpochRecord, save_history
 
 FIXTURES = Path(__file__).parent / "fixtures" / "histories"
+BASELINE_KEPT = Path(__file__).parents[1] / "figures" / "study" / "histories" / "baseline"
 
 
 def test_every_cell_resolves_and_changes_one_thing_from_the_baseline():
@@ -112,3 +113,31 @@ def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
     paths = regenerate_study(tmp_path)
     assert [p.name for p in paths] == ["table.md", "gap.png", "gap.pdf"]
     assert paths[1].read_bytes() == regenerate_study(tmp_path)[1].read_bytes()
+
+
+def test_a_kept_finished_run_is_not_trained_again_but_a_missing_source_is(tmp_path):
+    """On a new machine the run directories are gone: the kept histories say what finished."""
+    from paper_repro.reproduce import _kept_and_finished
+    from paper_repro.runs import RunPaths, run_directory
+
+    kept, runs = tmp_path / "kept", tmp_path / "runs"
+    kept.mkdir()
+    for name in ("retrain-mnist-cached", study.SOURCE):
+        history = f"{name}.history.json"
+        (kept / history).write_bytes((BASELINE_KEPT / history).read_bytes())
+
+    def kept_and_finished(experiment: str, seed: int = 0, overrides: tuple = ()) -> bool:
+        runs_of = [*study.cell(study.BASELINE).runs[experiment], *overrides]
+        config = experiments.resolve(experiment, study.PRESET, runs_of)
+        return _kept_and_finished(kept, runs, experiment, config, seed)
+
+    assert kept_and_finished("retrain-mnist")
+    assert not kept_and_finished("retrain-mnist", seed=1)  # none kept for seed 1 here
+    assert not kept_and_finished("retrain-mnist", overrides=("epochs=3",))  # other settings
+    assert not kept_and_finished("retrain-cifar10")
+    # The source's model file is what retraining starts from: without it, the source trains.
+    assert not kept_and_finished(study.SOURCE)
+    model = RunPaths(run_directory(runs, study.PRESET, study.SOURCE, 0)).model
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"")
+    assert kept_and_finished(study.SOURCE)
