@@ -29,7 +29,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from paper_repro import seeds
+from paper_repro import job_time, seeds
 from paper_repro.errors import UserError
 from paper_repro.history import History, load_history
 from paper_repro.plotting import deterministic_style, save_figure
@@ -98,12 +98,13 @@ def regenerate_tables(
     allow_mixed_presets: bool = False,
     target: float | None = None,
 ) -> list[Path]:
-    """``paper-repro regenerate-tables``: Table III and the time-to-accuracy table from every
-    history below ``histories_dir``."""
+    """``paper-repro regenerate-tables``: Table III, the time-to-accuracy table and (for runs
+    that recorded it) the time-by-phase table from every history below ``histories_dir``."""
     histories = load_histories(histories_dir)
     return [
         *write_table3(histories, out_dir, allow_mixed_presets),
         *write_time_to_accuracy(histories, out_dir, allow_mixed_presets, target),
+        *job_time.write_time_by_phase(histories, out_dir),
     ]
 
 

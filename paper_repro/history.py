@@ -48,7 +48,7 @@ class EpochRecord:
 
 
 # Fields of the history, and of its final evaluation, added after the first histories were written.
-_OPTIONAL = ("cache", "start", "class_names", "cluster")
+_OPTIONAL = ("cache", "start", "class_names", "cluster", "phases")
 _OPTIONAL_FINAL = ("center_top1", "center_top5")
 
 
@@ -97,6 +97,16 @@ class CacheRecord:
     reused: bool
 
 
+# Where a run's wall time went besides its training steps (``EpochRecord.wall_seconds``) and its
+# final evaluation (``FinalEvaluation.wall_seconds``), in seconds summed over the processes that
+# worked on it: ``data`` (datasets, subsets, pipelines), ``model`` (the network built, or the
+# checkpoint read), ``cache`` (the feature cache built or opened), ``epoch_tests`` (the
+# centre-crop test after every epoch), ``checkpoints`` (history and checkpoint written after every
+# epoch), ``final_save`` (the model written) and ``total`` (the whole run, from the call to its
+# end: the rest of it is start-up, reading the source model and Keras' own work around the steps).
+PHASES = ("data", "model", "cache", "epoch_tests", "checkpoints", "final_save", "total")
+
+
 @dataclass(frozen=True)
 class ClusterRecord:
     """Where a distributed run trained (``--strategy mirrored`` or ``multi-worker``): its
@@ -129,6 +139,7 @@ class History:
     # the input geometry are the ``config``'s.
     class_names: tuple[str, ...] | None = None
     cluster: ClusterRecord | None = None  # None on one device (and before it was recorded)
+    phases: dict[str, float] | None = None  # seconds per PHASES name; None before it was recorded
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, keys in schema order so that saved files diff cleanly."""
@@ -294,7 +305,15 @@ def _read_history(data: Any, where: _Field) -> History:
         else _choice(data["start"], where.key("start"), STARTS),
         class_names=_read_class_names(data.get("class_names"), where.key("class_names")),
         cluster=_read_cluster(data.get("cluster"), where.key("cluster")),
+        phases=_read_phases(data.get("phases"), where.key("phases")),
     )
+
+
+def _read_phases(data: Any, where: _Field) -> dict[str, float] | None:
+    if data is None:
+        return None
+    data = _object(data, where, PHASES)
+    return {name: _seconds(data[name], where.key(name)) for name in PHASES}
 
 
 def _read_class_names(data: Any, where: _Field) -> tuple[str, ...] | None:

@@ -38,6 +38,7 @@ from paper_repro.augment import AUGMENT_LAYER
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 from paper_repro.history import (
+    PHASES,
     EpochRecord,
     FinalEvaluation,
     History,
@@ -74,6 +75,7 @@ class _Run:
     weights_path: Path | None  # the pretrained model it starts (or restarts) from
     source: keras.Model | None  # that model, loaded
     previous: History | None  # the history to resume, None for a new run
+    timer: PhaseTimer  # where the run's wall time goes (history.PHASES)
     cluster: cluster_lib.Cluster
     tensorboard: bool
     download: bool
@@ -105,6 +107,7 @@ def train(
     ``join_timeout`` seconds for every worker of ``TF_CONFIG``.
     """
     provenance.git_commit()  # read once, when the first run of this process starts
+    timer = PhaseTimer()
     config = experiments.resolve(experiment, preset, overrides)
     experiments.check_seed(seed)
     where = cluster_lib.connect(strategy, join_timeout)
@@ -116,6 +119,8 @@ def train(
             _say(verbose, f"{shared.root}: already finished (use --force to train it again)")
             return previous
         resuming = previous is not None and shared.checkpoint.exists()
+        if resuming:
+            timer.carry(previous.phases)
         # A cached run checkpoints only its classifier: resuming it needs the features again.
         weights_path = None
         if not resuming or config.cache_features:
@@ -147,6 +152,7 @@ def train(
                     weights_path=weights_path,
                     source=source,
                     previous=previous if resuming else None,
+                    timer=timer,
                     cluster=where,
                     tensorboard=tensorboard,
                     download=download,
@@ -171,19 +177,23 @@ def _workspace(shared: RunPaths, where: cluster_lib.Cluster) -> Iterator[RunPath
 
 def _fit(run: _Run) -> History:
     config, paths, verbose = run.config, run.paths, run.verbose
-    splits = data.load_experiment_data(
-        config, data_dir=run.data_dir, seed=run.seed, download=run.download
-    )
+    with run.timer("data"):
+        splits = data.load_experiment_data(
+            config, data_dir=run.data_dir, seed=run.seed, download=run.download
+        )
     steps_per_epoch = data.steps_per_epoch(splits.train_examples, config.batch_size)
     _check_parts(run.cluster, splits, config.batch_size)
     with run.cluster.strategy.scope():
         network, feeds = None, splits
         if run.previous is None or config.cache_features:
-            network = _initial_model(config, splits, run.source, run.seed)
+            with run.timer("model"):
+                network = _initial_model(config, splits, run.source, run.seed)
         if config.cache_features:
-            feeds = _feature_cache(run, network, splits)
+            with run.timer("cache"):
+                feeds = _feature_cache(run, network, splits)
         if run.previous is not None:
-            trainee = _load_checkpoint(run.shared.checkpoint)
+            with run.timer("model"):
+                trainee = _load_checkpoint(run.shared.checkpoint)
             start_epoch = _epochs_done(
                 int(trainee.optimizer.iterations.numpy()), steps_per_epoch, config.max_iterations
             )
@@ -217,7 +227,7 @@ def _fit(run: _Run) -> History:
         history = dataclasses.replace(history, cluster=run.cluster.record())
     save_history(history, paths.history)
 
-    recorder = RunRecorder(paths, history, config.max_iterations)
+    recorder = RunRecorder(paths, history, run.timer, config.max_iterations)
     callbacks = [recorder]
     if run.tensorboard:
         callbacks.append(_tensorboard(paths.logs))
@@ -327,10 +337,13 @@ def _finish(run: _Run, model: keras.Model, splits, history: History) -> History:
         center_top5=scores["center_top5"],
     )
     record = evaluate.trained_on(history.config, history.seed, history.class_names)
-    replace_atomic(
-        paths.model, lambda path: model_lib.save_model(_without_optimizer(model), path, record)
+    with run.timer("final_save"):
+        replace_atomic(
+            paths.model, lambda path: model_lib.save_model(_without_optimizer(model), path, record)
+        )
+    history = dataclasses.replace(
+        history, final=final, status="finished", phases=run.timer.record()
     )
-    history = dataclasses.replace(history, final=final, status="finished")
     save_history(history, paths.history)
     paths.checkpoint.unlink(missing_ok=True)
     _say(
@@ -352,9 +365,16 @@ class RunRecorder(keras.callbacks.Callback):
     at ``max_iterations`` (Caffe's ``max_iter``), recording the cut-short epoch as the last one.
     """
 
-    def __init__(self, paths: RunPaths, history: History, max_iterations: int | None = None):
+    def __init__(
+        self,
+        paths: RunPaths,
+        history: History,
+        timer: PhaseTimer,
+        max_iterations: int | None = None,
+    ):
         super().__init__()
         self.paths, self.history, self.max_iterations = paths, history, max_iterations
+        self.timer = timer
         self._epoch_start = self._train_seconds = 0.0
         self._lr = 0.0
 
@@ -382,6 +402,9 @@ class RunRecorder(keras.callbacks.Callback):
     def on_test_begin(self, logs=None):
         self._train_seconds = time.perf_counter() - self._epoch_start
 
+    def on_test_end(self, logs=None):
+        self.timer.add("epoch_tests", time.perf_counter() - self._epoch_start - self._train_seconds)
+
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         record = EpochRecord(
@@ -392,9 +415,38 @@ class RunRecorder(keras.callbacks.Callback):
             test_accuracy=float(logs["val_accuracy"]),
             wall_seconds=self._train_seconds,
         )
-        self.history = dataclasses.replace(self.history, epochs=(*self.history.epochs, record))
-        save_history(self.history, self.paths.history)
-        replace_atomic(self.paths.checkpoint, self.model.save)
+        epochs = (*self.history.epochs, record)
+        self.history = dataclasses.replace(self.history, epochs=epochs, phases=self.timer.record())
+        with self.timer("checkpoints"):
+            save_history(self.history, self.paths.history)
+            replace_atomic(self.paths.checkpoint, self.model.save)
+
+
+class PhaseTimer:
+    """Wall seconds per ``history.PHASES`` name, from this process's start of the run plus what
+    the processes of a resumed run spent before (``carry``)."""
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self._start = time.perf_counter()
+
+    def carry(self, earlier: dict[str, float] | None) -> None:
+        for name, seconds in (earlier or {}).items():
+            self.add(name, seconds)
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] += seconds
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(phase, time.perf_counter() - start)
+
+    def record(self) -> dict[str, float]:
+        return {**self.seconds, "total": self.seconds["total"] + time.perf_counter() - self._start}
 
 
 def _weights_path(

@@ -67,6 +67,10 @@ def test_reproduce_smoke_puts_its_runs_in_the_table_and_figure(smoke_reproductio
     assert control_top1 == pytest.approx(100 * control.final.top1, abs=0.005)
     assert f"{100 * full.final.top1:.2f}" in (root / "table3.md").read_text()
     assert (root / "figure5.png").stat().st_size > 0 and (root / "figure5.pdf").exists()
+    # Where the job's time went: a row per run, the training steps as the histories have them.
+    phases = (root / "time_by_phase.md").read_text()
+    steps = sum(e.wall_seconds for e in full.epochs)
+    assert "| full-mnist.history.json | " in phases and f"| {steps:,.1f} |" in phases
 
 
 @pytest.mark.usefixtures("tfds_dir")

@@ -24,7 +24,8 @@ from paper_repro.figures import (
     write_table3,
     write_time_to_accuracy,
 )
-from paper_repro.history import CacheRecord, EpochRecord, save_history
+from paper_repro.history import PHASES, CacheRecord, EpochRecord, save_history
+from paper_repro.job_time import write_time_by_phase
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "histories"
@@ -550,3 +551,24 @@ def test_weights_that_stand_in_for_pretraining_are_named_in_its_row(tmp_path, hi
         f"{weights.path} (sha256 {weights.sha256[:12]})"
     )
     assert row_of(markdown, f"—{footnote(markdown, note)}")
+
+
+def test_time_by_phase_puts_each_runs_phases_beside_its_training(tmp_path, histories):
+    full = histories["full-mnist/history.json"]  # the fixture has no phase record
+    assert write_time_by_phase({"full": full}, tmp_path) == []
+    epochs = tuple(replace(e, wall_seconds=10.0) for e in full.epochs)
+    training = 10.0 * len(epochs)
+    phases = dict.fromkeys(PHASES, 1.0) | {"cache": 0.0, "total": training + 20.0}
+    timed = replace(full, epochs=epochs, final=replace(full.final, wall_seconds=5.0),
+                    phases=phases)  # fmt: skip
+    write_time_by_phase({"b.history.json": timed, "a.history.json": full}, tmp_path)
+    markdown = (tmp_path / "time_by_phase.md").read_text(encoding="utf-8")
+    # data, model, cache, training steps, epoch tests, checkpoints, final evaluation (5), model
+    # save, other (the total less the 10 s of the rest), total; a run without phases is left out.
+    assert row_of(markdown, "b.history.json")[1:] == [
+        "1.0", "1.0", "0.0", f"{training:.1f}", "1.0", "1.0", "5.0", "1.0", "10.0",
+        f"{training + 20:.1f}",
+    ]  # fmt: skip
+    share = row_of(markdown, "share of the job")[4]
+    assert share == f"{100 * training / (training + 20):.1f}%"
+    assert "a.history.json" not in markdown and "**all 1 runs**" in markdown

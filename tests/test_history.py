@@ -10,6 +10,7 @@ import pytest
 
 from paper_repro.errors import UserError
 from paper_repro.history import (
+    PHASES,
     CacheRecord,
     History,
     HistoryError,
@@ -174,3 +175,18 @@ def test_class_names_round_trip_are_validated_and_older_histories_lack_them(tmp_
     for names, message in bad:
         with pytest.raises(HistoryError, match=message):
             History.from_dict({**history.to_dict(), "class_names": names})
+
+
+def test_a_phase_record_round_trips_and_is_validated(tmp_path):
+    older = load_history(RETRAIN)  # written before phases were recorded
+    assert older.phases is None and "phases" not in older.to_dict()
+    history = replace(older, phases=dict.fromkeys(PHASES, 2.5))
+    save_history(history, tmp_path / "h.json")
+    assert load_history(tmp_path / "h.json") == history
+    data = history.to_dict()
+    data["phases"]["checkpoints"] = -1
+    with pytest.raises(HistoryError, match=r"phases\.checkpoints must be a finite number >= 0"):
+        History.from_dict(data)
+    del data["phases"]["checkpoints"]
+    with pytest.raises(HistoryError, match=r"phases\.checkpoints is missing"):
+        History.from_dict(data)

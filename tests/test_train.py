@@ -19,7 +19,7 @@ from paper_repro import cli, runs
 from paper_repro import train as train_module
 from paper_repro.errors import UserError
 from paper_repro.experiments import PRESETS, resolve
-from paper_repro.history import load_history, save_history
+from paper_repro.history import PHASES, load_history, save_history
 from paper_repro.model import FEATURES, build_alexnet, caffe_layers
 from paper_repro.train import TrainingDiverged, train
 
@@ -58,6 +58,12 @@ def test_full_training_writes_a_valid_history_and_model(full_smoke):
     assert not (run / "checkpoint.keras").exists()
     model = keras.saving.load_model(run / "model.keras", safe_mode=True)
     assert model.output_shape == (None, 10) and getattr(model, "optimizer", None) is None
+    # Where its time went: every phase ran, and together they fit in the run's wall time.
+    phases = history.phases
+    assert list(phases) == list(PHASES) and phases["cache"] == 0.0
+    assert all(phases[name] > 0 for name in PHASES if name != "cache")
+    steps = sum(e.wall_seconds for e in history.epochs) + history.final.wall_seconds
+    assert steps + sum(v for k, v in phases.items() if k != "total") < phases["total"]
 
 
 @pytest.mark.usefixtures("tfds_dir")
@@ -142,6 +148,10 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path, cap
     assert len(logged.stdout) < 1000 * epochs and logged.stdout.count("Epoch ") == epochs
     assert logged.stderr == ""
     assert _metrics(load_history(history_file)) == _metrics(whole)
+    # The resumed run's phases add the killed process's time to its own.
+    earlier, phases = interrupted.phases, load_history(history_file).phases
+    assert all(phases[name] >= earlier[name] for name in PHASES)
+    assert phases["total"] > earlier["total"] + phases["final_save"]
     resumed_final = load_history(history_file).final
     assert (resumed_final.top1, resumed_final.top5) == (whole.final.top1, whole.final.top5)
 
