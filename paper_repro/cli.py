@@ -105,32 +105,41 @@ def _progress(args: argparse.Namespace) -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def _run_options(*, which: str) -> argparse.ArgumentParser:
-    """The flags ``train`` and ``reproduce`` share, as an argparse parent.
+def _shared_run_options(
+    *, which: str, runs_dir: str = "runs", runs_dir_help: str = "where run directories go"
+) -> argparse.ArgumentParser:
+    """The flags of every command that trains (``train``, ``reproduce``, ``study``), as an
+    argparse parent.
 
     A new parent per command: argparse shares a parent's actions with its children, so a change
     to one child's option would otherwise change the other's. ``which`` names the runs they apply
     to.
     """
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--preset", default=DEFAULT_PRESET, help=PRESET_HELP)
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument("--runs-dir", default="runs", help="where run directories go (default: runs)")
-    p.add_argument("--seed", type=int, help="the runs' seed (default: 0)")
+    p.add_argument("--runs-dir", default=runs_dir, help=f"{runs_dir_help} (default: {runs_dir})")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
         help=f"change a setting of {which}",
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="train again, also when finished")
     p.add_argument(
+        "--download", action="store_true", help="let tfds download a dataset that is missing"
+    )
+    return p
+
+
+def _run_options(*, which: str) -> argparse.ArgumentParser:
+    """The flags ``train`` and ``reproduce`` share beyond those of every training command."""
+    p = argparse.ArgumentParser(add_help=False, parents=[_shared_run_options(which=which)])
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=PRESET_HELP)
+    p.add_argument("--seed", type=int, help="the runs' seed (default: 0)")
+    p.add_argument(
         "--cache-features",
         action="store_true",
         help="retrain runs: compute the frozen features once per view (10 crops) and train the "
         "classifier on them (cache under RUNS_DIR/feature-cache; --set cache_dtype=float16, "
         "--set cache_views=5)",
-    )
-    p.add_argument(
-        "--download", action="store_true", help="let tfds download a dataset that is missing"
     )
     return p
 
@@ -293,8 +302,16 @@ def _reproduce(args: argparse.Namespace) -> None:
 def _add_study(sub: argparse._SubParsersAction) -> None:
     from paper_repro.study import CELLS
 
+    shared = _shared_run_options(
+        which="every run (for a quick try: the table then mixes settings)",
+        runs_dir="runs/study",
+        runs_dir_help="runs go to RUNS_DIR/CELL",
+    )
     p = _tensorflow_command(
-        sub, "study", "the transfer study's cells (issue 13, figures/study/PLAN.md), then its table"
+        sub,
+        "study",
+        "the transfer study's cells (issue 13, figures/study/PLAN.md), then its table",
+        shared,
     )
     p.add_argument(
         "cells",
@@ -302,23 +319,11 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         metavar="CELL",
         help=f"cells to train: {', '.join(CELLS)} (none: only the table and figure again)",
     )
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-        help="change a setting of every run (for a quick try: the table then mixes settings)",
-    )  # fmt: skip
     p.add_argument("--seeds", default="0,1,2", metavar="N,N,...", help="default: 0,1,2")
-    p.add_argument("--data-dir", help="tfds data directory (default: $TFDS_DATA_DIR)")
-    p.add_argument(
-        "--runs-dir", default="runs/study", help="runs go to RUNS_DIR/CELL (default: runs/study)"
-    )
     p.add_argument(
         "--out",
         default="figures/study",
         help="histories, table.md and gap.png (default: figures/study)",
-    )
-    p.add_argument("--force", action="store_true", help="train again, also when finished")
-    p.add_argument(
-        "--download", action="store_true", help="let tfds download a dataset that is missing"
     )
     p.set_defaults(handler=_study)
 

@@ -37,6 +37,7 @@ REACHED_BY = {
     "export.py": ("export",),
     "figures.py": ("regenerate-tables", "regenerate-figures"),
     "history.py": (),
+    "job_time.py": (),
     "model.py": (*RUN_COMMANDS, "evaluate", "export"),
     "reproduce.py": ("reproduce", "study"),
     "runs.py": RUN_COMMANDS,
