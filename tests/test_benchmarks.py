@@ -44,3 +44,28 @@ def test_the_suite_measures_every_section_and_writes_what_it_prints(tmp_path, ca
         rates["cached step"] / rates["full step"]
     )
     assert f"| cached step / full step | {ratios['cached step / full step']:.2f} |" in table
+
+
+def test_same_histories_ignores_timings_and_names_what_differs(tmp_path, capsys):
+    from dataclasses import replace
+    from pathlib import Path
+
+    from benchmarks import same_histories
+    from paper_repro.history import load_history, save_history
+
+    fixtures = Path(__file__).parent / "fixtures" / "histories"
+    run = load_history(fixtures / "full-mnist" / "history.json")
+    slower = replace(run, epochs=tuple(replace(e, wall_seconds=99.0) for e in run.epochs))
+    save_history(run, tmp_path / "a" / "full.history.json")
+    save_history(slower, tmp_path / "b" / "full.history.json")
+    assert same_histories.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out == "full.history.json: same\n"
+
+    last = replace(run.epochs[-1], train_loss=run.epochs[-1].train_loss + 1e-7)
+    changed = replace(run, epochs=(*run.epochs[:-1], last))
+    save_history(changed, tmp_path / "b" / "full.history.json")
+    save_history(run, tmp_path / "b" / "more.history.json")
+    assert same_histories.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    out = capsys.readouterr().out
+    assert "full.history.json: differs in epochs" in out
+    assert f"more.history.json: only in {tmp_path / 'b'}" in out
