@@ -16,19 +16,32 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from paper_repro.experiments import recorded_settings
 from paper_repro.history import History, load_history
 from paper_repro.runs import find_histories
 
 
 def numbers(history: History) -> dict:
-    """Everything a run computes, without its timings."""
+    """Everything a run computes, without its timings. Settings added since a history was
+    written take their defaults, and final numbers it did not record yet (None) are left out."""
     epochs = [
         {k: v for k, v in dataclasses.asdict(e).items() if k != "wall_seconds"}
         for e in history.epochs
     ]
     final = dataclasses.asdict(history.final) if history.final else {}
     final.pop("wall_seconds", None)
-    return {"config": history.config, "seed": history.seed, "epochs": epochs, "final": final}
+    settings = recorded_settings(history.config, history.dataset, history.mode)
+    return {"config": settings, "seed": history.seed, "epochs": epochs, "final": final}
+
+
+def _changed(one: dict, two: dict) -> list[str]:
+    """The keys whose numbers differ; a final number one side did not record is not compared."""
+    finals = [one["final"], two["final"]]
+    for key in set(finals[0]) | set(finals[1]):
+        if any(final.get(key) is None for final in finals):
+            for final in finals:
+                final.pop(key, None)
+    return [key for key in one if one[key] != two[key]]
 
 
 def differences(a: Path, b: Path) -> list[str]:
@@ -43,7 +56,7 @@ def differences(a: Path, b: Path) -> list[str]:
             lines.append(f"{name}: only in {a if name in found['a'] else b}")
             continue
         one, two = (numbers(load_history(found[side][name])) for side in ("a", "b"))
-        changed = [key for key in one if one[key] != two[key]]
+        changed = _changed(one, two)
         lines.append(f"{name}: " + (f"differs in {', '.join(changed)}" if changed else "same"))
     return lines
 

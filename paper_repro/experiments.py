@@ -87,7 +87,8 @@ import math
 import numbers
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from paper_repro.errors import UserError
 
@@ -228,6 +229,12 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
+
+
+def recorded_settings(recorded: Mapping[str, Any], dataset: str, mode: str) -> dict:
+    """A run's settings as a history recorded them (``RunConfig.to_dict``), with any field added
+    since at its default, which it had then (fields are only ever added)."""
+    return {**RunConfig(dataset=dataset, mode=mode).to_dict(), **recorded}
 
 
 def check_seed(seed: int) -> None:

@@ -566,12 +566,11 @@ def _previous_history(paths: RunPaths, config: RunConfig, seed: int, force: bool
 def settings_changed(previous: History, config: RunConfig, seed: int) -> str | None:
     """What differs between the settings a history was trained with and ``config`` with
     ``seed`` (``key: old -> new``, or ``seed``); None when it is the same run."""
-    # A key missing from an older history had its default then (fields are only ever added).
-    defaults = RunConfig(dataset=config.dataset, mode=config.mode).to_dict()
+    recorded = experiments.recorded_settings(previous.config, config.dataset, config.mode)
     changed = {
-        key: (previous.config.get(key, defaults[key]), value)
+        key: (recorded[key], value)
         for key, value in config.to_dict().items()
-        if previous.config.get(key, defaults[key]) != value
+        if recorded[key] != value
     }
     if not changed and previous.seed == seed:
         return None
