@@ -189,9 +189,28 @@ def arm(found: Results, name: str, experiment: str) -> tuple[dict[int, float] | 
     return (own, False) if own else (found[BASELINE].get(experiment), True)
 
 
-def _verdict(runs: Mapping[str, dict[int, float]], base: Mapping[str, dict[int, float]]) -> str:
-    """PLAN.md's rule 1: the retrain arms' mean over the targets (per seed) beats the baseline's
-    by more than the larger of the two standard deviations."""
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """PLAN.md's rule 1 for one cell: the retrain arms' mean over the targets, per seed, against
+    the baseline's; chosen when the cell's mean beats the baseline's by more than the larger of
+    the two standard deviations."""
+
+    mean: float  # the cell's
+    margin: float  # its mean - the baseline's
+    threshold: float  # the larger standard deviation
+
+    @property
+    def chosen(self) -> bool:
+        return self.margin > self.threshold
+
+    def __str__(self) -> str:
+        verdict = "chosen" if self.chosen else "not chosen"
+        return f"{verdict} ({self.margin * 100:+.2f} vs ±{self.threshold * 100:.2f})"
+
+
+def verdict(found: Results, name: str) -> Verdict | None:
+    """Rule 1 for cell ``name`` (None until both it and the baseline have 2+ seeds)."""
+    runs, base = found[name], found[BASELINE]
     names = [f"retrain-{t}" for t in TARGETS if f"retrain-{t}" in runs]
 
     def per_seed(found: Mapping[str, dict[int, float]]) -> list[float]:
@@ -200,17 +219,57 @@ def _verdict(runs: Mapping[str, dict[int, float]], base: Mapping[str, dict[int, 
 
     mine, theirs = per_seed(runs), per_seed(base)
     if len(mine) < 2 or len(theirs) < 2:
-        return "needs 2+ seeds"
+        return None
     a, b = seeds.summarize(mine), seeds.summarize(theirs)
-    margin = a.mean - b.mean
-    verdict = "chosen" if margin > max(a.std, b.std) else "not chosen"
-    return f"{verdict} ({margin * 100:+.2f} vs ±{max(a.std, b.std) * 100:.2f})"
+    return Verdict(a.mean, a.mean - b.mean, max(a.std, b.std))
+
+
+# PLAN.md's knobs, each with the cells that set it otherwise than the baseline.
+KNOBS: dict[str, tuple[str, ...]] = {
+    "keep_fc67": ("fresh-fc67",),
+    "mean": ("target-mean",),
+    "dropout": ("no-dropout",),
+    "retraining epochs": ("retrain-30-epochs",),
+    "source epochs": ("source-30-epochs",),
+    "source classes": ("source-10-classes",),
+    "source learning rate": ("source-lr-0.01",),
+    "crop": ("crop-99", "crop-131"),
+}
+
+
+def chosen(found: Results) -> dict[str, str | None]:
+    """Rule 1 per knob: of its cells that rule 1 chooses, the one with the highest retrain mean;
+    None keeps the baseline's setting (also while its cells lack seeds)."""
+    choice = {}
+    for knob, names in KNOBS.items():
+        passing = [(v.mean, n) for n in names if (v := verdict(found, n)) and v.chosen]
+        choice[knob] = max(passing)[1] if passing else None
+    return choice
+
+
+def combine(names: Sequence[str]) -> Cell:
+    """Rule 2's candidate: the baseline with every named cell's changes at once. A run takes the
+    changes of each cell that trains it, in the order named (a crop cell trains every run, so
+    its crop reaches every run of the combination); the runs no named cell trains stay the
+    baseline's. ``source-10-classes`` retrains MNIST only: a combination with it that retrains
+    CIFAR-10 would start from a source that saw the target's classes, and is refused."""
+    specs = [cell(name) for name in names]
+    runs: dict[str, list[str]] = {}
+    for spec in specs:
+        for experiment, overrides in spec.runs.items():
+            runs.setdefault(experiment, []).extend(overrides)
+    if "source-10-classes" in names and any(e.endswith("-cifar10") for e in runs):
+        raise UserError(
+            "source-10-classes cannot be combined with a cell that trains CIFAR-10 runs: its "
+            "source saw CIFAR-10's classes 5-9, the target's"
+        )
+    knob = " + ".join(spec.knob for spec in specs)
+    return Cell(knob, {experiment: tuple(overrides) for experiment, overrides in runs.items()})
 
 
 def table(histories_dir: str | os.PathLike[str]) -> str:
     """The study's Markdown table from ``HISTORIES_DIR/CELL/*.history.json``."""
     found = results(histories_dir)
-    base = found[BASELINE]
     header = (
         "| cell | knob | target | source | full | retraining | control (random) "
         "| full - retraining | retraining - control | rule |"
@@ -221,7 +280,7 @@ def table(histories_dir: str | os.PathLike[str]) -> str:
         if not runs:
             continue
         source, borrowed_source = arm(found, name, SOURCE)
-        verdict = "" if name == BASELINE else _verdict(runs, base)
+        rule = "" if name == BASELINE else str(verdict(found, name) or "needs 2+ seeds")
         for target in TARGETS:
             if f"retrain-{target}" not in runs and f"full-{target}" not in runs:
                 continue
@@ -232,9 +291,23 @@ def table(histories_dir: str | os.PathLike[str]) -> str:
                 f"| {_text(summary(source), borrowed_source)} "
                 + "".join(f"| {_text(summary(arms[a]), borrowed[a])} " for a in ARMS)
                 + f"| {_difference(arms['full'], arms['retrain'])} "
-                f"| {_difference(arms['retrain'], arms['retrain-random'])} | {verdict} |"
+                f"| {_difference(arms['retrain'], arms['retrain-random'])} | {rule} |"
             )
+    lines += ["", "Rule 1 per knob: " + "; ".join(_choices(found)) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _choices(found: Results) -> list[str]:
+    """``knob: what rule 1 takes`` for every knob: a cell, the baseline's, or not run yet."""
+    choice = chosen(found)
+    return [
+        f"{knob}: "
+        + (
+            choice[knob]
+            or ("the baseline's" if any(verdict(found, n) for n in names) else "not run yet")
+        )
+        for knob, names in KNOBS.items()
+    ]
 
 
 def write_table(histories_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:

@@ -88,6 +88,21 @@ def test_table_reads_the_last_epochs_and_applies_the_rule(tmp_path):
     assert fresh[6].endswith("(baseline)") and fresh[9].startswith("chosen (+5.50 vs ±1.00)")
     mean = cells(("target-mean", "the target's own mean", "mnist"))
     assert mean[9].startswith("not chosen (+0.50 vs ±1.00)")
+    rule = "Rule 1 per knob: keep_fc67: fresh-fc67; mean: the baseline's; dropout: not run yet;"
+    assert rule in text
+
+
+def test_combining_cells_gives_each_run_every_change_that_reaches_it():
+    both = study.combine(["fresh-fc67", "crop-99"])
+    assert both.runs["retrain-mnist"] == ("keep_fc67=false", "resize=112", "crop=99")
+    assert both.runs[study.SOURCE] == both.runs["full-cifar10"] == ("resize=112", "crop=99")
+    assert both.trains_source and set(both.runs) == set(study.CELLS[study.BASELINE].runs)
+    recipe = study.combine(["fresh-fc67", "source-30-epochs"])
+    assert recipe.runs[study.SOURCE] == ("epochs=30", "drop_epochs=20")
+    assert recipe.runs["retrain-cifar10"] == ("keep_fc67=false",)
+    assert "full-mnist" not in recipe.runs  # the baseline's
+    with pytest.raises(UserError, match="source saw CIFAR-10's classes 5-9"):
+        study.combine(["source-10-classes", "fresh-fc67"])
 
 
 def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
