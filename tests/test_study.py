@@ -121,6 +121,7 @@ def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
     mnist, cifar = figure.axes
     (point,) = [line for line in mnist.get_lines() if line.get_marker() == "o"]
     assert list(point.get_xydata()[0]) == pytest.approx([72.0, 17.0])
+    assert "baseline" in [text.get_text() for text in mnist.get_legend().get_texts()]
     lines = [line for line in mnist.get_lines() if line.get_linestyle() in ("--", ":")]
     levels = sorted(line.get_ydata()[0] for line in lines)
     assert levels == pytest.approx(sorted([8.0, PAPER["mnist"].full - PAPER["mnist"].retrain]))
