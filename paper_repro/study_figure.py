@@ -43,6 +43,11 @@ def _points(found: study.Results, target: str) -> list[tuple[str, tuple[float, .
     return points
 
 
+def cell_color(name: str) -> str:
+    """A cell's colour, the same in every panel: its place among the study's cells."""
+    return f"C{list(study.CELLS).index(name) % 10}"
+
+
 def has_points(histories_dir: str | os.PathLike[str]) -> bool:
     found = study.results(histories_dir)
     return any(_points(found, target) for target in study.TARGETS)
@@ -63,7 +68,7 @@ def build_gap_figure(histories_dir: str | os.PathLike[str]) -> Figure:
             for name, (x, x_std, y, y_std) in points:
                 # Named in the legend, not beside the point: cells on one source share an x.
                 axes.errorbar(x, y, xerr=x_std, yerr=y_std, fmt="o", capsize=3, gid=name,
-                              label=name)  # fmt: skip
+                              label=name, color=cell_color(name))  # fmt: skip
             full, _ = study.arm(found, study.BASELINE, f"full-{target}")
             control = study.difference(full, found[study.BASELINE].get(f"retrain-random-{target}"))
             if control is not None:
