@@ -184,9 +184,12 @@ def results(histories_dir: str | os.PathLike[str]) -> Results:
 
 def arm(found: Results, name: str, experiment: str) -> tuple[dict[int, float] | None, bool]:
     """A cell's accuracies of one run, or the baseline's where the cell does not train it (then
-    ``True``, borrowed)."""
+    ``True``, borrowed). A run the cell trains but has not finished is None, never the
+    baseline's: a crop cell's full runs are not the baseline's at another crop."""
     own = found[name].get(experiment)
-    return (own, False) if own else (found[BASELINE].get(experiment), True)
+    if own or experiment in cell(name).runs:
+        return own, False
+    return found[BASELINE].get(experiment), True
 
 
 @dataclasses.dataclass(frozen=True)

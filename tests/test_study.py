@@ -68,6 +68,7 @@ def test_table_reads_the_last_epochs_and_applies_the_rule(tmp_path):
         },
         "fresh-fc67": {"retrain-mnist": (0.90, 0.91, 0.92), "retrain-cifar10": (0.72,) * 3},
         "target-mean": {"retrain-mnist": (0.81, 0.83, 0.85), "retrain-cifar10": (0.70,) * 3},
+        "crop-99": {"pretrain-imagenet": (0.75,), "retrain-mnist": (0.85,)},  # part run
     }
     for cell, runs in accuracy.items():
         for experiment, values in runs.items():
@@ -88,6 +89,9 @@ def test_table_reads_the_last_epochs_and_applies_the_rule(tmp_path):
     assert fresh[6].endswith("(baseline)") and fresh[9].startswith("chosen (+5.50 vs ±1.00)")
     mean = cells(("target-mean", "the target's own mean", "mnist"))
     assert mean[9].startswith("not chosen (+0.50 vs ±1.00)")
+    crop = cells(("crop-99", "crop 99 (resize 112), every run", "mnist"))
+    assert crop[3:7] == ["75.00", "–", "85.00", "–"]  # its own full and control: not run yet
+    assert crop[7] == "–" and crop[9] == "needs 2+ seeds"
     rule = "Rule 1 per knob: keep_fc67: fresh-fc67; mean: the baseline's; dropout: not run yet;"
     assert rule in text
 
