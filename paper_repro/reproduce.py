@@ -19,9 +19,6 @@ from paper_repro.runs import HISTORY_SUFFIX, RunPaths, run_directory, write_atom
 from paper_repro.study_figure import regenerate_study
 from paper_repro.train import settings_changed, train
 
-# The pretraining runs once, with this seed: ``runs.pretrained_model`` retrains every seed from it.
-PRETRAIN_SEED = 0
-
 
 def reproduce(
     preset: str,
@@ -46,8 +43,9 @@ def reproduce(
     and every retraining on pretrained features starts from them; the full runs and the
     random-features controls still start from scratch. With ``cache_features`` the retrain runs
     train on cached features (runs of their own, ``retrain-*-cached``). Each transfer experiment
-    runs once per seed (``EXPERIMENT-seedN`` for N > 0); the pretraining once, with seed 0, the
-    network every seed's retraining starts from. The histories are copied to
+    runs once per seed (``EXPERIMENT-seedN`` for N > 0), and the pretraining once per source that
+    those seeds retrain from (``experiments.source_seed``: seed 0's for every seed in the paper
+    preset, each seed's own in mini). The histories are copied to
     ``OUT/histories/PRESET`` under their run directory's name (seed kept) next to the table and
     figure made from them, so the three can be committed together.
     """
@@ -57,14 +55,7 @@ def reproduce(
         name: experiments.resolve(name, preset, overrides)
         for name in experiments.dependency_order(preset)
     }
-    # The weights stand in for pretraining: only the retrain runs on pretrained features start
-    # from them; full runs and the random-features controls train from scratch.
-    runs = [
-        (name, seed)
-        for name, config in configs.items()
-        if not (weights and config.mode == "pretrain")
-        for seed in ([PRETRAIN_SEED] if config.mode == "pretrain" else seeds)
-    ]
+    runs = _plan(preset, configs, seeds, skip_pretraining=bool(weights))
     kept = Path(out) / "histories" / preset
     for number, (name, seed) in enumerate(runs, 1):
         if verbose:
@@ -77,6 +68,25 @@ def reproduce(
             runs_dir=runs_dir, data_dir=data_dir, force=force, download=download, verbose=verbose,
         )  # fmt: skip
     return [*figures.regenerate_tables(kept, out), *figures.regenerate_figures(kept, out)]
+
+
+def _plan(
+    preset: str, configs: dict[str, RunConfig], seeds: Sequence[int], skip_pretraining: bool
+) -> list[tuple[str, int]]:
+    """``(experiment, seed)`` in the order to train them: seed by seed, each seed's source
+    (``experiments.source_seed``) before its first retraining unless an earlier seed trained it,
+    so that an interrupted reproduce leaves whole seeds behind. With ``skip_pretraining`` (the
+    weights stand in for it) no source is trained: only the retrain runs on pretrained features
+    start from the weights; full runs and the random-features controls train from scratch."""
+    runs: list[tuple[str, int]] = []
+    for seed in seeds:
+        for name, config in configs.items():
+            if config.mode != "pretrain":
+                runs.append((name, seed))
+            elif not skip_pretraining:
+                source = (name, experiments.source_seed(preset, seed))
+                runs += [] if source in runs else [source]
+    return runs
 
 
 def reproduce_study(

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from paper_repro import experiments
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 
@@ -94,9 +95,10 @@ def run_directory(
 
 
 def pretrained_model(
-    config: RunConfig, weights: str | None, runs_dir: str | os.PathLike, preset: str
+    config: RunConfig, weights: str | None, runs_dir: str | os.PathLike, preset: str, seed: int
 ) -> Path | None:
-    """The pretrained model a run starts from: --weights, else its preset's pretraining run."""
+    """The pretrained model a run starts from: --weights, else its preset's pretraining run (with
+    the seed ``experiments.source_seed`` gives the run's ``seed``)."""
     if weights:
         path = Path(weights)
         if path.is_dir():
@@ -106,12 +108,13 @@ def pretrained_model(
         return path
     if config.mode != "retrain":
         return None
-    default = run_directory(runs_dir, preset, config.pretrained, 0) / MODEL_NAME
+    source = experiments.source_seed(preset, seed)
+    default = run_directory(runs_dir, preset, config.pretrained, source) / MODEL_NAME
     if not default.is_file():
         raise UserError(
             f"retraining needs pretrained weights: run `paper-repro train {config.pretrained} "
-            f"--preset {preset}` first (it writes {default}), or pass --weights FILE.keras "
-            "(for example CaffeNet from `paper-repro import-caffe`)"
+            f"--preset {preset} --seed {source}` first (it writes {default}), or pass --weights "
+            "FILE.keras (for example CaffeNet from `paper-repro import-caffe`)"
         )
     return default
 

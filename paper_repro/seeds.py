@@ -84,7 +84,8 @@ def mean_curve(curves: Sequence[Sequence[float]]) -> Curve:
 
 
 def found(histories: Iterable[History]) -> list[int]:
-    """The seeds of the transfer runs (pretraining runs once, with seed 0, for all of them)."""
+    """The seeds of the transfer runs (the pretraining's are among them, or it ran once, with
+    seed 0, for all of them)."""
     return sorted({h.seed for h in histories if h.mode != "pretrain"} or {0})
 
 

@@ -124,7 +124,7 @@ def train(
         # A cached run checkpoints only its classifier: resuming it needs the features again.
         weights_path = None
         if not resuming or config.cache_features:
-            weights_path = _weights_path(config, weights, runs_dir, preset)
+            weights_path = _weights_path(config, weights, runs_dir, preset, seed)
         if resuming and weights_path:
             _check_same_weights(previous, weights_path)
         source = _source_model(weights_path, config) if weights_path else None
@@ -450,7 +450,7 @@ class PhaseTimer:
 
 
 def _weights_path(
-    config: RunConfig, weights: str | None, runs_dir: str | os.PathLike, preset: str
+    config: RunConfig, weights: str | None, runs_dir: str | os.PathLike, preset: str, seed: int
 ) -> Path | None:
     """The pretrained model the run starts from; none for the random-features control, whose
     point is to start from no pretraining at all."""
@@ -460,7 +460,7 @@ def _weights_path(
                 "retraining on pretrained features needs them, and this experiment names no "
                 "pretraining run: pass --weights FILE.keras"
             )
-        return pretrained_model(config, weights, runs_dir, preset)
+        return pretrained_model(config, weights, runs_dir, preset, seed)
     if weights:
         raise UserError(
             f"--weights {weights}: this run retrains on random, untrained features "

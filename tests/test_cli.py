@@ -234,10 +234,17 @@ def test_reproduce_runs_each_seed_and_gives_weights_only_to_pretrained_retrainin
     assert (
         kept / "retrain-random-mnist-seed2.history.json"
     ).read_text() == "retrain-random-mnist 2"
-    calls.clear()
+    calls.clear()  # smoke, as mini: each seed's source, trained before its other runs
     reproduce_module.reproduce("smoke", runs_dir=tmp_path / "again", out=tmp_path, seeds=[1, 2],
                                verbose=0)  # fmt: skip
-    assert calls[0] == ("pretrain-imagenet", 0, None)  # once, the network every seed starts from
+    assert [(name, seed) for name, seed, _ in calls if name.startswith("pretrain")] == [
+        ("pretrain-imagenet", 1), ("pretrain-imagenet", 2),
+    ]  # fmt: skip
+    assert [seed for _, seed, _ in calls] == [1] * 4 + [2] * 4
+    calls.clear()  # paper: one source, seed 0's, for every seed
+    reproduce_module.reproduce("paper", runs_dir=tmp_path / "paper", out=tmp_path, seeds=[1, 2],
+                               verbose=0)  # fmt: skip
+    assert calls[0] == ("pretrain-imagenet", 0, None)
     assert [call[0] for call in calls].count("pretrain-imagenet") == 1
 
 

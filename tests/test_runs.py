@@ -43,16 +43,27 @@ def test_run_directories_are_named_by_preset_experiment_cache_and_seed(tmp_path)
 
 def test_a_retraining_starts_from_its_presets_pretraining_run_or_the_given_weights(tmp_path):
     retrain, full = resolve("retrain-mnist", "smoke"), resolve("full-mnist", "smoke")
-    assert pretrained_model(full, None, tmp_path, "smoke") is None
-    with pytest.raises(UserError, match="paper-repro train pretrain-imagenet --preset smoke"):
-        pretrained_model(retrain, None, tmp_path, "smoke")
+    assert pretrained_model(full, None, tmp_path, "smoke", 0) is None
+    with pytest.raises(UserError, match="train pretrain-imagenet --preset smoke --seed 0"):
+        pretrained_model(retrain, None, tmp_path, "smoke", 0)
     pretrained = run_directory(tmp_path, "smoke", "pretrain-imagenet", 0) / MODEL_NAME
     pretrained.parent.mkdir(parents=True)
     pretrained.write_bytes(b"")
-    assert pretrained_model(retrain, None, tmp_path, "smoke") == pretrained
-    assert pretrained_model(full, str(pretrained.parent), tmp_path, "smoke") == pretrained
+    assert pretrained_model(retrain, None, tmp_path, "smoke", 0) == pretrained
+    assert pretrained_model(full, str(pretrained.parent), tmp_path, "smoke", 0) == pretrained
     with pytest.raises(UserError, match=r"--weights nowhere\.keras: no such model file"):
-        pretrained_model(retrain, "nowhere.keras", tmp_path, "smoke")
+        pretrained_model(retrain, "nowhere.keras", tmp_path, "smoke", 0)
+
+
+def test_each_seed_retrains_from_its_own_source_in_mini_and_from_seed_0s_in_paper(tmp_path):
+    for preset, seed, source in (("smoke", 2, 2), ("mini", 1, 1), ("paper", 2, 0)):
+        model = run_directory(tmp_path, preset, "pretrain-imagenet", source) / MODEL_NAME
+        model.parent.mkdir(parents=True)
+        model.write_bytes(b"")
+        retrain = resolve("retrain-mnist", preset)
+        assert pretrained_model(retrain, None, tmp_path, preset, seed) == model
+    with pytest.raises(UserError, match="pretrain-imagenet --preset smoke --seed 1` first"):
+        pretrained_model(resolve("retrain-mnist", "smoke"), None, tmp_path, "smoke", 1)
 
 
 def test_a_runs_model_is_the_final_one_else_the_checkpoint(tmp_path):
