@@ -41,8 +41,9 @@ def reproduce(
     the unfinished work (``force`` trains every run again). ``overrides`` (``key=value``) apply to
     every run of the preset. With ``weights`` (e.g. an imported CaffeNet) pretraining is skipped
     and every retraining on pretrained features starts from them; the full runs and the
-    random-features controls still start from scratch. With ``cache_features`` the retrain runs
-    train on cached features (runs of their own, ``retrain-*-cached``). Each transfer experiment
+    random-features controls still start from scratch. With ``cache_features`` (or where the
+    preset says so, as mini does) the retrain runs train on cached features (runs of their own,
+    ``retrain-*-cached``). Each transfer experiment
     runs once per seed (``EXPERIMENT-seedN`` for N > 0), and the pretraining once per source that
     those seeds retrain from (``experiments.source_seed``: seed 0's for every seed in the paper
     preset, each seed's own in mini). The histories are copied to
@@ -64,7 +65,7 @@ def reproduce(
         _train_and_keep(
             name, preset, seed, kept, overrides,
             weights=weights if _takes_weights(config) else None,
-            cached=cache_features and config.mode == "retrain",
+            cached=config.mode == "retrain" and (cache_features or config.cache_features),
             runs_dir=runs_dir, data_dir=data_dir, force=force, download=download, verbose=verbose,
         )  # fmt: skip
     return [*figures.regenerate_tables(kept, out), *figures.regenerate_figures(kept, out)]

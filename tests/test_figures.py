@@ -404,6 +404,37 @@ def test_a_cached_retraining_is_its_own_curve_and_not_table_iiis_retraining(tmp_
     assert row_of(table, "MNIST")[5] == f"{100 * retrain.final.top1:.2f}"
     labels = build_figure5(histories).axes[0].get_legend_handles_labels()[1]
     assert "MNIST retrain-cached" in labels and "MNIST retrain" in labels
+    assert "retraining ran on cached features only" not in table
+
+
+def test_a_retraining_run_on_cached_features_only_is_table_iiis_with_its_build_time(
+    tmp_path, histories
+):
+    """Mini retrains (and runs its control) on cached features only: Table III shows those runs,
+    says so, and times them with their caches' build."""
+    full = histories["full-mnist/history.json"]
+    retrain = histories.pop("retrain-mnist/history.json")
+    cache = CacheRecord("mnist-train", "mnist-test", build_seconds=30.0, reused=False)
+    cached = _with_accuracies(retrain, [0.7, 0.8], 35.0, cache)
+    histories["retrain-mnist-cached.history.json"] = replace(
+        cached, final=replace(retrain.final, top1=0.5)
+    )
+    control = _with_accuracies(retrain, [0.3, 0.4], 35.0, cache)
+    control = replace(control, start="random-features", final=replace(retrain.final, top1=0.25))
+    histories["retrain-random-mnist-cached.history.json"] = control
+    histories["full-mnist/history.json"] = _with_accuracies(full, [0.75, 0.9], 100.0)
+    write_table3(histories, tmp_path)
+    table = (tmp_path / "table3.md").read_text(encoding="utf-8")
+    retraining, control_value, ratio = (row_of(table, "MNIST")[i] for i in (5, 7, -1))
+    # Full: 200 s of epochs; cached: 30 s of build + 70 s of epochs.
+    assert (retraining, control_value, ratio) == ("50.00", "25.00", "2.00")
+    assert "retraining ran on cached features only" in " ".join(table.split())
+    write_time_to_accuracy(histories, tmp_path)
+    times = (tmp_path / "time_to_accuracy.md").read_text(encoding="utf-8")
+    # Target 80 %: full at epoch 2 (200 s), cached at epoch 2 (100 s), the control never.
+    row = row_of(times, "MNIST")
+    assert (row[3], row[5], row[8]) == ("200 (2)", "100 (2)", "2.00")
+    assert row[9].startswith("—[^")
 
 
 def test_pretraining_shows_the_centre_crop_beside_the_multi_crop_accuracy(tmp_path, histories):
@@ -519,9 +550,19 @@ def test_the_random_features_control_has_its_column_and_dotted_line(tmp_path, hi
     assert re.fullmatch(r"\d+ \(\d\)", row_of(times, "MNIST")[-1])
 
 
-def test_the_legend_hides_no_data_of_the_committed_figure():
+# Each mini's committed outputs folder, its histories under histories/mini: the first mini, and
+# the current one once its histories are committed.
+COMMITTED = [
+    folder
+    for folder in (REPO / "figures" / "first-mini", REPO / "figures")
+    if (folder / "histories" / "mini").is_dir()
+]
+
+
+@pytest.mark.parametrize("out", COMMITTED, ids=lambda folder: folder.name)
+def test_the_legend_hides_no_data_of_the_committed_figure(out):
     """Its box, on the drawn canvas, overlaps the extent of no curve, band or marker line."""
-    figure = build_figure5(load_histories(REPO / "figures" / "histories" / "mini"))
+    figure = build_figure5(load_histories(out / "histories" / "mini"))
     renderer = figure.canvas.get_renderer()
     figure.draw(renderer)
     (axes,) = figure.axes
@@ -532,12 +573,13 @@ def test_the_legend_hides_no_data_of_the_committed_figure():
     assert not hidden
 
 
-def test_the_committed_outputs_regenerate_byte_for_byte(tmp_path):
-    """Every committed table and figure is what the committed mini histories regenerate."""
-    regenerate_tables(REPO / "figures" / "histories" / "mini", tmp_path)
-    regenerate_figures(REPO / "figures" / "histories" / "mini", tmp_path)
+@pytest.mark.parametrize("out", COMMITTED, ids=lambda folder: folder.name)
+def test_the_committed_outputs_regenerate_byte_for_byte(tmp_path, out):
+    """Every committed table and figure is what its committed histories regenerate."""
+    regenerate_tables(out / "histories" / "mini", tmp_path)
+    regenerate_figures(out / "histories" / "mini", tmp_path)
     for name in OUTPUTS:
-        assert (tmp_path / name).read_bytes() == (REPO / "figures" / name).read_bytes(), name
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
 
 
 def test_weights_that_stand_in_for_pretraining_are_named_in_its_row(tmp_path, histories):

@@ -28,11 +28,28 @@ def test_every_cell_resolves_and_changes_one_thing_from_the_baseline():
 
 def test_study_preset_holds_out_part_of_each_training_split():
     for name, config in experiments.PRESETS[study.PRESET].items():
-        mini = experiments.PRESETS["mini"][name]
+        mini = experiments.PRESETS["first-mini"][name]
         train, held = config.train_split, config.test_split
         count = train.removeprefix("train[:").removesuffix("]")
         assert count.isdigit() and held == f"train[{count}:]"
         assert dataclasses.replace(config, train_split="train", test_split="test") == mini
+
+
+def test_mini_is_the_first_mini_with_what_the_rules_chose_on_the_committed_study():
+    """PLAN.md's rules on the committed histories give the cells mini takes; mini is the first
+    mini with those cells' changes, retraining on cached features as the study did."""
+    found = study.results(BASELINE_KEPT.parent)
+    taken = study.mini_cells(found)
+    assert taken == ["no-dropout"]  # one cell: rule 2's combination is that cell
+    changes = study.combine(taken).runs
+    for name, config in experiments.MINI.items():
+        first = experiments.FIRST_MINI[name]
+        expected = experiments.apply_overrides(first, changes.get(name, ()))
+        if config.mode == "retrain":
+            expected = dataclasses.replace(expected, cache_features=True)
+        assert config == expected, name
+    assert experiments.MINI["retrain-random-cifar10"].dropout == 0.0
+    assert experiments.MINI["full-cifar10"] == experiments.FIRST_MINI["full-cifar10"]
 
 
 def test_a_cell_borrows_the_baselines_sources_unless_it_trains_its_own():
