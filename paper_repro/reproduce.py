@@ -43,12 +43,12 @@ def reproduce(
     and every retraining on pretrained features starts from them; the full runs and the
     random-features controls still start from scratch. With ``cache_features`` (or where the
     preset says so, as mini does) the retrain runs train on cached features (runs of their own,
-    ``retrain-*-cached``). Each transfer experiment
-    runs once per seed (``EXPERIMENT-seedN`` for N > 0), and the pretraining once per source that
-    those seeds retrain from (``experiments.source_seed``: seed 0's for every seed in the paper
-    preset, each seed's own in mini). The histories are copied to
-    ``OUT/histories/PRESET`` under their run directory's name (seed kept) next to the table and
-    figure made from them, so the three can be committed together.
+    ``retrain-*-cached``). Each transfer experiment runs once per seed (``EXPERIMENT-seedN`` for
+    N > 0), and the pretraining once per source that those seeds retrain from
+    (``experiments.source_seed``: seed 0's for every seed in the paper preset, each seed's own in
+    mini). The histories are copied to ``OUT/histories/PRESET`` under their run directory's name
+    (seed kept) next to the table and figure made from them, so the three can be committed
+    together.
     """
     seeds = _distinct(seeds)
     overrides = list(overrides)
