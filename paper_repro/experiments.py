@@ -64,10 +64,10 @@ Controls
 Seeds
     ``--seeds 0,1,2`` (reproduce) runs every transfer experiment once per seed, in
     ``EXPERIMENT[-cached]-seedN`` run directories (seed 0 keeps the plain name). The pretraining
-    runs once per source: in mini and smoke each seed pretrains its own and retrains from it
-    (``SOURCE_PER_SEED``); in paper once, with seed 0, and every seed retrains from it (as the
-    paper's all start from one). Tables and Figure 5 show mean ± sample standard
-    deviation and min-max across the seeds found in the histories.
+    runs once per source: in mini, first-mini and smoke each seed pretrains its own and retrains
+    from it (``SOURCE_PER_SEED``); in paper once, with seed 0, and every seed retrains from it (as
+    the paper's all start from one). Tables and Figure 5 show mean ± sample standard deviation
+    and min-max across the seeds found in the histories.
 
 Selection rule
     Settings (learning rate, epochs, filler, ...) are chosen before the final runs on a validation

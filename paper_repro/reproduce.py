@@ -84,9 +84,10 @@ def _plan(
         for name, config in configs.items():
             if config.mode != "pretrain":
                 runs.append((name, seed))
-            elif not skip_pretraining:
-                source = (name, experiments.source_seed(preset, seed))
-                runs += [] if source in runs else [source]
+                continue
+            source = (name, experiments.source_seed(preset, seed))
+            if not skip_pretraining and source not in runs:
+                runs.append(source)
     return runs
 
 
