@@ -11,7 +11,8 @@ CaffeNet. Keras' SGD has the same momentum form (its velocity is Caffe's negated
 and the bias learning-rate multiplier are added here, in ``update_step``, the one place Keras
 leaves for a per-variable update rule. The decay is in the optimizer rather than in kernel
 regularizers so that exported models carry no training-only terms and the reported loss is the
-data loss, as Caffe reports it.
+data loss, as Caffe reports it. On the CPU a weight's decay and momentum step run as one kernel
+of the package's own (``fused_update``), bit for bit the element-wise update (``_kernel``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from keras import ops
 
 if keras.backend.backend() == "tensorflow":  # the GPU checks run Keras on JAX, without TensorFlow
     import tensorflow as tf
+
+    from paper_repro import fused_update
 
 PAPER_BASE_LR = 0.001
 PAPER_MOMENTUM = 0.9
@@ -68,25 +71,40 @@ class CaffeSGD(keras.optimizers.SGD):
         self._is_bias = [is_bias(v) for v in variables]
 
     def update_step(self, gradient, variable, learning_rate):
+        decay = self.coupled_weight_decay
         if self._is_bias[self._get_variable_index(variable)]:
             learning_rate = ops.multiply(learning_rate, self.bias_lr_mult)
-        elif self.coupled_weight_decay:
-            decay = ops.multiply(ops.cast(variable, gradient.dtype), self.coupled_weight_decay)
-            gradient = ops.add(gradient, decay)
-        if self._fusable(variable):
-            self._fused_momentum_step(gradient, variable, learning_rate)
-        else:
+            decay = 0.0
+        kernel = self._kernel(variable)
+        if kernel == "caffe" and decay:
+            momentum = self.momentums[self._get_variable_index(variable)]
+            fused_update.apply(variable, momentum, learning_rate, gradient, self.momentum, decay)
+            return
+        if decay:
+            gradient = ops.add(gradient, ops.multiply(ops.cast(variable, gradient.dtype), decay))
+        if kernel == "keras":
             super().update_step(gradient, variable, learning_rate)
+        else:
+            self._fused_momentum_step(gradient, variable, learning_rate)
 
-    def _fusable(self, variable) -> bool:
-        """TensorFlow's fused kernel serves a plain variable outside tf.distribute (whose
-        mirrored variables Keras' own update handles); other backends take Keras' step."""
-        return (
+    def _kernel(self, variable) -> str:
+        """Which kernels update ``variable``, all with the same bits (tests/test_solver.py):
+
+        - ``"caffe"``: this package's kernel, decay and momentum in one pass
+          (``fused_update``), for a float32 variable on the CPU outside XLA;
+        - ``"tensorflow"``: the decay as two element-wise ops, then TensorFlow's fused
+          momentum kernel, for any other plain TensorFlow variable outside tf.distribute;
+        - ``"keras"``: Keras' own element-wise step, for mirrored variables under
+          tf.distribute (Keras' update handles them) and on other backends."""
+        if not (
             keras.backend.backend() == "tensorflow"
             and isinstance(variable, tf.Variable)
             and self.momentum != 0
+            and not self.nesterov
             and not tf.distribute.has_strategy()
-        )
+        ):
+            return "keras"
+        return "caffe" if fused_update.usable(variable) else "tensorflow"
 
     def _fused_momentum_step(self, gradient, variable, learning_rate) -> None:
         """Keras' momentum step (``v = momentum * v - lr * g; w += v``) as one TensorFlow kernel,

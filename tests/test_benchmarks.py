@@ -27,7 +27,7 @@ def test_the_suite_measures_every_section_and_writes_what_it_prints(tmp_path, ca
                          "8", "--steps", "1", "--repeats", "1"])  # fmt: skip
     rates = result["images_per_second"]
     for name in ("full step", "frozen-features step", "cached step", "cached step, XLA",
-                 "cached step, element-wise update",
+                 "cached step, element-wise update", "cached step, TensorFlow's momentum kernel",
                  "inference", "augmentation pipeline", "frozen, fed", "cache pipeline",
                  "cached, fed", "10-crop evaluation (source images)"):  # fmt: skip
         assert rates[name] > 0, name

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from paper_repro import fused_update
 from paper_repro.solver import (
     CaffeSGD,
     LinearWarmup,
@@ -123,33 +124,115 @@ def test_no_warm_up_leaves_the_paper_schedule_as_it_was():
         LinearWarmup(step_schedule(0.1, []), 0)
 
 
-def test_the_fused_update_is_keras_update_bit_for_bit(monkeypatch):
-    """TensorFlow's fused momentum kernel against Keras' element-wise step, across a drop, on a
-    layer large enough for Eigen to split the work between threads."""
+def _train_dense(kernel: str | None, monkeypatch, steps: int = 5, function: bool = False):
+    """A Dense layer large enough for the kernels to split the work between threads, trained
+    ``steps`` steps across a learning-rate drop with ``kernel``'s update (None: the one
+    ``CaffeSGD`` chooses); its weights."""
     rng = np.random.default_rng(1)
     start = [
         rng.normal(size=(300, 200)).astype(np.float32),
         rng.normal(size=200).astype(np.float32),
     ]
-    grads = [[rng.normal(size=w.shape).astype(np.float32) for w in start] for _ in range(5)]
+    grads = [[rng.normal(size=w.shape).astype(np.float32) for w in start] for _ in range(steps)]
+    layer = keras.layers.Dense(200)
+    layer.build((None, 300))
+    layer.set_weights(start)
+    optimizer = CaffeSGD(step_schedule(0.01, drop_steps=[3]))
+    if kernel:
+        monkeypatch.setattr(optimizer, "_kernel", lambda variable: kernel)
+    variables = [layer.kernel, layer.bias]
+    step = tf.function(lambda g: optimizer.apply(g, variables)) if function else None
+    for g in grads:
+        step(g) if step else optimizer.apply(g, variables)
+    return [layer.kernel.numpy(), layer.bias.numpy()]
+
+
+def _fused_kernel_or_skip():
+    if fused_update.kernel() is None:
+        pytest.skip("the fused Caffe update could not be built here (no C++ compiler?)")
+
+
+@pytest.mark.parametrize("kernel", ["tensorflow", "caffe"])
+@pytest.mark.parametrize("function", [False, True], ids=["eager", "graph"])
+def test_the_fused_updates_are_keras_update_bit_for_bit(kernel, function, monkeypatch):
+    """TensorFlow's fused momentum kernel, and this package's kernel with the decay folded in,
+    against Keras' element-wise step: the same bits after every step, across the drop."""
+    if kernel == "caffe":
+        _fused_kernel_or_skip()
     calls = []
-    fused = tf.raw_ops.ResourceApplyKerasMomentum
+    momentum_op = tf.raw_ops.ResourceApplyKerasMomentum
     monkeypatch.setattr(
-        tf.raw_ops, "ResourceApplyKerasMomentum", lambda **kw: calls.append(1) or fused(**kw)
+        tf.raw_ops,
+        "ResourceApplyKerasMomentum",
+        lambda **kw: calls.append("ResourceApplyKerasMomentum") or momentum_op(**kw),
     )
-
-    def train(fusable: bool) -> list[np.ndarray]:
-        layer = keras.layers.Dense(200)
-        layer.build((None, 300))
-        layer.set_weights(start)
-        optimizer = CaffeSGD(step_schedule(0.01, drop_steps=[3]))
-        monkeypatch.setattr(optimizer, "_fusable", lambda variable: fusable)
-        for g in grads:
-            optimizer.apply(g, [layer.kernel, layer.bias])
-        return [layer.kernel.numpy(), layer.bias.numpy()]
-
-    keras_step = train(False)
+    caffe_op = fused_update.kernel
+    monkeypatch.setattr(
+        fused_update, "kernel", lambda: lambda **kw: calls.append("caffe") or caffe_op()(**kw)
+    )
+    keras_step = _train_dense("keras", monkeypatch, function=function)
     assert not calls
-    for got, want in zip(train(True), keras_step, strict=True):
+    for got, want in zip(
+        _train_dense(kernel, monkeypatch, function=function), keras_step, strict=True
+    ):
         np.testing.assert_array_equal(got, want)
-    assert len(calls) == 2 * len(grads)
+    # Called at every step eagerly, at every trace in a graph. The bias always takes
+    # TensorFlow's kernel: it has no decay to fold in.
+    per_step = {"tensorflow": ["ResourceApplyKerasMomentum"] * 2,
+                "caffe": ["caffe", "ResourceApplyKerasMomentum"]}[kernel]  # fmt: skip
+    traces = len(calls) // len(per_step) if function else 5
+    assert traces and calls == per_step * traces
+
+
+def test_the_caffe_kernel_serves_float32_variables_on_the_cpu_outside_xla():
+    _fused_kernel_or_skip()
+    weight = tf.Variable(tf.zeros((3, 2)))
+    seen = {}
+
+    def probe(name):
+        seen[name] = fused_update.usable(weight)
+
+    probe("eager")
+    tf.function(lambda: probe("graph"))()
+    tf.function(lambda: probe("xla"), jit_compile=True)()
+    seen["bfloat16"] = fused_update.usable(tf.Variable(tf.zeros(2, tf.bfloat16)))
+    assert seen == {"eager": True, "graph": True, "xla": False, "bfloat16": False}
+
+
+def test_a_model_compiled_with_xla_trains_as_without_it():
+    """Under XLA the update takes TensorFlow's kernels (XLA has none of this package's), and
+    the step is the same update to float32 rounding."""
+    weights = []
+    for jit_compile in (False, True):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)])
+        model.compile(CaffeSGD(0.1), "mse", jit_compile=jit_compile)
+        x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(4, 8)
+        model.fit(x, x[:, :4], epochs=3, verbose=0)
+        weights.append(model.get_weights())
+    for xla, plain in zip(weights[1], weights[0], strict=True):
+        np.testing.assert_allclose(xla, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_without_a_compiler_the_update_warns_once_and_gives_the_same_bits(monkeypatch, tmp_path):
+    """No C++ compiler: one warning naming the fix, TensorFlow's kernels chosen, and the
+    weights of Keras' own update."""
+    want = _train_dense("keras", monkeypatch)
+    monkeypatch.setenv("PAPER_REPRO_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    fused_update.kernel.cache_clear()
+    try:
+        with pytest.warns(UserWarning) as caught:
+            got = _train_dense(None, monkeypatch)
+            optimizer = CaffeSGD(0.01)
+            variable = tf.Variable(tf.zeros(2))
+            optimizer.build([variable])
+            assert optimizer._kernel(variable) == "tensorflow"
+    finally:
+        fused_update.kernel.cache_clear()
+    built = [str(w.message) for w in caught if "fused Caffe update" in str(w.message)]
+    assert len(built) == 1
+    assert "no-such-compiler" in built[0] and "Set CXX" in built[0]
+    assert not list(tmp_path.glob("*.so"))
+    for got_weights, want_weights in zip(got, want, strict=True):
+        np.testing.assert_array_equal(got_weights, want_weights)
