@@ -36,8 +36,9 @@ mini
     validation splits (figures/study/PLAN.md, figures/study/table.md): dropout 0 when retraining,
     in the control too; and, as in the study, retraining on cached features (10 fixed views per
     image, 5 for MNIST). Each seed pretrains its own source (``SOURCE_PER_SEED``). The main job is
-    seed 0: 34.6 minutes on an idle 2-core CPU (measured), so 3 seeds do not fit its 45 minutes;
-    ``--seeds 0,1,2`` (about 33 minutes a further seed) gave the committed histories. Expected
+    seed 0: 29.6 minutes on an idle 2-core CPU with the fused update (measured; 34.6 before it),
+    so 3 seeds do not fit its 45 minutes; ``--seeds 0,1,2`` (about 33 minutes a further seed,
+    before the fused update) gave the committed histories. Expected
     (test, multi-crop, seeds 0-2): full / retrain / control 98.68 / 88.74 / 95.19 on MNIST and
     86.71 / 73.41 / 74.07 on CIFAR-10 classes 5-9. Results: README ("Results").
 
