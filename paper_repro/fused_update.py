@@ -13,7 +13,7 @@ TensorFlow has no such kernel and Keras no hook for one, so this package writes 
 compiled once per machine, TensorFlow version and source, with the flags TensorFlow's own
 headers ask for (``tf.sysconfig``), into ``$PAPER_REPRO_CACHE`` (default
 ``~/.cache/paper_repro``). Where it cannot be built or loaded (say, no C++ compiler), the three
-kernels serve, with the same results, and a warning says why once. It runs on the CPU only, and
+kernels serve, with the same results, and one logged line says why. It runs on the CPU only, and
 not inside XLA, which has no use for it: XLA fuses the three kernels itself.
 """
 
@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
 import tempfile
-import warnings
 from pathlib import Path
 
 import tensorflow as tf
@@ -65,11 +65,13 @@ def kernel():
     try:
         library = tf.load_op_library(str(_library()))
     except (OSError, subprocess.SubprocessError, tf.errors.OpError) as error:
-        warnings.warn(
-            f"The fused Caffe update could not be built ({_reason(error)}); training uses "
-            "TensorFlow's kernels instead, with the same results and a slower update. Set CXX "
-            "to a C++ compiler to build it.",
-            stacklevel=2,
+        # A log line rather than a Python warning: one line on stderr, without the source line
+        # Python's warnings print under it.
+        logging.getLogger(__name__).warning(
+            "paper_repro: the fused Caffe update could not be built (%s); training uses "
+            "TensorFlow's kernels instead, with the same results and a slower update. Set CXX to "
+            "a C++ compiler to build it.",
+            _reason(error),
         )
         return None
     return library.paper_repro_caffe_momentum
