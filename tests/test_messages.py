@@ -43,6 +43,7 @@ REACHED_BY = {
     "runs.py": RUN_COMMANDS,
     "seeds.py": (),
     "solver.py": RUN_COMMANDS,
+    "fused_update.py": RUN_COMMANDS,
     "study.py": ("study",),
     "train.py": RUN_COMMANDS,
 }
