@@ -61,7 +61,7 @@ def apply(variable, velocity, learning_rate, gradient, momentum: float, decay: f
 
 @functools.cache
 def kernel():
-    """The op, loaded from the built library; None (after one warning) where it cannot be."""
+    """The op, loaded from the built library; None (after one logged line) where it cannot be."""
     try:
         library = tf.load_op_library(str(_library()))
     except (OSError, subprocess.SubprocessError, tf.errors.OpError) as error:
