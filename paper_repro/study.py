@@ -28,7 +28,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from paper_repro import seeds
+from paper_repro import experiments, seeds
 from paper_repro.errors import UserError
 from paper_repro.history import History, load_history
 from paper_repro.runs import find_histories, write_atomic
@@ -101,6 +101,11 @@ def cell(name: str) -> Cell:
     if name not in CELLS:
         raise UserError(f"unknown study cell '{name}'; cells: {', '.join(CELLS)}")
     return CELLS[name]
+
+
+def input_size(name: str) -> int:
+    """The crop, in pixels, that a cell's source trains at; a crop cell trains every run at it."""
+    return experiments.resolve(SOURCE, PRESET, cell(name).runs.get(SOURCE, ())).crop
 
 
 def source_cell(name: str) -> str:

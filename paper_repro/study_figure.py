@@ -1,11 +1,13 @@
 """The transfer study's figure: the gap between full training and retraining, per cell, against
-the accuracy of the source the retraining started from.
+the two things that make a source: its accuracy on its own task, and the input size.
 
-One panel per target. A point is a cell (mean over its seeds, bars one sample standard deviation
-each way); the dashed line is the baseline's control (full training minus retraining on random
-features), so a point above it retrains worse on its pretrained features than on random ones; the
-dotted line is the paper's gap, with ILSVRC-12 as its source. ``paper-repro study`` draws it
-beside the table, from the same histories.
+One column per target. Top row: a point is a cell at its source's accuracy (mean over its seeds,
+bars one sample standard deviation each way); the dashed line is the baseline's control (full
+training minus retraining on random features), so a point above it retrains worse on its
+pretrained features than on random ones; the dotted line is the paper's gap, with ILSVRC-12 as its
+source. Bottom row: the baseline and the crop cells against their input size, retraining's gap
+beside the control's at each size, and the paper's gap at its 227 pixels, the scale the analog
+points toward. ``paper-repro study`` draws it beside the table, from the same histories.
 """
 
 from __future__ import annotations
@@ -16,13 +18,21 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from paper_repro import study
+from paper_repro import experiments, study
 from paper_repro.errors import UserError
 from paper_repro.figures import DISPLAY_NAMES, PAPER
 from paper_repro.plotting import deterministic_style, save_figure
+from paper_repro.seeds import Summary
 
 FIGURE_STEM = "gap"
 TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10 classes 5-9"}
+
+
+def _gap(found: study.Results, name: str, target: str, arm: str = "retrain") -> Summary | None:
+    """A cell's full training - ``arm`` on ``target``, per seed (None until both have run)."""
+    full, _ = study.arm(found, name, f"full-{target}")
+    trained, _ = study.arm(found, name, f"{arm}-{target}")
+    return study.difference(full, trained)
 
 
 def _points(found: study.Results, target: str) -> list[tuple[str, tuple[float, ...]]]:
@@ -32,15 +42,23 @@ def _points(found: study.Results, target: str) -> list[tuple[str, tuple[float, .
     for name in study.CELLS:
         if f"retrain-{target}" not in found[name]:
             continue
-        source, _ = study.arm(found, name, study.SOURCE)
-        full, _ = study.arm(found, name, f"full-{target}")
-        gap = study.difference(full, found[name][f"retrain-{target}"])
-        source = study.summary(source)
+        source = study.summary(study.arm(found, name, study.SOURCE)[0])
+        gap = _gap(found, name, target)
         if gap is None or source is None:
             continue
         values = (source.mean, source.std or 0.0, gap.mean, gap.std or 0.0)
         points.append((name, tuple(100 * v for v in values)))
     return points
+
+
+def _by_size(found: study.Results, target: str, arm: str) -> list[tuple[int, float, float]]:
+    """(input size, gap mean, gap std) in points, of the baseline and the crop cells."""
+    points = []
+    for name in (study.BASELINE, *study.KNOBS["crop"]):
+        gap = _gap(found, name, target, arm)
+        if gap is not None:
+            points.append((study.input_size(name), 100 * gap.mean, 100 * (gap.std or 0.0)))
+    return sorted(points)
 
 
 def cell_color(name: str) -> str:
@@ -53,6 +71,41 @@ def has_points(histories_dir: str | os.PathLike[str]) -> bool:
     return any(_points(found, target) for target in study.TARGETS)
 
 
+def _draw_against_source(axes, found: study.Results, target: str, points) -> None:
+    for name, (x, x_std, y, y_std) in points:
+        # Named in the legend, not beside the point: cells on one source share an x.
+        axes.errorbar(x, y, xerr=x_std, yerr=y_std, fmt="o", capsize=3, gid=name, label=name,
+                      color=cell_color(name))  # fmt: skip
+    control = _gap(found, study.BASELINE, target, "retrain-random")
+    if control is not None:
+        axes.axhline(100 * control.mean, color="0.4", linestyle="--",
+                     label="random features (control), baseline")  # fmt: skip
+    paper = PAPER[target]
+    axes.axhline(paper.full - paper.retrain, color="0.4", linestyle=":",
+                 label="paper (ILSVRC-12 source)")  # fmt: skip
+    axes.set_title(f"{TITLES.get(target, DISPLAY_NAMES[target])} (validation)")
+    axes.set_xlabel("source's validation accuracy (%)")
+    axes.set_ylabel("full training - retraining (points)")
+    axes.legend(loc="upper left", bbox_to_anchor=(0.0, -0.18), fontsize=8, ncols=2)
+
+
+def _draw_against_size(axes, found: study.Results, target: str) -> None:
+    for arm, label, marker in (("retrain", "retraining", "o"),
+                               ("retrain-random", "random features (control)", "s")):  # fmt: skip
+        points = _by_size(found, target, arm)
+        if points:
+            sizes, gaps, stds = zip(*points, strict=True)
+            axes.errorbar(sizes, gaps, yerr=stds, fmt=f"{marker}-", capsize=3, gid=arm,
+                          label=label, color="C0" if arm == "retrain" else "0.5")  # fmt: skip
+    paper, size = PAPER[target], experiments.resolve(f"retrain-{target}", "paper").crop
+    axes.plot([size], [paper.full - paper.retrain], "*", markersize=12, color="k", gid="paper",
+              label=f"paper (ILSVRC-12 source, {size} px)")  # fmt: skip
+    axes.set_title(f"{TITLES.get(target, DISPLAY_NAMES[target])}: against the input size")
+    axes.set_xlabel("crop (pixels; the source trains at it too)")
+    axes.set_ylabel("full training - retraining (points)")
+    axes.legend(loc="upper right", fontsize=8)
+
+
 def build_gap_figure(histories_dir: str | os.PathLike[str]) -> Figure:
     found = study.results(histories_dir)
     panels = {target: _points(found, target) for target in study.TARGETS}
@@ -61,26 +114,12 @@ def build_gap_figure(histories_dir: str | os.PathLike[str]) -> Figure:
             f"no study cell in {histories_dir} has a retraining, its source and a full run yet"
         )
     with deterministic_style():
-        figure = Figure(figsize=(10.0, 4.4))
+        figure = Figure(figsize=(10.0, 8.8))
         FigureCanvasAgg(figure)
+        columns = len(panels)
         for number, (target, points) in enumerate(panels.items(), 1):
-            axes = figure.add_subplot(1, len(panels), number)
-            for name, (x, x_std, y, y_std) in points:
-                # Named in the legend, not beside the point: cells on one source share an x.
-                axes.errorbar(x, y, xerr=x_std, yerr=y_std, fmt="o", capsize=3, gid=name,
-                              label=name, color=cell_color(name))  # fmt: skip
-            full, _ = study.arm(found, study.BASELINE, f"full-{target}")
-            control = study.difference(full, found[study.BASELINE].get(f"retrain-random-{target}"))
-            if control is not None:
-                axes.axhline(100 * control.mean, color="0.4", linestyle="--",
-                             label="random features (control), baseline")  # fmt: skip
-            paper = PAPER[target]
-            axes.axhline(paper.full - paper.retrain, color="0.4", linestyle=":",
-                         label="paper (ILSVRC-12 source)")  # fmt: skip
-            axes.set_title(f"{TITLES.get(target, DISPLAY_NAMES[target])} (validation)")
-            axes.set_xlabel("source's validation accuracy (%)")
-            axes.set_ylabel("full training - retraining (points)")
-            axes.legend(loc="upper left", bbox_to_anchor=(0.0, -0.18), fontsize=8, ncols=2)
+            _draw_against_source(figure.add_subplot(2, columns, number), found, target, points)
+            _draw_against_size(figure.add_subplot(2, columns, columns + number), found, target)
         figure.tight_layout()
     return figure
 

@@ -127,8 +127,10 @@ def test_combining_cells_gives_each_run_every_change_that_reaches_it():
 
 
 def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
-    """One point per cell and target at (source accuracy, full - retraining), in points; the
-    baseline's control and the paper's gap as lines; files written by ``study`` itself."""
+    """Top row: one point per cell and target at (source accuracy, full - retraining), in points;
+    the baseline's control and the paper's gap as lines. Bottom row: the baseline and the crop
+    cells at their input size, retraining's gap and the control's, and the paper's at 227
+    pixels. Files written by ``study`` itself."""
     from paper_repro.figures import PAPER
     from paper_repro.study_figure import build_gap_figure, regenerate_study
 
@@ -139,7 +141,7 @@ def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
         for seed, value in enumerate(values):
             _save(tmp_path / "histories" / "baseline", template, experiment, seed, value)
     figure = build_gap_figure(tmp_path / "histories")
-    mnist, cifar = figure.axes
+    mnist, mnist_by_size, cifar, cifar_by_size = figure.axes
     (point,) = [line for line in mnist.get_lines() if line.get_marker() == "o"]
     assert list(point.get_xydata()[0]) == pytest.approx([72.0, 17.0])
     assert "baseline" in [text.get_text() for text in mnist.get_legend().get_texts()]
@@ -147,12 +149,23 @@ def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
     levels = sorted(line.get_ydata()[0] for line in lines)
     assert levels == pytest.approx(sorted([8.0, PAPER["mnist"].full - PAPER["mnist"].retrain]))
     assert not [line for line in cifar.get_lines() if line.get_marker() == "o"]
+    paper_gap = PAPER["cifar10"].full - PAPER["cifar10"].retrain
+    assert [line.get_xydata().tolist() for line in cifar_by_size.get_lines()] == [
+        [[227, pytest.approx(paper_gap)]]
+    ]
+    crop_99 = {"pretrain-imagenet": (0.6, 0.6), "full-mnist": (0.97, 0.98),
+               "retrain-mnist": (0.87, 0.88), "retrain-random-mnist": (0.57, 0.58)}  # fmt: skip
     no_dropout = {"retrain-mnist": (0.8, 0.83), "retrain-cifar10": (0.6, 0.7),
                   "full-cifar10": (0.8, 0.9)}  # fmt: skip
-    for experiment, values in no_dropout.items():
-        for seed, value in enumerate(values):
-            _save(tmp_path / "histories" / "no-dropout", template, experiment, seed, value)
-    mnist, cifar = build_gap_figure(tmp_path / "histories").axes
+    for cell, cell_runs in (("crop-99", crop_99), ("no-dropout", no_dropout)):
+        for experiment, values in cell_runs.items():
+            for seed, value in enumerate(values):
+                _save(tmp_path / "histories" / cell, template, experiment, seed, value)
+    mnist, mnist_by_size, cifar, _ = build_gap_figure(tmp_path / "histories").axes
+    by_size = {line.get_gid(): line.get_xydata().ravel().tolist()
+               for line in mnist_by_size.get_lines() if line.get_linestyle() == "-"}  # fmt: skip
+    assert by_size["retrain"] == pytest.approx([67, 17.0, 99, 10.0])
+    assert by_size["retrain-random"] == pytest.approx([67, 8.0, 99, 40.0])
     colors = [{line.get_gid(): line.get_color() for line in ax.get_children()
                if line.get_gid()} for ax in (mnist, cifar)]  # fmt: skip
     assert colors[1]["no-dropout"] == colors[0]["no-dropout"] != colors[0]["baseline"]
