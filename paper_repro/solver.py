@@ -106,6 +106,22 @@ class CaffeSGD(keras.optimizers.SGD):
             return "keras"
         return "caffe" if fused_update.usable(variable) else "tensorflow"
 
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        """The gradients summed over replicas: with one replica (no tf.distribute strategy), the
+        gradients themselves, without TensorFlow's all-reduce.
+
+        Keras' TensorFlow optimizer all-reduces the gradients in every traced step, even with one
+        replica, and TensorFlow's all-reduce wraps them in a ``tf.custom_gradient``. In a traced
+        function that registers a backward function in TensorFlow's global gradient registry,
+        never removed, which holds the traced step and, through it, every weight and velocity of
+        the model (TensorFlow issue 97697). Each run trained in a process then kept its model's
+        memory after it ended: ``reproduce`` and the test suite grew by about the size of each
+        model and its velocities (tests/test_solver.py). Under a strategy Keras' all-reduce runs:
+        it sums across replicas there."""
+        if tf.distribute.has_strategy():
+            return super()._all_reduce_sum_gradients(grads_and_vars)
+        return list(grads_and_vars)
+
     def _fused_momentum_step(self, gradient, variable, learning_rate) -> None:
         """Keras' momentum step (``v = momentum * v - lr * g; w += v``) as one TensorFlow kernel,
         ``ResourceApplyKerasMomentum``: one pass over the weight, velocity and gradient instead

@@ -1,5 +1,8 @@
 """The paper's solver reproduces Caffe's SGD update exactly."""
 
+import gc
+import weakref
+
 import keras
 import numpy as np
 import pytest
@@ -236,3 +239,23 @@ def test_without_a_compiler_the_update_says_so_once_and_gives_the_same_bits(
     assert not list(tmp_path.glob("*.so"))
     for got_weights, want_weights in zip(got, want, strict=True):
         np.testing.assert_array_equal(got_weights, want_weights)
+
+
+def _fit_and_drop(make_optimizer) -> weakref.ref:
+    """A weakref to the weight buffer (the handle a traced step captures) of a model fitted for
+    one step with ``make_optimizer()`` and then dropped, its optimizer with it."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(make_optimizer(), "mse")
+    model.fit(np.ones((4, 4)), np.ones((4, 3)), batch_size=4, verbose=0)
+    handle = weakref.ref(model.layers[0].kernel.value.handle)
+    del model
+    gc.collect()
+    return handle
+
+
+def test_a_trained_model_is_freed_when_dropped():
+    """Keras' SGD keeps every fitted model's weights alive (TensorFlow's all-reduce registers a
+    gradient that holds the traced step), so a process that trains run after run grows by each
+    model; CaffeSGD, with one replica, does not."""
+    assert _fit_and_drop(lambda: keras.optimizers.SGD(0.01, momentum=0.9))() is not None
+    assert _fit_and_drop(lambda: CaffeSGD(0.01))() is None
