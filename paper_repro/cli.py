@@ -362,6 +362,26 @@ def _seeds(seed: int | None, seeds: str | None) -> list[int]:
     return [int(part) for part in parts]
 
 
+def _add_feature_activity(sub: argparse._SubParsersAction) -> None:
+    p = _tensorflow_command(
+        sub,
+        "feature-activity",
+        "how many of a run's frozen pool5 values its validation images reach",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories")
+    p.add_argument(
+        "--images", type=int, metavar="N", help="the first N validation images (default: all)"
+    )
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.set_defaults(handler=_feature_activity)
+
+
+def _feature_activity(args: argparse.Namespace) -> None:
+    from paper_repro.feature_activity import table
+
+    print(table(args.runs, data_dir=args.data_dir, limit=args.images), end="")
+
+
 def _add_regenerate(sub: argparse._SubParsersAction) -> None:
     for what in ("tables", "figures"):
         p = sub.add_parser(
@@ -485,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_list,
         _add_reproduce,
         _add_study,
+        _add_feature_activity,
         _add_regenerate,
         _add_export,
         _add_import_caffe,

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 import keras
 from keras import ops
 
+from paper_repro import solver  # noqa: F401  (registers CaffeSGD, named by trained models)
 from paper_repro.errors import UserError
 from paper_repro.experiments import INITS
 

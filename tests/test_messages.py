@@ -44,6 +44,7 @@ REACHED_BY = {
     "seeds.py": (),
     "solver.py": RUN_COMMANDS,
     "fused_update.py": RUN_COMMANDS,
+    "feature_activity.py": ("feature-activity",),
     "study.py": ("study",),
     "train.py": RUN_COMMANDS,
 }

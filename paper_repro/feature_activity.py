@@ -1,0 +1,136 @@
+"""How much of a frozen feature block a retraining run's images reach: pool5's active values.
+
+The transfer study (issue 13) asks why retraining on a source's frozen features does worse than
+on random ones. A classifier can only use the pool5 values that are nonzero (ReLU, then max
+pooling): a feature block that is silent on the target's images leaves it little to learn from.
+This measures, on a finished run's validation (test-split) images, centre crop, as its per-epoch
+test sees them: how many pool5 values are active per image, and how many of the 256 channels are
+silent at every position on every image. The run's own ``model.keras`` holds the frozen block:
+the source's for a retraining, the untrained one for the random-features control.
+
+Command::
+
+    paper-repro feature-activity RUNS/CELL/study/retrain-mnist-cached-seed1 ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from paper_repro import data, experiments
+from paper_repro.errors import UserError
+from paper_repro.history import History, load_history
+from paper_repro.model import FEATURES, PREPROCESS, load_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Activity:
+    """pool5 on ``images`` images: values > 0 per image, and channels never > 0."""
+
+    images: int
+    values: int  # pool5 values per image (height x width x channels)
+    active_per_image: float
+    channels: int
+    silent_channels: int
+
+    def row(self) -> list[str]:
+        return [
+            f"{self.active_per_image:.1f} of {self.values}",
+            f"{self.silent_channels} of {self.channels}",
+        ]
+
+
+class _Tally:
+    """Running counts over batches of pool5 values ``(batch, height, width, channels)``."""
+
+    def __init__(self) -> None:
+        self.images, self.active, self.channel_max = 0, 0, None
+
+    def add(self, features: np.ndarray) -> None:
+        self.images += len(features)
+        self.active += int(np.count_nonzero(features > 0))
+        batch_max = features.max(axis=(0, 1, 2))
+        self.channel_max = (
+            batch_max if self.channel_max is None else np.maximum(self.channel_max, batch_max)
+        )
+
+    def activity(self, shape: tuple[int, ...]) -> Activity:
+        return Activity(
+            images=self.images,
+            values=int(np.prod(shape)),
+            active_per_image=self.active / self.images,
+            channels=shape[-1],
+            silent_channels=int(np.count_nonzero(self.channel_max <= 0)),
+        )
+
+
+def of_features(features: np.ndarray) -> Activity:
+    """The activity of pool5 values ``(images, height, width, channels)``."""
+    tally = _Tally()
+    tally.add(np.asarray(features))
+    return tally.activity(features.shape[1:])
+
+
+def of_run(
+    run_dir: str | os.PathLike, *, data_dir: str | None = None, limit: int | None = None
+) -> Activity:
+    """The activity of a finished run's frozen features on its validation images (the first
+    ``limit`` of them, or all)."""
+    return _activity(Path(run_dir), _history(Path(run_dir)), data_dir, limit)
+
+
+def table(
+    run_dirs: Sequence[str | os.PathLike],
+    *,
+    data_dir: str | None = None,
+    limit: int | None = None,
+) -> str:
+    """A Markdown table: each run's last-epoch test accuracy beside its features' activity."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--images takes a positive number of images, got {limit}")
+    lines = [
+        "| run | seed | last-epoch test accuracy (%) | active pool5 values per image "
+        "| silent pool5 channels |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for run in map(Path, run_dirs):
+        history = _history(run)
+        activity = _activity(run, history, data_dir, limit)
+        accuracy = f"{100 * history.epochs[-1].test_accuracy:.2f}"
+        cells = [str(run), str(history.seed), accuracy, *activity.row()]
+        lines.append(f"| {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _history(run: Path) -> History:
+    if not (run / "history.json").is_file() or not (run / "model.keras").is_file():
+        raise UserError(
+            f"{run}: not a finished run directory (it needs history.json and model.keras); "
+            "give a directory that paper-repro train wrote"
+        )
+    return load_history(run / "history.json")
+
+
+def _activity(run: Path, history: History, data_dir: str | None, limit: int | None) -> Activity:
+    settings = experiments.recorded_settings(history.config, history.dataset, history.mode)
+    config = experiments.RunConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+    )
+    splits = data.load_experiment_data(config, data_dir=data_dir, seed=history.seed)
+    test = splits.test.take(limit) if limit else splits.test
+    model = load_model(run / "model.keras")
+    preprocess, features = model.get_layer(PREPROCESS), model.get_layer(FEATURES)
+    extract = tf.function(lambda images: features(preprocess(images), training=False))
+    tally = _Tally()
+    batches = data.eval_dataset(
+        test, splits.augment, batch_size=config.batch_size, placement="host"
+    )
+    for images, _ in batches:
+        tally.add(extract(images).numpy())
+    return tally.activity(tuple(features.output.shape[1:]))
