@@ -203,7 +203,7 @@ def _open(path: Path, reused: bool) -> FeatureCache:
 
 def _build(path, spec, network, split, augment, batch_size, verbose) -> None:
     count = int(split.cardinality())
-    extract = _extractor(network)
+    extract = extractor(network)
     shape = tuple(network.get_layer(FEATURES).output.shape[1:])
     arrays = {
         "features": _partial(path / "features", (count, len(spec.views), *shape), spec.dtype),
@@ -256,7 +256,8 @@ def _partial(stem: Path, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
 
 
-def _extractor(network: keras.Model):
+def extractor(network: keras.Model):
+    """``network``'s pool5 of a batch of crops: its preprocess then its frozen features."""
     preprocess, features = network.get_layer(PREPROCESS), network.get_layer(FEATURES)
 
     @tf.function(reduce_retracing=True)

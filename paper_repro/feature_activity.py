@@ -21,12 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
-from paper_repro import data, experiments
+from paper_repro import cache, data, experiments
 from paper_repro.errors import UserError
 from paper_repro.history import History, load_history
-from paper_repro.model import FEATURES, PREPROCESS, load_model
+from paper_repro.model import FEATURES, load_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,12 +124,11 @@ def _activity(run: Path, history: History, data_dir: str | None, limit: int | No
     splits = data.load_experiment_data(config, data_dir=data_dir, seed=history.seed)
     test = splits.test.take(limit) if limit else splits.test
     model = load_model(run / "model.keras")
-    preprocess, features = model.get_layer(PREPROCESS), model.get_layer(FEATURES)
-    extract = tf.function(lambda images: features(preprocess(images), training=False))
+    extract = cache.extractor(model)
     tally = _Tally()
     batches = data.eval_dataset(
         test, splits.augment, batch_size=config.batch_size, placement="host"
     )
     for images, _ in batches:
         tally.add(extract(images).numpy())
-    return tally.activity(tuple(features.output.shape[1:]))
+    return tally.activity(tuple(model.get_layer(FEATURES).output.shape[1:]))

@@ -84,7 +84,7 @@ def test_without_mirroring_only_the_five_unmirrored_views_are_cached():
 
 def test_a_built_cache_is_reused_and_other_weights_get_their_own(tmp_path, network, monkeypatch):
     first = _build(tmp_path, network)
-    monkeypatch.setattr(cache, "_extractor", lambda _: pytest.fail("rebuilt a built cache"))
+    monkeypatch.setattr(cache, "extractor", lambda _: pytest.fail("rebuilt a built cache"))
     again = _build(tmp_path, network)
     assert again.reused and again.path == first.path
     assert again.build_seconds == first.build_seconds
@@ -95,7 +95,7 @@ def test_a_built_cache_is_reused_and_other_weights_get_their_own(tmp_path, netwo
 
 def test_an_interrupted_build_resumes_to_the_same_cache(tmp_path, network, monkeypatch):
     calls = {"n": 0}
-    real = cache._extractor
+    real = cache.extractor
 
     def failing(model):
         extract = real(model)
@@ -108,7 +108,7 @@ def test_an_interrupted_build_resumes_to_the_same_cache(tmp_path, network, monke
 
         return run
 
-    monkeypatch.setattr(cache, "_extractor", failing)
+    monkeypatch.setattr(cache, "extractor", failing)
     with pytest.raises(KeyboardInterrupt):
         _build(tmp_path / "interrupted", network)
     monkeypatch.undo()
