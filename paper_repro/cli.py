@@ -379,7 +379,8 @@ def _add_feature_activity(sub: argparse._SubParsersAction) -> None:
 def _feature_activity(args: argparse.Namespace) -> None:
     from paper_repro.feature_activity import table
 
-    print(table(args.runs, data_dir=args.data_dir, limit=args.images), end="")
+    for line in table(args.runs, data_dir=args.data_dir, limit=args.images):
+        print(line, flush=True)
 
 
 def _add_regenerate(sub: argparse._SubParsersAction) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -89,22 +89,26 @@ def table(
     *,
     data_dir: str | None = None,
     limit: int | None = None,
-) -> str:
-    """A Markdown table: each run's last-epoch test accuracy beside its features' activity."""
+) -> Iterator[str]:
+    """A Markdown table's lines: each run's last-epoch test accuracy beside its features' activity.
+
+    Every run directory is checked before the first is measured, so that a bad path late in a
+    long list costs nothing; each row comes as soon as its run is measured (a run takes a minute
+    or more), so that a long list shows its progress and an interrupted one keeps its rows.
+    """
     if limit is not None and limit < 1:
         raise UserError(f"--images takes a positive number of images, got {limit}")
-    lines = [
+    runs = [(run, _history(run)) for run in map(Path, run_dirs)]
+    yield (
         "| run | seed | last-epoch test accuracy (%) | active pool5 values per image "
-        "| silent pool5 channels |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for run in map(Path, run_dirs):
-        history = _history(run)
+        "| silent pool5 channels |"
+    )
+    yield "|---|---:|---:|---:|---:|"
+    for run, history in runs:
         activity = _activity(run, history, data_dir, limit)
         accuracy = f"{100 * history.epochs[-1].test_accuracy:.2f}"
         cells = [str(run), str(history.seed), accuracy, *activity.row()]
-        lines.append(f"| {' | '.join(cells)} |")
-    return "\n".join(lines) + "\n"
+        yield f"| {' | '.join(cells)} |"
 
 
 def _history(run: Path) -> History:

@@ -6,8 +6,9 @@ bars one sample standard deviation each way); the dashed line is the baseline's 
 training minus retraining on random features), so a point above it retrains worse on its
 pretrained features than on random ones; the dotted line is the paper's gap, with ILSVRC-12 as its
 source. Bottom row: the baseline and the crop cells against their input size, retraining's gap
-beside the control's at each size, and the paper's gap at its 227 pixels, the scale the analog
-points toward. ``paper-repro study`` draws it beside the table, from the same histories.
+beside the control's at each size (each point marked with its number of seeds), and the paper's
+gap at its 227 pixels, the scale the analog points toward. ``paper-repro study`` draws it beside
+the table, from the same histories.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ def _points(found: study.Results, target: str) -> list[tuple[str, tuple[float, .
     return points
 
 
-def _by_size(found: study.Results, target: str, arm: str) -> list[tuple[int, float, float]]:
-    """(input size, gap mean, gap std) in points, of the baseline and the crop cells."""
+def _by_size(found: study.Results, target: str, arm: str) -> list[tuple[int, float, float, int]]:
+    """(input size, gap mean, gap std, seeds) in points, of the baseline and the crop cells."""
     points = []
     for name in (study.BASELINE, *study.KNOBS["crop"]):
         gap = _gap(found, name, target, arm)
         if gap is not None:
-            points.append((study.input_size(name), 100 * gap.mean, 100 * (gap.std or 0.0)))
+            size = study.input_size(name)
+            points.append((size, 100 * gap.mean, 100 * (gap.std or 0.0), gap.n))
     return sorted(points)
 
 
@@ -94,16 +96,20 @@ def _draw_against_size(axes, found: study.Results, target: str) -> None:
                                ("retrain-random", "random features (control)", "s")):  # fmt: skip
         points = _by_size(found, target, arm)
         if points:
-            sizes, gaps, stds = zip(*points, strict=True)
+            sizes, gaps, stds, counts = zip(*points, strict=True)
             axes.errorbar(sizes, gaps, yerr=stds, fmt=f"{marker}-", capsize=3, gid=arm,
                           label=label, color="C0" if arm == "retrain" else "0.5")  # fmt: skip
+            # Seeds per point: a point of one seed has no bar, which is not a spread of zero.
+            for size, gap, count in zip(sizes, gaps, counts, strict=True):
+                axes.annotate(f"n={count}", (size, gap), xytext=(5, 4), textcoords="offset points",
+                              fontsize=7, gid=f"{arm} seeds")  # fmt: skip
     paper, size = PAPER[target], experiments.resolve(f"retrain-{target}", "paper").crop
     axes.plot([size], [paper.full - paper.retrain], "*", markersize=12, color="k", gid="paper",
               label=f"paper (ILSVRC-12 source, {size} px)")  # fmt: skip
     axes.set_title(f"{TITLES.get(target, DISPLAY_NAMES[target])}: against the input size")
     axes.set_xlabel("crop (pixels; the source trains at it too)")
     axes.set_ylabel("full training - retraining (points)")
-    axes.legend(loc="upper right", fontsize=8)
+    axes.legend(loc="best", fontsize=8)
 
 
 def build_gap_figure(histories_dir: str | os.PathLike[str]) -> Figure:

@@ -1,5 +1,6 @@
 """pool5's activity (the study's diagnosis): counted right on generated values, and for a run,
-that of the cached centre crops its own per-epoch test read, through the command."""
+that of the cached centre crops its own per-epoch test read, through the command, which checks
+every run directory before it measures the first."""
 
 import dataclasses
 
@@ -39,6 +40,9 @@ def test_a_runs_activity_is_that_of_the_centre_crops_its_test_read(tmp_path, cap
     row = capsys.readouterr().out.splitlines()[-1].strip("| ").split(" | ")
     accuracy = f"{100 * history.epochs[-1].test_accuracy:.2f}"
     assert row == [str(run), "0", accuracy, *feature_activity.of_features(cached[:30]).row()]
+    # A bad directory late in the list stops the command before the first run is measured.
+    assert cli.main(["feature-activity", str(run), str(tmp_path / "no-such-run")]) == 2
+    assert capsys.readouterr().out == ""
 
 
 @pytest.mark.parametrize(

@@ -129,8 +129,8 @@ def test_combining_cells_gives_each_run_every_change_that_reaches_it():
 def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
     """Top row: one point per cell and target at (source accuracy, full - retraining), in points;
     the baseline's control and the paper's gap as lines. Bottom row: the baseline and the crop
-    cells at their input size, retraining's gap and the control's, and the paper's at 227
-    pixels. Files written by ``study`` itself."""
+    cells at their input size, retraining's gap and the control's, each with its number of seeds,
+    and the paper's at 227 pixels. Files written by ``study`` itself."""
     from paper_repro.figures import PAPER
     from paper_repro.study_figure import build_gap_figure, regenerate_study
 
@@ -153,8 +153,9 @@ def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
     assert [line.get_xydata().tolist() for line in cifar_by_size.get_lines()] == [
         [[227, pytest.approx(paper_gap)]]
     ]
-    crop_99 = {"pretrain-imagenet": (0.6, 0.6), "full-mnist": (0.97, 0.98),
-               "retrain-mnist": (0.87, 0.88), "retrain-random-mnist": (0.57, 0.58)}  # fmt: skip
+    crop_99 = {"pretrain-imagenet": (0.6, 0.6), "full-mnist": (0.97, 0.98, 0.99),
+               "retrain-mnist": (0.87, 0.88, 0.89),
+               "retrain-random-mnist": (0.57, 0.58)}  # fmt: skip
     no_dropout = {"retrain-mnist": (0.8, 0.83), "retrain-cifar10": (0.6, 0.7),
                   "full-cifar10": (0.8, 0.9)}  # fmt: skip
     for cell, cell_runs in (("crop-99", crop_99), ("no-dropout", no_dropout)):
@@ -166,6 +167,9 @@ def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
                for line in mnist_by_size.get_lines() if line.get_linestyle() == "-"}  # fmt: skip
     assert by_size["retrain"] == pytest.approx([67, 17.0, 99, 10.0])
     assert by_size["retrain-random"] == pytest.approx([67, 8.0, 99, 40.0])
+    seeds = {arm: [t.get_text() for t in mnist_by_size.texts if t.get_gid() == f"{arm} seeds"]
+             for arm in ("retrain", "retrain-random")}  # fmt: skip
+    assert seeds == {"retrain": ["n=2", "n=3"], "retrain-random": ["n=2", "n=2"]}
     colors = [{line.get_gid(): line.get_color() for line in ax.get_children()
                if line.get_gid()} for ax in (mnist, cifar)]  # fmt: skip
     assert colors[1]["no-dropout"] == colors[0]["no-dropout"] != colors[0]["baseline"]
