@@ -5,7 +5,8 @@ on random ones. A classifier can only use the pool5 values that are nonzero (ReL
 pooling): a feature block that is silent on the target's images leaves it little to learn from.
 This measures, on a finished run's validation (test-split) images, centre crop, as its per-epoch
 test sees them: how many pool5 values are active per image, and how many of the 256 channels are
-silent at every position on every image. The run's own ``model.keras`` holds the frozen block:
+silent at every position on every image; and their root mean square, the scale of what the
+classifier's first layer receives. The run's own ``model.keras`` holds the frozen block:
 the source's for a retraining, the untrained one for the random-features control.
 
 Command::
@@ -30,18 +31,21 @@ from paper_repro.model import FEATURES, load_model
 
 @dataclasses.dataclass(frozen=True)
 class Activity:
-    """pool5 on ``images`` images: values > 0 per image, and channels never > 0."""
+    """pool5 on ``images`` images: values > 0 per image, channels never > 0, and the values'
+    root mean square (the scale the classifier's first layer receives)."""
 
     images: int
     values: int  # pool5 values per image (height x width x channels)
     active_per_image: float
     channels: int
     silent_channels: int
+    rms: float
 
     def row(self) -> list[str]:
         return [
             f"{self.active_per_image:.1f} of {self.values}",
             f"{self.silent_channels} of {self.channels}",
+            f"{self.rms:.2f}",
         ]
 
 
@@ -49,23 +53,26 @@ class _Tally:
     """Running counts over batches of pool5 values ``(batch, height, width, channels)``."""
 
     def __init__(self) -> None:
-        self.images, self.active, self.channel_max = 0, 0, None
+        self.images, self.active, self.squares, self.channel_max = 0, 0, 0.0, None
 
     def add(self, features: np.ndarray) -> None:
         self.images += len(features)
         self.active += int(np.count_nonzero(features > 0))
+        self.squares += float(np.square(features, dtype=np.float64).sum())
         batch_max = features.max(axis=(0, 1, 2))
         self.channel_max = (
             batch_max if self.channel_max is None else np.maximum(self.channel_max, batch_max)
         )
 
     def activity(self, shape: tuple[int, ...]) -> Activity:
+        values = int(np.prod(shape))
         return Activity(
             images=self.images,
-            values=int(np.prod(shape)),
+            values=values,
             active_per_image=self.active / self.images,
             channels=shape[-1],
             silent_channels=int(np.count_nonzero(self.channel_max <= 0)),
+            rms=float(np.sqrt(self.squares / (self.images * values))),
         )
 
 
@@ -101,9 +108,9 @@ def table(
     runs = [(run, _history(run)) for run in map(Path, run_dirs)]
     yield (
         "| run | seed | last-epoch test accuracy (%) | active pool5 values per image "
-        "| silent pool5 channels |"
+        "| silent pool5 channels | pool5 RMS |"
     )
-    yield "|---|---:|---:|---:|---:|"
+    yield "|---|---:|---:|---:|---:|---:|"
     for run, history in runs:
         activity = _activity(run, history, data_dir, limit)
         accuracy = f"{100 * history.epochs[-1].test_accuracy:.2f}"

@@ -521,7 +521,7 @@ def _pretrain_row(preset: str, runs: _Runs | None, stand_in: str | None = None) 
                 [final.center_top5 for final in finals],
             )
         )
-        classes = _num_classes(runs[0][1])
+        classes = num_classes(runs[0][1])
         if classes is not None and classes <= TOP_K:
             top5 = center5 = _Cell(
                 "n/a", f"{classes} classes: every image's class is among the top {TOP_K}"
@@ -532,7 +532,7 @@ def _pretrain_row(preset: str, runs: _Runs | None, stand_in: str | None = None) 
     return _Row(dataset, preset, cells, _sources(runs))
 
 
-def _num_classes(history: History) -> int | None:
+def num_classes(history: History) -> int | None:
     """The classes a run's network outputs: recorded, else its class subset's, else those of a
     dataset of the paper's (histories written before the names were recorded)."""
     if history.class_names:

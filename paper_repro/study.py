@@ -24,12 +24,14 @@ arms, so that the CPU goes to the sources and the full runs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from paper_repro import experiments, seeds
 from paper_repro.errors import UserError
+from paper_repro.figures import num_classes
 from paper_repro.history import History, load_history
 from paper_repro.runs import find_histories, write_atomic
 
@@ -141,14 +143,36 @@ def _accuracy(history: History) -> float:
     return history.epochs[-1].test_accuracy
 
 
-def _by_run(directory: Path) -> dict[str, dict[int, float]]:
-    """``{experiment: {seed: accuracy}}`` of a cell's finished histories."""
-    found: dict[str, dict[int, float]] = {}
+def _finished(directory: Path) -> Iterator[History]:
+    """A cell's finished histories."""
     for path in find_histories(directory) if directory.is_dir() else ():
         history = load_history(path)
         if history.status == "finished":
-            found.setdefault(history.experiment, {})[history.seed] = _accuracy(history)
+            yield history
+
+
+def _by_run(directory: Path) -> dict[str, dict[int, float]]:
+    """``{experiment: {seed: accuracy}}`` of a cell's finished histories."""
+    found: dict[str, dict[int, float]] = {}
+    for history in _finished(directory):
+        found.setdefault(history.experiment, {})[history.seed] = _accuracy(history)
     return found
+
+
+def did_not_train(histories_dir: str | os.PathLike[str]) -> list[str]:
+    """The finished runs whose last epoch's training loss is at or above ln(classes), the loss of
+    a uniform guess: they did not learn their task, so a gap computed from them measures a failed
+    optimization, not transfer. Read on training loss alone, never on validation accuracy."""
+    stalled = []
+    for name in CELLS:
+        for history in _finished(Path(histories_dir) / name):
+            classes, loss = num_classes(history), history.epochs[-1].train_loss
+            if classes and loss >= math.log(classes):
+                stalled.append(
+                    f"{name} {history.experiment} seed {history.seed} "
+                    f"({loss:.3f} >= ln {classes} = {math.log(classes):.3f})"
+                )
+    return stalled
 
 
 def _percent(value: float) -> str:
@@ -315,6 +339,12 @@ def table(histories_dir: str | os.PathLike[str]) -> str:
                 + f"| {_difference(arms['full'], arms['retrain'])} "
                 f"| {_difference(arms['retrain'], arms['retrain-random'])} | {rule} |"
             )
+    stalled = did_not_train(histories_dir)
+    lines += [
+        "",
+        "Runs that did not train (last epoch's training loss >= ln of the class count, a uniform "
+        "guess's; counted in the means above as they are): " + ("; ".join(stalled) or "none") + ".",
+    ]
     lines += ["", "Rule 1 per knob: " + "; ".join(_choices(found)) + "."]
     lines += [
         "",

@@ -14,14 +14,15 @@ from paper_repro.train import train
 TINY = ["train_subset=160", "test_subset=80", "batch_size=40", "epochs=1", "drop_epochs=1"]
 
 
-def test_activity_counts_active_values_per_image_and_silent_channels():
+def test_activity_counts_active_values_per_image_silent_channels_and_the_rms():
     features = np.zeros((2, 1, 2, 3), np.float32)  # 2 images of 1 x 2 positions x 3 channels
     features[0, 0, 0, 0] = 1.0
     features[1, 0, 1, 0] = 2.0
     features[1, 0, 0, 1] = 0.5
     activity = feature_activity.of_features(features)
-    assert dataclasses.astuple(activity) == (2, 6, 1.5, 3, 1)
-    assert activity.row() == ["1.5 of 6", "1 of 3"]
+    rms = np.sqrt((1.0 + 4.0 + 0.25) / 12)  # over 2 images x 6 values
+    assert dataclasses.astuple(activity) == pytest.approx((2, 6, 1.5, 3, 1, rms))
+    assert activity.row() == ["1.5 of 6", "1 of 3", f"{rms:.2f}"]
 
 
 @pytest.mark.usefixtures("tfds_dir")
@@ -34,7 +35,8 @@ def test_a_runs_activity_is_that_of_the_centre_crops_its_test_read(tmp_path, cap
     )  # fmt: skip
     cached = np.load(tmp_path / cache.CACHE_DIR_NAME / history.cache.test / "features.npy")[:, 0]
     run = tmp_path / "smoke" / "retrain-mnist-cached"
-    assert feature_activity.of_run(run) == feature_activity.of_features(cached)
+    measured, expected = feature_activity.of_run(run), feature_activity.of_features(cached)
+    assert dataclasses.astuple(measured) == pytest.approx(dataclasses.astuple(expected), rel=1e-6)
     assert 0 < feature_activity.of_run(run).active_per_image < 256
     assert cli.main(["feature-activity", str(run), "--images", "30"]) == 0
     row = capsys.readouterr().out.splitlines()[-1].strip("| ").split(" | ")

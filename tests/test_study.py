@@ -70,6 +70,24 @@ def _save(directory: Path, template, experiment: str, seed: int, accuracy: float
     save_history(history, directory / f"{name}.history.json")
 
 
+def test_the_table_names_the_runs_that_did_not_train(tmp_path):
+    """A run whose last training loss is at or above a uniform guess's, ln(classes), is named
+    under the table; one just below it is not."""
+    template = next(iter(load_histories(FIXTURES).values()))
+    for seed, loss in enumerate((2.316, 2.290)):  # ln 10 = 2.303
+        last = dataclasses.replace(template.epochs[-1], train_loss=loss)
+        history = dataclasses.replace(
+            template, experiment="full-mnist", seed=seed, epochs=(*template.epochs[:-1], last),
+            class_names=tuple("0123456789"),
+        )  # fmt: skip
+        save_history(history, tmp_path / "crop-131" / f"full-mnist-seed{seed}.history.json")
+    assert study.did_not_train(tmp_path) == ["crop-131 full-mnist seed 0 (2.316 >= ln 10 = 2.303)"]
+    assert "did not train" in study.table(tmp_path) and "crop-131 full-mnist seed 0" in (
+        study.table(tmp_path)
+    )
+    assert study.did_not_train(tmp_path / "nothing-here") == []
+
+
 def test_table_reads_the_last_epochs_and_applies_the_rule(tmp_path):
     template = next(iter(load_histories(FIXTURES).values()))
     assert isinstance(template.epochs[-1], EpochRecord) and template.status == "finished"
