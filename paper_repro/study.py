@@ -151,28 +151,32 @@ def _finished(directory: Path) -> Iterator[History]:
             yield history
 
 
-def _by_run(directory: Path) -> dict[str, dict[int, float]]:
+def _by_run(directory: Path, trained_only: bool) -> dict[str, dict[int, float]]:
     """``{experiment: {seed: accuracy}}`` of a cell's finished histories."""
     found: dict[str, dict[int, float]] = {}
     for history in _finished(directory):
-        found.setdefault(history.experiment, {})[history.seed] = _accuracy(history)
+        if not (trained_only and _stalled(history)):
+            found.setdefault(history.experiment, {})[history.seed] = _accuracy(history)
     return found
 
 
-def did_not_train(histories_dir: str | os.PathLike[str]) -> list[str]:
-    """The finished runs whose last epoch's training loss is at or above ln(classes), the loss of
-    a uniform guess: they did not learn their task, so a gap computed from them measures a failed
+def _stalled(history: History) -> bool:
+    """Whether the last epoch's training loss is at or above ln(classes), the loss of a uniform
+    guess: the run did not learn its task, so a gap computed from it measures a failed
     optimization, not transfer. Read on training loss alone, never on validation accuracy."""
-    stalled = []
-    for name in CELLS:
-        for history in _finished(Path(histories_dir) / name):
-            classes, loss = num_classes(history), history.epochs[-1].train_loss
-            if classes and loss >= math.log(classes):
-                stalled.append(
-                    f"{name} {history.experiment} seed {history.seed} "
-                    f"({loss:.3f} >= ln {classes} = {math.log(classes):.3f})"
-                )
-    return stalled
+    classes = num_classes(history)
+    return bool(classes) and history.epochs[-1].train_loss >= math.log(classes)
+
+
+def did_not_train(histories_dir: str | os.PathLike[str]) -> list[str]:
+    """The finished runs that did not train (``_stalled``), each with its loss."""
+    return [
+        f"{name} {history.experiment} seed {history.seed} ({history.epochs[-1].train_loss:.3f} "
+        f">= ln {num_classes(history)} = {math.log(num_classes(history)):.3f})"
+        for name in CELLS
+        for history in _finished(Path(histories_dir) / name)
+        if _stalled(history)
+    ]
 
 
 def _percent(value: float) -> str:
@@ -206,9 +210,10 @@ def _difference(a: Mapping[int, float] | None, b: Mapping[int, float] | None) ->
 Results = dict[str, dict[str, dict[int, float]]]  # cell: experiment: seed: accuracy
 
 
-def results(histories_dir: str | os.PathLike[str]) -> Results:
-    """Every cell's finished runs under ``HISTORIES_DIR/CELL``, as accuracies per seed."""
-    return {name: _by_run(Path(histories_dir) / name) for name in CELLS}
+def results(histories_dir: str | os.PathLike[str], *, trained_only: bool = False) -> Results:
+    """Every cell's finished runs under ``HISTORIES_DIR/CELL``, as accuracies per seed; with
+    ``trained_only``, without the runs that did not train."""
+    return {name: _by_run(Path(histories_dir) / name, trained_only) for name in CELLS}
 
 
 def arm(found: Results, name: str, experiment: str) -> tuple[dict[int, float] | None, bool]:

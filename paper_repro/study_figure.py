@@ -7,7 +7,9 @@ training minus retraining on random features), so a point above it retrains wors
 pretrained features than on random ones; the dotted line is the paper's gap, with ILSVRC-12 as its
 source. Bottom row: the baseline and the crop cells against their input size, retraining's gap
 beside the control's at each size (each point marked with its number of seeds), and the paper's
-gap at its 227 pixels, the scale the analog points toward. ``paper-repro study`` draws it beside
+gap at its 227 pixels, the scale the analog points toward. A run that did not train (its last
+training loss at or above a uniform guess's; the table lists them) measures a failed optimization,
+not a gap, so the figure leaves it and its seed's pair out. ``paper-repro study`` draws it beside
 the table, from the same histories.
 """
 
@@ -69,7 +71,7 @@ def cell_color(name: str) -> str:
 
 
 def has_points(histories_dir: str | os.PathLike[str]) -> bool:
-    found = study.results(histories_dir)
+    found = study.results(histories_dir, trained_only=True)
     return any(_points(found, target) for target in study.TARGETS)
 
 
@@ -113,7 +115,7 @@ def _draw_against_size(axes, found: study.Results, target: str) -> None:
 
 
 def build_gap_figure(histories_dir: str | os.PathLike[str]) -> Figure:
-    found = study.results(histories_dir)
+    found = study.results(histories_dir, trained_only=True)
     panels = {target: _points(found, target) for target in study.TARGETS}
     if not any(panels.values()):
         raise UserError(

@@ -72,7 +72,7 @@ def _save(directory: Path, template, experiment: str, seed: int, accuracy: float
 
 def test_the_table_names_the_runs_that_did_not_train(tmp_path):
     """A run whose last training loss is at or above a uniform guess's, ln(classes), is named
-    under the table; one just below it is not."""
+    under the table, and the figure's results leave it out; one just below it is kept."""
     template = next(iter(load_histories(FIXTURES).values()))
     for seed, loss in enumerate((2.316, 2.290)):  # ln 10 = 2.303
         last = dataclasses.replace(template.epochs[-1], train_loss=loss)
@@ -86,6 +86,9 @@ def test_the_table_names_the_runs_that_did_not_train(tmp_path):
         study.table(tmp_path)
     )
     assert study.did_not_train(tmp_path / "nothing-here") == []
+    # The gap figure reads the runs that trained: seed 1 alone.
+    assert set(study.results(tmp_path)["crop-131"]["full-mnist"]) == {0, 1}
+    assert set(study.results(tmp_path, trained_only=True)["crop-131"]["full-mnist"]) == {1}
 
 
 def test_table_reads_the_last_epochs_and_applies_the_rule(tmp_path):
