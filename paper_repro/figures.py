@@ -74,8 +74,6 @@ PAPER = {
     "cifar10": PaperRow(89.99, 89.14, 91.78, "[23]", 8),
     "cifar100": PaperRow(63.65, 67.68, 65.43, "[23]", 10),
 }
-# The classes of the paper's datasets, for histories that do not record theirs.
-KNOWN_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
 TOP_K = 5  # top-5 accuracy: "n/a" for a run of at most this many classes, where it is always 100 %
 PAPER_PRETRAIN_TOP1 = 59.23
 PAPER_PRETRAIN_TOP5 = 83.58
@@ -521,7 +519,7 @@ def _pretrain_row(preset: str, runs: _Runs | None, stand_in: str | None = None) 
                 [final.center_top5 for final in finals],
             )
         )
-        classes = num_classes(runs[0][1])
+        classes = runs[0][1].num_classes
         if classes is not None and classes <= TOP_K:
             top5 = center5 = _Cell(
                 "n/a", f"{classes} classes: every image's class is among the top {TOP_K}"
@@ -530,16 +528,6 @@ def _pretrain_row(preset: str, runs: _Runs | None, stand_in: str | None = None) 
     cells = (_Cell(_display(dataset)), _Cell(preset), crops, top1, paper[0], top5, paper[1],
              center1, center5)  # fmt: skip
     return _Row(dataset, preset, cells, _sources(runs))
-
-
-def num_classes(history: History) -> int | None:
-    """The classes a run's network outputs: recorded, else its class subset's, else those of a
-    dataset of the paper's (histories written before the names were recorded)."""
-    if history.class_names:
-        return len(history.class_names)
-    if history.config.get("classes"):
-        return len(history.config["classes"])
-    return KNOWN_CLASSES.get(history.dataset)
 
 
 def _footnotes(sections: Sequence[_Section]) -> dict[str, int]:

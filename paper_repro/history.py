@@ -117,6 +117,10 @@ class ClusterRecord:
     devices_per_worker: int
 
 
+# The classes of the paper's datasets, for histories that do not record theirs.
+KNOWN_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+
+
 @dataclass(frozen=True)
 class History:
     """A run's whole record. Training extends it with ``dataclasses.replace`` and saves it."""
@@ -140,6 +144,16 @@ class History:
     class_names: tuple[str, ...] | None = None
     cluster: ClusterRecord | None = None  # None on one device (and before it was recorded)
     phases: dict[str, float] | None = None  # seconds per PHASES name; None before it was recorded
+
+    @property
+    def num_classes(self) -> int | None:
+        """The classes the run's network outputs: recorded, else its class subset's, else those
+        of a dataset of the paper's (histories written before the names were recorded)."""
+        if self.class_names:
+            return len(self.class_names)
+        if self.config.get("classes"):
+            return len(self.config["classes"])
+        return KNOWN_CLASSES.get(self.dataset)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, keys in schema order so that saved files diff cleanly."""

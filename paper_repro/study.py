@@ -31,7 +31,6 @@ from pathlib import Path
 
 from paper_repro import experiments, seeds
 from paper_repro.errors import UserError
-from paper_repro.figures import num_classes
 from paper_repro.history import History, load_history
 from paper_repro.runs import find_histories, write_atomic
 
@@ -164,7 +163,7 @@ def _stalled(history: History) -> bool:
     """Whether the last epoch's training loss is at or above ln(classes), the loss of a uniform
     guess: the run did not learn its task, so a gap computed from it measures a failed
     optimization, not transfer. Read on training loss alone, never on validation accuracy."""
-    classes = num_classes(history)
+    classes = history.num_classes
     return bool(classes) and history.epochs[-1].train_loss >= math.log(classes)
 
 
@@ -172,7 +171,7 @@ def did_not_train(histories_dir: str | os.PathLike[str]) -> list[str]:
     """The finished runs that did not train (``_stalled``), each with its loss."""
     return [
         f"{name} {history.experiment} seed {history.seed} ({history.epochs[-1].train_loss:.3f} "
-        f">= ln {num_classes(history)} = {math.log(num_classes(history)):.3f})"
+        f">= ln {history.num_classes} = {math.log(history.num_classes):.3f})"
         for name in CELLS
         for history in _finished(Path(histories_dir) / name)
         if _stalled(history)
