@@ -169,6 +169,10 @@ class RunConfig:
     target_mean: bool = False
     pretrained: str | None = None
     features: str = "pretrained"  # retrain runs: FEATURE_SOURCES
+    # The control (features=random) at a trained block's scale: its untrained pool5 brought to
+    # this root mean square on the first RANDOM_RMS_IMAGES training images (train.py). Xavier's
+    # untrained pool5 is 13-23, a trained source's 0.7-1.4 (figures/study/feature_activity.md).
+    random_rms: float | None = None
     augment_on: str = "auto"
     precision: str = "float32"
     jit_compile: bool = False  # XLA for the training step
@@ -191,6 +195,8 @@ class RunConfig:
                 f"features=random freezes untrained features under a new classifier, a retrain "
                 f"run; this run's mode is {self.mode}: drop --set features=random"
             )
+        if self.random_rms is not None:
+            self._check_random_rms()
         if self.target_mean and (self.mode != "retrain" or self.features != "pretrained"):
             raise UserError(
                 "target_mean replaces a pretrained network's mean when retraining on its "
@@ -231,6 +237,19 @@ class RunConfig:
                 "false): use --set test_crops=5 (or --set mirror=true)"
             )
         self._check_solver()
+
+    def _check_random_rms(self) -> None:
+        if self.features != "random":
+            raise UserError(
+                "random_rms rescales the untrained features of the random-features control; this "
+                f"run's features are {self.features}: drop --set random_rms (or use a "
+                "retrain-random-DATASET experiment)"
+            )
+        if not 0 < self.random_rms < math.inf:
+            raise UserError(
+                f"random_rms must be a finite number > 0, got {self.random_rms}: "
+                "--set random_rms=VALUE"
+            )
 
     def _check_solver(self) -> None:
         """The solver's numbers, checked here rather than after a first epoch's NaN loss

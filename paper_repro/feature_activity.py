@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from paper_repro import cache, data, experiments
@@ -134,12 +135,16 @@ def _activity(run: Path, history: History, data_dir: str | None, limit: int | No
     )
     splits = data.load_experiment_data(config, data_dir=data_dir, seed=history.seed)
     test = splits.test.take(limit) if limit else splits.test
-    model = load_model(run / "model.keras")
-    extract = cache.extractor(model)
-    tally = _Tally()
     batches = data.eval_dataset(
         test, splits.augment, batch_size=config.batch_size, placement="host"
     )
+    return of_batches(load_model(run / "model.keras"), batches)
+
+
+def of_batches(model: keras.Model, batches: Iterable) -> Activity:
+    """The activity of ``model``'s pool5 on batches of ``(images, labels)``."""
+    extract = cache.extractor(model)
+    tally = _Tally()
     for images, _ in batches:
         tally.add(extract(images).numpy())
     return tally.activity(tuple(model.get_layer(FEATURES).output.shape[1:]))

@@ -413,6 +413,18 @@ def caffe_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
     return layers
 
 
+def scale_pool5(model: keras.Model, factor: float) -> None:
+    """Multiply every pool5 value by ``factor`` > 0: conv5's kernel and bias scale by it, and
+    relu5 and pool5 (a max) commute with a positive factor. The features stay the same function
+    of the image, at another scale (the control at a source's, ``RunConfig.random_rms``)."""
+    if not factor > 0:
+        raise ValueError(
+            f"factor must be > 0 (relu5 and pool5 commute with no other), got {factor!r}"
+        )
+    for weight in caffe_layers(model)["conv5"].weights:
+        weight.assign(weight * factor)
+
+
 def reseed_dropout(model: keras.Model, epoch: int) -> None:
     """Give every dropout layer of ``model`` epoch ``epoch``'s own range of random draws.
 

@@ -165,10 +165,10 @@ def _study_source(runs_dir: str | os.PathLike, cell: str, seed: int) -> Path:
 
 
 def _check_sources(cell: str, cells: Sequence[str], seeds: Sequence[int], runs_dir) -> None:
-    """A cell that borrows the baseline's sources needs them trained, or the baseline named
+    """A cell that retrains from its base's sources needs them trained, or that cell named
     before it: refused before any run starts, not after hours of others."""
     source = study.source_cell(cell)
-    if source == cell or source in cells[: list(cells).index(cell)]:
+    if not study.retrains(cell) or source == cell or source in cells[: list(cells).index(cell)]:
         return
     missing = [seed for seed in seeds if not _study_source(runs_dir, cell, seed).is_file()]
     if missing:

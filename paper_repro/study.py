@@ -14,11 +14,12 @@ retraining - control, and whether the cell passes the selection rule against the
 
 Every cell is the ``study`` preset (the first mini, training on ``train[:N]`` and reporting
 accuracy on the held-out ``train[N:]``) with one thing changed. A cell trains only the runs its
-knob changes; the others (the full runs, the control, the sources) are the baseline's, shown as
-such. A cell that changes the source trains one per seed, and its retraining with seed s starts
-from its source with seed s; the other cells' retraining starts from the baseline's source of the
-same seed. Retraining and the control train on cached features (``cache_features``), the cheap
-arms, so that the CPU goes to the sources and the full runs.
+knob changes; the others (the full runs, the control, the sources) are its base cell's (the
+baseline's, unless it names another), shown as such. A cell that changes the source trains one
+per seed, and its retraining with seed s starts from its source with seed s; the other cells'
+retraining starts from their base's source of the same seed. Retraining and the control train
+on cached features (``cache_features``), the cheap arms, so that the CPU goes to the sources
+and the full runs.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ def _runs(arm: str, overrides: Iterable[str] = (), targets: Sequence[str] = TARG
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
-    """One knob changed from the baseline: the runs it trains, each with its ``--set`` changes."""
+    """One knob changed from a base cell (the baseline, unless named): the runs it trains, each
+    with its ``--set`` changes; the runs it does not train are its base's."""
 
     knob: str  # what changes, in words, for the table
     runs: Mapping[str, tuple[str, ...]]
+    base: str = BASELINE
 
     @property
     def trains_source(self) -> bool:
@@ -95,6 +98,13 @@ CELLS: dict[str, Cell] = {
     # The input size, for every run.
     "crop-99": Cell("crop 99 (resize 112), every run", _everything(["resize=112", "crop=99"])),
     "crop-131": Cell("crop 131 (resize 148), every run", _everything(["resize=148", "crop=131"])),
+    # The control at a trained block's scale, added after crop-131's controls failed to optimize
+    # (PLAN.md, "The control at a source's scale"): not a knob of the mini, a fairer control.
+    "crop-131-control-rms-1": Cell(
+        "the control's pool5 scaled to RMS 1, a source's scale (crop 131)",
+        _arms(("retrain-random",), ["resize=148", "crop=131", "random_rms=1"]),
+        base="crop-131",
+    ),
 }  # fmt: skip
 
 
@@ -110,8 +120,14 @@ def input_size(name: str) -> int:
 
 
 def source_cell(name: str) -> str:
-    """The cell whose sources a cell's retraining starts from: its own, else the baseline's."""
-    return name if cell(name).trains_source else BASELINE
+    """The cell whose sources a cell's retraining starts from: its own, else its base's."""
+    spec = cell(name)
+    return name if spec.trains_source else source_cell(spec.base)
+
+
+def retrains(name: str) -> bool:
+    """Whether a cell trains a retraining on a source's features (so needs its sources)."""
+    return any(experiment in cell(name).runs for experiment in _runs("retrain"))
 
 
 def run_order(name: str) -> list[str]:
@@ -130,10 +146,11 @@ HISTORIES = "histories"
 CAPTION = (
     "Transfer study (figures/study/PLAN.md): last-epoch centre-crop accuracy (%) on the "
     "validation splits carved from the training images (never a test split), mean ± sample "
-    'standard deviation over seeds (n = runs). "(baseline)": the baseline cell\'s runs, which '
-    "this cell does not change. Source: its own validation accuracy (5 classes; 10 for "
-    "source-10-classes). Differences are per seed, in points. Rule: PLAN.md's rule 1 on the "
-    "retraining arms' mean over the targets, margin vs the larger std."
+    'standard deviation over seeds (n = runs). "(CELL)": that cell\'s runs, which this cell '
+    "does not change (its base's: the baseline's, unless it names another). Source: its own "
+    "validation accuracy (5 classes; 10 for source-10-classes). Differences are per seed, in "
+    "points. Rule: PLAN.md's rule 1 on the retraining arms' mean over the targets, margin vs "
+    "the larger std."
 )
 
 
@@ -186,10 +203,10 @@ def summary(values: Mapping[int, float] | None) -> seeds.Summary | None:
     return seeds.summarize([values[s] for s in sorted(values)]) if values else None
 
 
-def _text(summary: seeds.Summary | None, borrowed: bool = False) -> str:
+def _text(summary: seeds.Summary | None, borrowed_from: str | None = None) -> str:
     if summary is None:
         return "–"
-    return seeds.text(summary, _percent) + (" (baseline)" if borrowed else "")
+    return seeds.text(summary, _percent) + (f" ({borrowed_from})" if borrowed_from else "")
 
 
 def difference(
@@ -215,14 +232,14 @@ def results(histories_dir: str | os.PathLike[str], *, trained_only: bool = False
     return {name: _by_run(Path(histories_dir) / name, trained_only) for name in CELLS}
 
 
-def arm(found: Results, name: str, experiment: str) -> tuple[dict[int, float] | None, bool]:
-    """A cell's accuracies of one run, or the baseline's where the cell does not train it (then
-    ``True``, borrowed). A run the cell trains but has not finished is None, never the
-    baseline's: a crop cell's full runs are not the baseline's at another crop."""
-    own = found[name].get(experiment)
-    if own or experiment in cell(name).runs:
-        return own, False
-    return found[BASELINE].get(experiment), True
+def arm(found: Results, name: str, experiment: str) -> tuple[dict[int, float] | None, str]:
+    """A cell's accuracies of one run, and the cell they come from: its own, or its base's
+    where the cell does not train the run. A run the cell trains but has not finished is None,
+    never the base's: a crop cell's full runs are not the baseline's at another crop."""
+    own, spec = found[name].get(experiment), cell(name)
+    if own or experiment in spec.runs or name == BASELINE:
+        return own, name
+    return arm(found, spec.base, experiment)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,17 +346,18 @@ def table(histories_dir: str | os.PathLike[str]) -> str:
         runs = found[name]
         if not runs:
             continue
-        source, borrowed_source = arm(found, name, SOURCE)
-        rule = "" if name == BASELINE else str(verdict(found, name) or "needs 2+ seeds")
+        source, source_from = arm(found, name, SOURCE)
+        rule = _rule(found, name)
         for target in TARGETS:
-            if f"retrain-{target}" not in runs and f"full-{target}" not in runs:
+            if not any(f"{a}-{target}" in runs for a in ARMS):
                 continue
-            arms = {a: arm(found, name, f"{a}-{target}")[0] for a in ARMS}
-            borrowed = {a: arm(found, name, f"{a}-{target}")[1] for a in ARMS}
+            arms, origin = {}, {}
+            for a in ARMS:
+                arms[a], origin[a] = arm(found, name, f"{a}-{target}")
             lines.append(
                 f"| {name} | {spec.knob} | {target} "
-                f"| {_text(summary(source), borrowed_source)} "
-                + "".join(f"| {_text(summary(arms[a]), borrowed[a])} " for a in ARMS)
+                f"| {_text(summary(source), _borrowed(name, source_from))} "
+                + "".join(f"| {_text(summary(arms[a]), _borrowed(name, origin[a]))} " for a in ARMS)
                 + f"| {_difference(arms['full'], arms['retrain'])} "
                 f"| {_difference(arms['retrain'], arms['retrain-random'])} | {rule} |"
             )
@@ -356,6 +374,18 @@ def table(histories_dir: str | os.PathLike[str]) -> str:
         f"takes: {', '.join(mini_cells(found)) or 'the baseline'}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _borrowed(name: str, origin: str) -> str | None:
+    """The cell a table entry borrows from, or None for the cell's own."""
+    return None if origin == name else origin
+
+
+def _rule(found: Results, name: str) -> str:
+    """Rule 1's column: empty for the baseline and for a cell that retrains nothing (a control)."""
+    if name == BASELINE or not retrains(name):
+        return ""
+    return str(verdict(found, name) or "needs 2+ seeds")
 
 
 def _choices(found: Results) -> list[str]:

@@ -31,7 +31,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from paper_repro import cache, data, evaluate, experiments, provenance
+from paper_repro import cache, data, evaluate, experiments, feature_activity, provenance
 from paper_repro import cluster as cluster_lib
 from paper_repro import model as model_lib
 from paper_repro.augment import AUGMENT_LAYER
@@ -497,6 +497,8 @@ def _initial_model(config: RunConfig, splits, source: keras.Model | None, seed: 
         )
         if config.mode == "retrain":
             network.get_layer(FEATURES).trainable = False
+        if config.random_rms is not None:
+            _scale_to_rms(network, splits, config.random_rms)
         return network
     if config.mode != "retrain":
         fc8 = model_lib.caffe_layers(source)[FC8].kernel.shape
@@ -518,6 +520,23 @@ def _initial_model(config: RunConfig, splits, source: keras.Model | None, seed: 
     )
     new.get_layer(FEATURES).trainable = False
     return new
+
+
+# Enough images to cover every class of the target, few enough to cost seconds at any size.
+RANDOM_RMS_IMAGES = 1_000
+
+
+def _scale_to_rms(network: keras.Model, splits: data.ExperimentData, rms: float) -> None:
+    """The control at a trained block's scale (``RunConfig.random_rms``): pool5's root mean square
+    on the first RANDOM_RMS_IMAGES training images, centre crop, brought to ``rms``. Untrained,
+    Xavier's pool5 is 10-30 times a source's, and the new classifier starts from a loss of 4-16."""
+    images = data.eval_dataset(
+        splits.train.take(RANDOM_RMS_IMAGES),
+        splits.augment,
+        batch_size=splits.batch_size,
+        placement="host",
+    )
+    model_lib.scale_pool5(network, rms / feature_activity.of_batches(network, images).rms)
 
 
 def _check_same_weights(previous: History, weights_path: Path) -> None:

@@ -49,6 +49,11 @@ CASES = {
     "warmup_epochs nan": ([*TRAIN, "--set", "warmup_epochs=nan"], "warmup_epochs must be"),
     "study, unknown cell": (["study", "nope"], "unknown study cell 'nope'; cells: baseline"),
     "study, bad seeds": (["study", "baseline", "--seeds", "0,x"], "--seeds 0,x: expected"),
+    "study, base's sources missing": (
+        ["study", "crop-131-control-rms-1", "fresh-fc67", "--runs-dir", "no-runs-here"],
+        "retrains from the baseline cell's sources, not trained for seeds 0,1,2",
+    ),
+    "random_rms on a full run": ([*TRAIN, "--set", "random_rms=1"], "drop --set random_rms"),
     "reproduce, base_lr nan": ([*REPRODUCE, "--set", "base_lr=nan"], "base_lr must be a finite"),
     "dropout nan": ([*TRAIN, "--set", "dropout=nan"], "dropout must be in [0, 1)"),
     "dropout 1": ([*TRAIN, "--set", "dropout=1"], "dropout must be in [0, 1)"),

@@ -80,11 +80,19 @@ def test_overrides_are_parsed_by_field_type():
         ("epochs", "--set takes key=value"),
         ("crop=300", "crop 300 is larger than resize 76"),
         ("mode=finetune", "mode must be one of pretrain, full, retrain"),
+        ("random_rms=1", "random_rms rescales the untrained features .* features are pretrained"),
     ],
 )
 def test_bad_overrides_are_refused(override, message):
     with pytest.raises(UserError, match=message):
         resolve("full-mnist", "smoke", [override])
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan"])
+def test_the_controls_rms_must_be_a_positive_finite_number(value):
+    with pytest.raises(UserError, match=f"random_rms must be a finite number > 0, got {value}"):
+        resolve("retrain-random-mnist", "smoke", [f"random_rms={value}"])
+    assert resolve("retrain-random-mnist", "smoke", ["random_rms=1"]).random_rms == 1.0
 
 
 def test_unknown_experiment_and_preset_list_the_valid_ones():

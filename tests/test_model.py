@@ -154,6 +154,21 @@ def test_frozen_features_do_not_move_and_classifier_does():
     assert len(moved) == 6 and all(moved.values()), moved
 
 
+def test_scaling_pool5_multiplies_the_features_and_nothing_else():
+    model = build_alexnet(3, QUICK, init="xavier", seed=1)
+    features = model.get_layer(FEATURES)
+    images = _quick_batch()[0]
+    before, weights = features(model.get_layer(PREPROCESS)(images)), _weights(features)
+    model_lib.scale_pool5(model, 0.05)
+    after = features(model.get_layer(PREPROCESS)(images))
+    assert float(np.max(before)) > 1  # an untrained block is far from a trained one's scale
+    np.testing.assert_allclose(after, 0.05 * np.asarray(before), rtol=1e-5, atol=1e-7)
+    changed = {k for k, v in _weights(features).items() if not np.array_equal(weights[k], v)}
+    assert {k.split("/")[-2] for k in changed} == {"conv5"} and len(changed) == 2
+    with pytest.raises(ValueError, match=r"factor must be > 0 .* got -1\.0"):
+        model_lib.scale_pool5(model, -1.0)
+
+
 def test_unfreezing_is_honoured_after_recompiling():
     model = build_alexnet(3, QUICK, seed=1)
     model.get_layer(FEATURES).trainable = False

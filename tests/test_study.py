@@ -52,9 +52,11 @@ def test_mini_is_the_first_mini_with_what_the_rules_chose_on_the_committed_study
     assert experiments.MINI["full-cifar10"] == experiments.FIRST_MINI["full-cifar10"]
 
 
-def test_a_cell_borrows_the_baselines_sources_unless_it_trains_its_own():
+def test_a_cell_borrows_its_bases_sources_unless_it_trains_its_own():
     assert study.source_cell("fresh-fc67") == study.BASELINE
     assert study.source_cell("source-30-epochs") == "source-30-epochs"
+    assert study.source_cell("crop-131-control-rms-1") == "crop-131"
+    assert study.retrains("fresh-fc67") and not study.retrains("crop-131-control-rms-1")
     assert study.run_order("crop-99")[0] == study.SOURCE
     assert study.run_order("no-dropout")[-1].startswith("retrain-random")
     with pytest.raises(UserError, match="unknown study cell 'nope'; cells: baseline"):
@@ -107,6 +109,13 @@ def test_table_reads_the_last_epochs_and_applies_the_rule(tmp_path):
         "fresh-fc67": {"retrain-mnist": (0.90, 0.91, 0.92), "retrain-cifar10": (0.72,) * 3},
         "target-mean": {"retrain-mnist": (0.81, 0.83, 0.85), "retrain-cifar10": (0.70,) * 3},
         "crop-99": {"pretrain-imagenet": (0.75,), "retrain-mnist": (0.85,)},  # part run
+        "crop-131": {
+            "pretrain-imagenet": (0.76, 0.76),
+            "full-mnist": (0.98, 0.96),
+            "retrain-mnist": (0.90, 0.90),
+            "retrain-random-mnist": (0.10, 0.45),
+        },
+        "crop-131-control-rms-1": {"retrain-random-mnist": (0.93, 0.80)},
     }
     for cell, runs in accuracy.items():
         for experiment, values in runs.items():
@@ -132,6 +141,12 @@ def test_table_reads_the_last_epochs_and_applies_the_rule(tmp_path):
     assert crop[7] == "–" and crop[9] == "needs 2+ seeds"
     rule = "Rule 1 per knob: keep_fc67: fresh-fc67; mean: the baseline's; dropout: not run yet;"
     assert rule in text
+    # A control cell borrows the rest from its base, crop-131, not from the baseline at 67 px.
+    control = cells(("crop-131-control-rms-1", study.CELLS["crop-131-control-rms-1"].knob, "mnist"))
+    assert control[3:6] == ["76.00 ± 0.00 (n=2) (crop-131)", "97.00 ± 1.41 (n=2) (crop-131)",
+                            "90.00 ± 0.00 (n=2) (crop-131)"]  # fmt: skip
+    assert control[6] == "86.50 ± 9.19 (n=2)" and control[8] == "3.50 ± 9.19 (n=2)"
+    assert control[9] == ""  # rule 1 weighs retraining recipes; a control cell has none
 
 
 def test_combining_cells_gives_each_run_every_change_that_reaches_it():

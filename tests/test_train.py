@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from paper_repro import cli, fused_update, runs
+from paper_repro import cli, data, feature_activity, fused_update, runs
 from paper_repro import train as train_module
 from paper_repro.errors import UserError
 from paper_repro.experiments import PRESETS, resolve
@@ -403,6 +403,30 @@ def test_the_random_features_control_retrains_on_frozen_untrained_features(tmp_p
     code = _cli("train", "retrain-random-mnist", "--preset", "smoke", "--runs-dir",
                 str(tmp_path / "p"), "--set", "features=pretrained")  # fmt: skip
     assert code == 2 and "names no pretraining run: pass --weights" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("tfds_dir")
+def test_the_control_at_a_sources_scale_has_that_rms_on_its_training_images(tmp_path):
+    """random_rms scales the untrained conv5 by one factor, so that pool5's RMS on the first
+    training images (centre crop) is the value asked; the cache is built from the scaled block."""
+    overrides = [*TINY, "epochs=1", "drop_epochs=1", "cache_features=true", "random_rms=0.8"]
+    history = _run(tmp_path, "retrain-random-mnist", overrides, seed=3)
+    assert history.status == "finished" and history.config["random_rms"] == 0.8
+    model = keras.saving.load_model(
+        tmp_path / "smoke/retrain-random-mnist-cached-seed3/model.keras"
+    )
+    splits = data.load_experiment_data(resolve("retrain-random-mnist", "smoke", overrides), seed=3)
+    images = data.eval_dataset(splits.train, splits.augment, batch_size=40, placement="host")
+    assert feature_activity.of_batches(model, images).rms == pytest.approx(0.8, rel=1e-5)
+    scaled, fresh = caffe_layers(model), caffe_layers(build_alexnet(10, 67, init="xavier", seed=3))
+    for name in ("conv1", "conv2", "conv3", "conv4"):
+        np.testing.assert_array_equal(scaled[name].kernel.numpy(), fresh[name].kernel.numpy())
+    factor = scaled["conv5"].bias.numpy() / fresh["conv5"].bias.numpy()  # bias 1 before
+    assert 0 < factor[0] < 0.2  # an untrained pool5 is far above a trained one's scale
+    np.testing.assert_allclose(factor, factor[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        scaled["conv5"].kernel.numpy(), factor[0] * fresh["conv5"].kernel.numpy(), rtol=1e-6
+    )
 
 
 def _assert_same_weights(expected: keras.layers.Layer, actual: keras.layers.Layer) -> None:
