@@ -115,14 +115,21 @@ def cell(name: str) -> Cell:
 
 
 def input_size(name: str) -> int:
-    """The crop, in pixels, that a cell's source trains at; a crop cell trains every run at it."""
-    return experiments.resolve(SOURCE, PRESET, cell(name).runs.get(SOURCE, ())).crop
+    """The crop, in pixels, of a cell's runs (a crop cell trains every run at it)."""
+    experiment, overrides = next(iter(cell(name).runs.items()))
+    return experiments.resolve(experiment, PRESET, overrides).crop
 
 
 def source_cell(name: str) -> str:
     """The cell whose sources a cell's retraining starts from: its own, else its base's."""
     spec = cell(name)
     return name if spec.trains_source else source_cell(spec.base)
+
+
+def control_cells() -> list[str]:
+    """The cells that train only a control: another control beside their base's."""
+    controls = set(_runs("retrain-random"))
+    return [name for name, spec in CELLS.items() if set(spec.runs) <= controls]
 
 
 def retrains(name: str) -> bool:

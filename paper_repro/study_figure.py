@@ -6,8 +6,9 @@ bars one sample standard deviation each way); the dashed line is the baseline's 
 training minus retraining on random features), so a point above it retrains worse on its
 pretrained features than on random ones; the dotted line is the paper's gap, with ILSVRC-12 as its
 source. Bottom row: the baseline and the crop cells against their input size, retraining's gap
-beside the control's at each size (each point marked with its number of seeds), and the paper's
-gap at its 227 pixels, the scale the analog points toward. A run that did not train (its last
+beside the control's at each size (each point marked with its number of seeds), a control cell's
+(random features at a source's scale) as an open diamond at its size, and the paper's gap at its
+227 pixels, the scale the analog points toward. A run that did not train (its last
 training loss at or above a uniform guess's; the table lists them) measures a failed optimization,
 not a gap, so the figure leaves it and its seed's pair out. ``paper-repro study`` draws it beside
 the table, from the same histories.
@@ -16,6 +17,7 @@ the table, from the same histories.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -28,6 +30,7 @@ from paper_repro.plotting import deterministic_style, save_figure
 from paper_repro.seeds import Summary
 
 FIGURE_STEM = "gap"
+SIZE_CELLS = (study.BASELINE, *study.KNOBS["crop"])  # the bottom row's lines
 TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10 classes 5-9"}
 
 
@@ -54,10 +57,12 @@ def _points(found: study.Results, target: str) -> list[tuple[str, tuple[float, .
     return points
 
 
-def _by_size(found: study.Results, target: str, arm: str) -> list[tuple[int, float, float, int]]:
-    """(input size, gap mean, gap std, seeds) in points, of the baseline and the crop cells."""
+def _by_size(
+    found: study.Results, target: str, arm: str, names: Sequence[str] = SIZE_CELLS
+) -> list[tuple[int, float, float, int]]:
+    """(input size, gap mean, gap std, seeds) in points, of the named cells."""
     points = []
-    for name in (study.BASELINE, *study.KNOBS["crop"]):
+    for name in names:
         gap = _gap(found, name, target, arm)
         if gap is not None:
             size = study.input_size(name)
@@ -105,6 +110,12 @@ def _draw_against_size(axes, found: study.Results, target: str) -> None:
             for size, gap, count in zip(sizes, gaps, counts, strict=True):
                 axes.annotate(f"n={count}", (size, gap), xytext=(5, 4), textcoords="offset points",
                               fontsize=7, gid=f"{arm} seeds")  # fmt: skip
+    for name in study.control_cells():
+        for size, gap, std, count in _by_size(found, target, "retrain-random", [name]):
+            axes.errorbar([size], [gap], yerr=[std], fmt="D", capsize=3, gid=name,
+                          label=f"random features, {name}", color="0.5", mfc="none")  # fmt: skip
+            axes.annotate(f"n={count}", (size, gap), xytext=(5, 4), textcoords="offset points",
+                          fontsize=7, gid=f"{name} seeds")  # fmt: skip
     paper, size = PAPER[target], experiments.resolve(f"retrain-{target}", "paper").crop
     axes.plot([size], [paper.full - paper.retrain], "*", markersize=12, color="k", gid="paper",
               label=f"paper (ILSVRC-12 source, {size} px)")  # fmt: skip

@@ -166,7 +166,8 @@ def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
     """Top row: one point per cell and target at (source accuracy, full - retraining), in points;
     the baseline's control and the paper's gap as lines. Bottom row: the baseline and the crop
     cells at their input size, retraining's gap and the control's, each with its number of seeds,
-    and the paper's at 227 pixels. Files written by ``study`` itself."""
+    a control cell's at its size, and the paper's at 227 pixels. Files written by ``study``
+    itself."""
     from paper_repro.figures import PAPER
     from paper_repro.study_figure import build_gap_figure, regenerate_study
 
@@ -209,6 +210,17 @@ def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
     colors = [{line.get_gid(): line.get_color() for line in ax.get_children()
                if line.get_gid()} for ax in (mnist, cifar)]  # fmt: skip
     assert colors[1]["no-dropout"] == colors[0]["no-dropout"] != colors[0]["baseline"]
+    # A control cell at a source's scale: its own point at its size, against its base's full runs.
+    extra = {"crop-131": {"full-mnist": (0.98, 0.97)},
+             "crop-131-control-rms-1": {"retrain-random-mnist": (0.90, 0.93)}}  # fmt: skip
+    for cell, cell_runs in extra.items():
+        for experiment, values in cell_runs.items():
+            for seed, value in enumerate(values):
+                _save(tmp_path / "histories" / cell, template, experiment, seed, value)
+    mnist_by_size = build_gap_figure(tmp_path / "histories").axes[1]
+    drawn = [line for line in mnist_by_size.get_lines() if line.get_marker() == "D"]
+    (diamond,) = [line for line in drawn if line.get_gid() == "crop-131-control-rms-1"]
+    assert diamond.get_xydata().tolist() == [[131, pytest.approx(6.0)]]
     paths = regenerate_study(tmp_path)
     assert [p.name for p in paths] == ["table.md", "gap.png", "gap.pdf"]
     assert paths[1].read_bytes() == regenerate_study(tmp_path)[1].read_bytes()
