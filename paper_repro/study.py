@@ -100,6 +100,11 @@ CELLS: dict[str, Cell] = {
     "crop-131": Cell("crop 131 (resize 148), every run", _everything(["resize=148", "crop=131"])),
     # The control at a trained block's scale, added after crop-131's controls failed to optimize
     # (PLAN.md, "The control at a source's scale"): not a knob of the mini, a fairer control.
+    "no-dropout-control-rms-1": Cell(
+        "the control's pool5 scaled to RMS 1, a source's scale (the new mini's recipe, crop 67)",
+        _arms(("retrain-random",), ["dropout=0", "random_rms=1"]),
+        base="no-dropout",
+    ),
     "crop-131-control-rms-1": Cell(
         "the control's pool5 scaled to RMS 1, a source's scale (crop 131)",
         _arms(("retrain-random",), ["resize=148", "crop=131", "random_rms=1"]),
