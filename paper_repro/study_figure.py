@@ -6,12 +6,12 @@ bars one sample standard deviation each way); the dashed line is the baseline's 
 training minus retraining on random features), so a point above it retrains worse on its
 pretrained features than on random ones; the dotted line is the paper's gap, with ILSVRC-12 as its
 source. Bottom row: the baseline and the crop cells against their input size, retraining's gap
-beside the control's at each size (each point marked with its number of seeds), a control cell's
-(random features at a source's scale) as an open diamond at its size, and the paper's gap at its
-227 pixels, the scale the analog points toward. A run that did not train (its last
-training loss at or above a uniform guess's; the table lists them) measures a failed optimization,
-not a gap, so the figure leaves it and its seed's pair out. ``paper-repro study`` draws it beside
-the table, from the same histories.
+beside the control's at each size (each point marked with its number of seeds), the control cells
+of these cells (random features at a source's scale) as open diamonds at their size, and the
+paper's gap at its 227 pixels, the scale the analog points toward. A run that did not train (its
+last training loss at or above a uniform guess's; the table lists them) measures a failed
+optimization, not a gap, so the figure leaves it and its seed's pair out. ``paper-repro study``
+draws it beside the table, from the same histories.
 """
 
 from __future__ import annotations
@@ -110,7 +110,8 @@ def _draw_against_size(axes, found: study.Results, target: str) -> None:
             for size, gap, count in zip(sizes, gaps, counts, strict=True):
                 axes.annotate(f"n={count}", (size, gap), xytext=(5, 4), textcoords="offset points",
                               fontsize=7, gid=f"{arm} seeds")  # fmt: skip
-    for name in study.control_cells():
+    # Only the controls of the cells on this row: another recipe's would not compare.
+    for name in (n for n in study.control_cells() if study.CELLS[n].base in SIZE_CELLS):
         for size, gap, std, count in _by_size(found, target, "retrain-random", [name]):
             axes.errorbar([size], [gap], yerr=[std], fmt="D", capsize=3, gid=name,
                           label=f"random features, {name}", color="0.5", mfc="none")  # fmt: skip
