@@ -103,20 +103,17 @@ def _draw_against_size(axes, found: study.Results, target: str) -> None:
                                ("retrain-random", "random features (control)", "s")):  # fmt: skip
         points = _by_size(found, target, arm)
         if points:
-            sizes, gaps, stds, counts = zip(*points, strict=True)
+            sizes, gaps, stds, _ = zip(*points, strict=True)
             axes.errorbar(sizes, gaps, yerr=stds, fmt=f"{marker}-", capsize=3, gid=arm,
                           label=label, color="C0" if arm == "retrain" else "0.5")  # fmt: skip
-            # Seeds per point: a point of one seed has no bar, which is not a spread of zero.
-            for size, gap, count in zip(sizes, gaps, counts, strict=True):
-                axes.annotate(f"n={count}", (size, gap), xytext=(5, 4), textcoords="offset points",
-                              fontsize=7, gid=f"{arm} seeds")  # fmt: skip
+            _annotate_seeds(axes, points, f"{arm} seeds")
     # Only the controls of the cells on this row: another recipe's would not compare.
     for name in (n for n in study.control_cells() if study.CELLS[n].base in SIZE_CELLS):
-        for size, gap, std, count in _by_size(found, target, "retrain-random", [name]):
+        points = _by_size(found, target, "retrain-random", [name])
+        for size, gap, std, _ in points:
             axes.errorbar([size], [gap], yerr=[std], fmt="D", capsize=3, gid=name,
                           label=f"random features, {name}", color="0.5", mfc="none")  # fmt: skip
-            axes.annotate(f"n={count}", (size, gap), xytext=(5, 4), textcoords="offset points",
-                          fontsize=7, gid=f"{name} seeds")  # fmt: skip
+        _annotate_seeds(axes, points, f"{name} seeds")
     paper, size = PAPER[target], experiments.resolve(f"retrain-{target}", "paper").crop
     axes.plot([size], [paper.full - paper.retrain], "*", markersize=12, color="k", gid="paper",
               label=f"paper (ILSVRC-12 source, {size} px)")  # fmt: skip
@@ -124,6 +121,13 @@ def _draw_against_size(axes, found: study.Results, target: str) -> None:
     axes.set_xlabel("crop (pixels; the source trains at it too)")
     axes.set_ylabel("full training - retraining (points)")
     axes.legend(loc="best", fontsize=8)
+
+
+def _annotate_seeds(axes, points: Sequence[tuple[int, float, float, int]], gid: str) -> None:
+    """Each point's seed count: a point of one seed has no bar, which is not a spread of zero."""
+    for size, gap, _, count in points:
+        axes.annotate(f"n={count}", (size, gap), xytext=(5, 4), textcoords="offset points",
+                      fontsize=7, gid=gid)  # fmt: skip
 
 
 def build_gap_figure(histories_dir: str | os.PathLike[str]) -> Figure:
