@@ -48,13 +48,14 @@ from benchmarks.bench_model import (
     torch_steps,
 )
 from benchmarks.timing import machine, measure_alternating, peak_rss_gb, write_json
-from paper_repro import cache, data
+from paper_repro import cache, data, markdown
 from paper_repro.augment import AugmentConfig
 from paper_repro.evaluate import evaluate
 from paper_repro.experiments import PRECISIONS
 from paper_repro.model import CLASSIFIER
 from paper_repro.runs import write_atomic
 from paper_repro.solver import CaffeSGD
+from paper_repro.trainee import for_mode
 
 CLASSES = 1000
 CACHE_IMAGES = 1000
@@ -100,8 +101,7 @@ def _classifier_trainee(classifier, jit_compile: bool, kernel: str | None = None
     optimizer = CaffeSGD(0.001)
     if kernel:
         optimizer._kernel = lambda variable: kernel
-    trainee.compile(optimizer, "sparse_categorical_crossentropy", jit_compile=jit_compile)
-    return trainee
+    return for_mode(trainee, "full", optimizer, jit_compile=jit_compile)
 
 
 def model_rates(args) -> tuple[dict, dict]:
@@ -209,24 +209,22 @@ def goal_rows(values: dict) -> list[dict]:
     return rows
 
 
-def markdown(result: dict) -> str:
+def report(result: dict) -> str:
+    """The Markdown report: the rates measured, then each goal's ratio against its goal."""
+    rates = [[name, f"{value:,.1f}"] for name, value in result["images_per_second"].items()]
+    goals = [
+        [row["ratio"], f"{row['value']:.2f}", str(row["goal"]), "yes" if row["met"] else "NO"]
+        for row in result["goals"]
+    ]
     lines = [
         f"Benchmarks: {result['machine']}, TensorFlow {result['tensorflow']}, "
         f"{result['image_size']} px, batch {result['batch']}, {result['precision']}, medians of "
         f"{result['repeats']} "
         "alternated repeats (`python -m benchmarks`).",
         "",
-        "| measurement | images/s |",
-        "|---|---:|",
-        *(f"| {name} | {value:,.1f} |" for name, value in result["images_per_second"].items()),
+        markdown.table(["measurement", "images/s"], rates, "lr"),
         "",
-        "| ratio | measured | goal | met |",
-        "|---|---:|---:|---|",
-        *(
-            f"| {row['ratio']} | {row['value']:.2f} | {row['goal']} | "
-            f"{'yes' if row['met'] else 'NO'} |"
-            for row in result["goals"]
-        ),
+        markdown.table(["ratio", "measured", "goal", "met"], goals, "lrrl"),
         "",
         ", ".join(f"{k} {v:,.1f}" for k, v in result["rates"].items())
         + f"; peak RSS {result['peak_rss_gb']:.1f} GB.",
@@ -274,7 +272,7 @@ def main(argv=None) -> dict:
         "goals": goal_rows({**rates, **derived}),
         "peak_rss_gb": peak_rss_gb(),
     }
-    text = markdown(result)
+    text = report(result)
     write_json(result, os.path.join(args.out, "benchmark.json"))
     write_atomic(os.path.join(args.out, "benchmark.md"), text.encode())
     print(text, flush=True)

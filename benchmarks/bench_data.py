@@ -16,7 +16,9 @@ import tensorflow as tf
 
 from paper_repro import data
 from paper_repro.errors import UserError
-from paper_repro.model import FEATURES, build_alexnet
+from paper_repro.model import build_alexnet
+from paper_repro.solver import CaffeSGD
+from paper_repro.trainee import for_mode
 
 
 def source(synthetic_examples: int = 4000) -> tuple[tf.data.Dataset, str]:
@@ -32,12 +34,10 @@ def source(synthetic_examples: int = 4000) -> tuple[tf.data.Dataset, str]:
 
 
 def training_model(crop: int, mode: str):
-    from paper_repro.solver import CaffeSGD
-
-    model = build_alexnet(10, crop, seed=0)
-    model.get_layer(FEATURES).trainable = mode == "full"
-    model.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=False)
-    return model
+    """The Table II network for 10 classes, compiled to train whole (``full``) or on frozen
+    features (any other mode)."""
+    trains = "full" if mode == "full" else "retrain"
+    return for_mode(build_alexnet(10, crop, seed=0), trains, CaffeSGD(), jit_compile=False)
 
 
 def pipeline_rate(pipeline: tf.data.Dataset, batches: int, batch: int) -> float:

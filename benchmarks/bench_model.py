@@ -13,8 +13,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from paper_repro.model import FEATURES, build_alexnet, caffe_layers
+from paper_repro.model import build_alexnet, caffe_layers
 from paper_repro.solver import CaffeSGD
+from paper_repro.trainee import for_mode
 
 MATMUL_N = 4096
 STREAM_FLOATS = 2**25  # 128 MiB per float32 array: far past any CPU cache
@@ -38,11 +39,10 @@ def keras_steps(size: int, batch: int, classes: int) -> dict:
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8))
     labels = tf.constant(rng.integers(0, classes, batch))
-    full = build_alexnet(classes, size, seed=0)
-    full.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=False)
-    frozen = build_alexnet(classes, size, seed=0)
-    frozen.get_layer(FEATURES).trainable = False
-    frozen.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=False)
+    full, frozen = (
+        for_mode(build_alexnet(classes, size, seed=0), mode, CaffeSGD(), jit_compile=False)
+        for mode in ("full", "retrain")
+    )
     infer = tf.function(lambda x: full(x, training=False))
     return {
         "keras full step": (lambda: full.train_on_batch(images, labels), batch),

@@ -19,6 +19,7 @@ on one GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 import subprocess
 import sys
@@ -32,20 +33,23 @@ from benchmarks.bench_data import pipeline_rate, source
 from benchmarks.timing import write_json
 from paper_repro import data
 from paper_repro.augment import AugmentConfig, caffe_augment, with_device_augmentation
-from paper_repro.model import FEATURES, build_alexnet
+from paper_repro.model import build_alexnet
 from paper_repro.solver import CaffeSGD
+from paper_repro.trainee import for_mode
 
 PLACEMENT = re.compile(r"^(\S*caffe_augment\S*): \((\w+)\): (\S+)$")
 
 
 def training_model(augment: AugmentConfig, mode: str, placement: str):
     """The Table II network (frozen features or full), behind CaffeAugment for the device."""
-    model = build_alexnet(10, augment.crop, seed=0)
-    model.get_layer(FEATURES).trainable = mode == "full"
-    if placement == "device":
-        model = with_device_augmentation(model, augment)
-    model.compile(CaffeSGD(0.001), "sparse_categorical_crossentropy", jit_compile=False)
-    return model
+    behind_augmentation = functools.partial(with_device_augmentation, augment=augment)
+    return for_mode(
+        build_alexnet(10, augment.crop, seed=0),
+        "full" if mode == "full" else "retrain",
+        CaffeSGD(),
+        jit_compile=False,
+        wrap=behind_augmentation if placement == "device" else None,
+    )
 
 
 def log_two_steps(split, augment: AugmentConfig, batch: int) -> None:

@@ -47,8 +47,10 @@ import jax
 import keras
 import numpy as np
 
-from paper_repro.model import CLASSIFIER, FEATURES, PAPER_IMAGE_SIZE, build_alexnet
+from paper_repro import markdown
+from paper_repro.model import CLASSIFIER, PAPER_IMAGE_SIZE, build_alexnet
 from paper_repro.solver import PAPER_BASE_LR, PAPER_MOMENTUM, CaffeSGD
+from paper_repro.trainee import for_mode
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 MODES = ("full", "retrain", "cached", "predict")
@@ -80,15 +82,10 @@ def build(precision: str, mode: str, size: int, optimizer: str) -> keras.Model:
     """The Table II network under ``precision``'s dtype policy, compiled for ``mode``."""
     keras.mixed_precision.set_dtype_policy(precision)
     try:
-        model = build_alexnet(NUM_CLASSES, size, seed=0)
+        network = build_alexnet(NUM_CLASSES, size, seed=0)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
-    if mode == "cached":  # retraining on cached pool5 features: the classifier alone
-        model = model.get_layer(CLASSIFIER)
-    else:
-        model.get_layer(FEATURES).trainable = mode != "retrain"
-    model.compile(make_optimizer(optimizer), "sparse_categorical_crossentropy", jit_compile=True)
-    return model
+    return for_mode(network, mode, make_optimizer(optimizer), jit_compile=True)
 
 
 def step_function(model: keras.Model, mode: str, images, labels) -> Callable[[], None]:
@@ -128,25 +125,29 @@ def device_memory_gb(device) -> float | None:
     return None if peak is None else peak / 2**30
 
 
-def markdown(result: dict) -> str:
+HEADER = ("precision", "full train img/s", "retrain (frozen) img/s", "frozen/full",
+          "cached retrain img/s", "cached/full", "predict img/s")  # fmt: skip
+
+
+def report(result: dict) -> str:
+    """The Markdown report: a row of images/s and ratios per precision."""
     rates = result["images_per_s"]
+    rows = []
+    for precision in result["precisions"]:
+        full, retrain, cached, predict = (rates[f"{mode} {precision}"] for mode in MODES)
+        rows.append([
+            precision, f"{full:.0f}", f"{retrain:.0f}",
+            f"{result['frozen_over_full'][precision]:.2f}", f"{cached:.0f}",
+            f"{result['cached_over_full'][precision]:.2f}", f"{predict:.0f}",
+        ])  # fmt: skip
     lines = [
         f"Table II network, Keras {result['keras_version']} on JAX {result['jax_version']}, "
         f"{result['device']}, {result['image_size']}x{result['image_size']}, batch "
         f"{result['batch']}, optimizer {result['optimizer']}, jit_compile=True; median of "
         f"{result['repeats']} x {result['steps']} steps",
         "",
-        "| precision | full train img/s | retrain (frozen) img/s | frozen/full "
-        "| cached retrain img/s | cached/full | predict img/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        markdown.table(HEADER, rows, "l" + "r" * (len(HEADER) - 1)),
     ]
-    for precision in result["precisions"]:
-        full, retrain, cached, predict = (rates[f"{mode} {precision}"] for mode in MODES)
-        lines.append(
-            f"| {precision} | {full:.0f} | {retrain:.0f} | "
-            f"{result['frozen_over_full'][precision]:.2f} | {cached:.0f} | "
-            f"{result['cached_over_full'][precision]:.2f} | {predict:.0f} |"
-        )
     if "float32" in result["precisions"] and "mixed_bfloat16" in result["precisions"]:
         ratios = ", ".join(f"{m} {v:.2f}" for m, v in result["bfloat16_over_float32"].items())
         lines += ["", f"mixed_bfloat16 / float32: {ratios}"]
@@ -211,7 +212,7 @@ def main(argv=None) -> int:
         result["bfloat16_over_float32"] = {
             mode: medians[f"{mode} mixed_bfloat16"] / medians[f"{mode} float32"] for mode in MODES
         }
-    table = markdown(result)
+    table = report(result)
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

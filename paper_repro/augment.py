@@ -13,12 +13,12 @@ Evaluation uses the centre window (offset ``(resize - crop) // 2``, Caffe's TEST
 
 The randomness is stateless: every example gets a 63-bit key hashed from ``(seed, epoch, example
 index)`` on the host, and its crop offsets and mirror flag are digits of that key. One function,
-``caffe_augment``, turns a uint8 batch and its keys into crops; ``data`` runs it as a tf.data map
-on the host, and the ``CaffeAugment`` layer runs it inside the training step, so that only uint8
-native-size batches and keys cross to an accelerator. Both give identical pixels, and a resumed
-run sees the crops an uninterrupted one would.
+``caffe_augment``, turns a uint8 batch and its keys into crops; ``data.pipelines`` runs it as a
+tf.data map on the host, and the ``CaffeAugment`` layer runs it inside the training step, so that
+only uint8 native-size batches and keys cross to an accelerator. Both give identical pixels, and a
+resumed run sees the crops an uninterrupted one would.
 
-This module is the geometry alone (no datasets): ``data`` builds pipelines on it, ``evaluate`` and
+This module is the geometry alone (no datasets): ``data.pipelines`` builds on it, ``evaluate`` and
 ``export`` cut its test views, ``cache`` its fixed training views.
 """
 

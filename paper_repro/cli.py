@@ -174,7 +174,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from paper_repro.train import train
+    from paper_repro.training import train
 
     train(
         args.experiment,
@@ -383,6 +383,31 @@ def _feature_activity(args: argparse.Namespace) -> None:
         print(line, flush=True)
 
 
+def _add_probe(sub: argparse._SubParsersAction) -> None:
+    p = _tensorflow_command(
+        sub,
+        "probe",
+        "a linear probe (L-BFGS logistic regression, C chosen on validation) of runs' frozen pool5",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories")
+    p.add_argument(
+        "--images", type=int, metavar="N", help="the first N images of each split (default: all)"
+    )
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--out", metavar="FILE.md", help="also write the table to this file")
+    p.set_defaults(handler=_probe)
+
+
+def _probe(args: argparse.Namespace) -> None:
+    from paper_repro.probe import report
+
+    out = report(
+        args.runs, data_dir=args.data_dir, limit=args.images, out=args.out,
+        verbose=_progress(args),
+    )  # fmt: skip
+    _print_paths([out] if out else [])
+
+
 def _add_regenerate(sub: argparse._SubParsersAction) -> None:
     for what in ("tables", "figures"):
         p = sub.add_parser(
@@ -416,14 +441,14 @@ def _percent(text: str) -> float:
 
 
 def _regenerate_tables(args: argparse.Namespace) -> None:
-    from paper_repro.figures import regenerate_tables
+    from paper_repro.reports import regenerate_tables
 
     paths = regenerate_tables(args.histories, args.out, args.allow_mixed_presets, args.target)
     _print_paths(paths)
 
 
 def _regenerate_figures(args: argparse.Namespace) -> None:
-    from paper_repro.figures import regenerate_figures
+    from paper_repro.reports import regenerate_figures
 
     _print_paths(regenerate_figures(args.histories, args.out, args.allow_mixed_presets))
 
@@ -507,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_reproduce,
         _add_study,
         _add_feature_activity,
+        _add_probe,
         _add_regenerate,
         _add_export,
         _add_import_caffe,

@@ -104,6 +104,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from paper_repro import arms, datasets
 from paper_repro.errors import UserError
 
 # The choices of a run, declared here once: this module needs no TensorFlow, so the history
@@ -170,8 +171,9 @@ class RunConfig:
     pretrained: str | None = None
     features: str = "pretrained"  # retrain runs: FEATURE_SOURCES
     # The control (features=random) at a trained block's scale: its untrained pool5 brought to
-    # this root mean square on the first RANDOM_RMS_IMAGES training images (train.py). Xavier's
-    # untrained pool5 is 13-23, a trained source's 0.7-1.4 (figures/study/feature_activity.md).
+    # this root mean square on the first RANDOM_RMS_IMAGES training images (training/network.py).
+    # Xavier's untrained pool5 is 13-23, a trained source's 0.7-1.4
+    # (figures/study/feature_activity.md).
     random_rms: float | None = None
     augment_on: str = "auto"
     precision: str = "float32"
@@ -307,43 +309,44 @@ def _paper() -> dict[str, RunConfig]:
         test_split="validation",
     )  # fmt: skip
     runs = {"pretrain-imagenet": pretrain}
-    for dataset in ("mnist", "cifar10", "cifar100"):
-        mnist = dataset == "mnist"
-        base = RunConfig(dataset, "full", mirror=not mnist, test_crops=5 if mnist else 10)
-        runs[f"full-{dataset}"] = base
-        runs[f"retrain-{dataset}"] = dataclasses.replace(
-            base, mode="retrain", pretrained="pretrain-imagenet"
-        )
-        runs[f"retrain-random-{dataset}"] = dataclasses.replace(
-            base, mode="retrain", features="random"
-        )
+    for dataset in datasets.PAPER_TARGETS:
+        entry = datasets.REGISTRY[dataset]
+        for arm in arms.ARMS:
+            # Only a retraining on pretrained features starts from the pretraining run; full
+            # training and the control (random features) need no weights.
+            reuses = (arm.mode, arm.features) == ("retrain", "pretrained")
+            runs[arm.experiment(dataset)] = RunConfig(
+                dataset, arm.mode, mirror=entry.mirror, test_crops=entry.test_crops,
+                features=arm.features, pretrained="pretrain-imagenet" if reuses else None,
+            )  # fmt: skip
     return runs
 
 
 PAPER = _paper()
 
 _MINI_SOURCE_CLASSES = (0, 1, 2, 3, 4)
-_MINI_TARGET_CLASSES = (5, 6, 7, 8, 9)
 _MINI = {"resize": 76, "crop": 67, "epochs": 9, "drop_epochs": (6,), "init": "xavier"}
-FIRST_MINI = {
-    "pretrain-imagenet": dataclasses.replace(
-        PAPER["full-cifar10"], mode="pretrain", classes=_MINI_SOURCE_CLASSES, **_MINI
-    ),
-    "full-mnist": dataclasses.replace(PAPER["full-mnist"], train_subset=12_000, **_MINI),
-    "retrain-mnist": dataclasses.replace(PAPER["retrain-mnist"], train_subset=12_000, **_MINI),
-    "full-cifar10": dataclasses.replace(
-        PAPER["full-cifar10"], classes=_MINI_TARGET_CLASSES, **_MINI
-    ),
-    "retrain-cifar10": dataclasses.replace(
-        PAPER["retrain-cifar10"], classes=_MINI_TARGET_CLASSES, **_MINI
-    ),
-    "retrain-random-mnist": dataclasses.replace(
-        PAPER["retrain-random-mnist"], train_subset=12_000, **_MINI
-    ),
-    "retrain-random-cifar10": dataclasses.replace(
-        PAPER["retrain-random-cifar10"], classes=_MINI_TARGET_CLASSES, **_MINI
-    ),
-}
+# The mini's targets, each with what it keeps of its dataset: a balanced 12,000 MNIST images,
+# CIFAR-10's classes 5-9 (the source has the others).
+_MINI_TARGETS = {"mnist": {"train_subset": 12_000}, "cifar10": {"classes": (5, 6, 7, 8, 9)}}
+
+
+def _scaled(source: RunConfig, targets: Mapping[str, Mapping[str, Any]], **scale) -> dict:
+    """A preset: the source's pretraining, then every arm of the paper for each target, with the
+    target's own changes and ``scale``'s."""
+    runs = {"pretrain-imagenet": dataclasses.replace(source, **scale)}
+    for arm in arms.ARMS:
+        for dataset, changes in targets.items():
+            name = arm.experiment(dataset)
+            runs[name] = dataclasses.replace(PAPER[name], **changes, **scale)
+    return runs
+
+
+FIRST_MINI = _scaled(
+    dataclasses.replace(PAPER["full-cifar10"], mode="pretrain", classes=_MINI_SOURCE_CLASSES),
+    _MINI_TARGETS,
+    **_MINI,
+)
 # What the transfer study's rule chose (figures/study/table.md: the no-dropout cell, retraining
 # and control), retrained as the study measured it, on cached features.
 _MINI_RETRAINING = {"dropout": 0.0, "cache_features": True}
@@ -352,26 +355,23 @@ MINI = {
     for name, config in FIRST_MINI.items()
 }
 
+
+def _on_validation_split(config: RunConfig) -> RunConfig:
+    """``config`` training on ``train[:N]`` and reporting on ``train[N:]``, N the registry's
+    ``validation_from`` for its dataset."""
+    start = datasets.REGISTRY[config.dataset].validation_from
+    return dataclasses.replace(
+        config, train_split=f"train[:{start}]", test_split=f"train[{start}:]"
+    )
+
+
 # The transfer study's base (paper_repro/study.py, figures/study/PLAN.md): the first mini, each run
 # training on the first images of its training split and reporting accuracy on the rest, a
 # validation split that settings are chosen on, so that choosing never looks at a test split.
-_VALIDATION_SPLITS = {"mnist": 50_000, "cifar10": 45_000}
-STUDY = {
-    name: dataclasses.replace(
-        config,
-        train_split=f"train[:{_VALIDATION_SPLITS[config.dataset]}]",
-        test_split=f"train[{_VALIDATION_SPLITS[config.dataset]}:]",
-    )
-    for name, config in FIRST_MINI.items()
-}
+STUDY = {name: _on_validation_split(config) for name, config in FIRST_MINI.items()}
 
 _SMOKE = {**_MINI, "epochs": 2, "drop_epochs": (1,), "train_subset": 800, "test_subset": 200}
-SMOKE = {
-    "pretrain-imagenet": dataclasses.replace(FIRST_MINI["pretrain-imagenet"], **_SMOKE),
-    "full-mnist": dataclasses.replace(PAPER["full-mnist"], **_SMOKE),
-    "retrain-mnist": dataclasses.replace(PAPER["retrain-mnist"], **_SMOKE),
-    "retrain-random-mnist": dataclasses.replace(PAPER["retrain-random-mnist"], **_SMOKE),
-}
+SMOKE = _scaled(FIRST_MINI["pretrain-imagenet"], {"mnist": {}}, **_SMOKE)
 
 PRESETS: dict[str, dict[str, RunConfig]] = {
     "paper": PAPER,

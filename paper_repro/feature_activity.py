@@ -24,10 +24,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from paper_repro import cache, data, experiments
-from paper_repro.errors import UserError
-from paper_repro.history import History, load_history
+from paper_repro import data, markdown, run_features
+from paper_repro.history import History
 from paper_repro.model import FEATURES, load_model
+
+HEADER = ("run", "seed", "last-epoch test accuracy (%)", "active pool5 values per image",
+          "silent pool5 channels", "pool5 RMS")  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +91,7 @@ def of_run(
 ) -> Activity:
     """The activity of a finished run's frozen features on its validation images (the first
     ``limit`` of them, or all)."""
-    return _activity(Path(run_dir), _history(Path(run_dir)), data_dir, limit)
+    return _activity(Path(run_dir), run_features.finished_history(Path(run_dir)), data_dir, limit)
 
 
 def table(
@@ -104,47 +106,24 @@ def table(
     long list costs nothing; each row comes as soon as its run is measured (a run takes a minute
     or more), so that a long list shows its progress and an interrupted one keeps its rows.
     """
-    if limit is not None and limit < 1:
-        raise UserError(f"--images takes a positive number of images, got {limit}")
-    runs = [(run, _history(run)) for run in map(Path, run_dirs)]
-    yield (
-        "| run | seed | last-epoch test accuracy (%) | active pool5 values per image "
-        "| silent pool5 channels | pool5 RMS |"
-    )
-    yield "|---|---:|---:|---:|---:|---:|"
+    runs = run_features.finished_runs(run_dirs, limit)
+    yield from markdown.head(HEADER, "l" + "r" * (len(HEADER) - 1))
     for run, history in runs:
         activity = _activity(run, history, data_dir, limit)
         accuracy = f"{100 * history.epochs[-1].test_accuracy:.2f}"
-        cells = [str(run), str(history.seed), accuracy, *activity.row()]
-        yield f"| {' | '.join(cells)} |"
-
-
-def _history(run: Path) -> History:
-    if not (run / "history.json").is_file() or not (run / "model.keras").is_file():
-        raise UserError(
-            f"{run}: not a finished run directory (it needs history.json and model.keras); "
-            "give a directory that paper-repro train wrote"
-        )
-    return load_history(run / "history.json")
+        yield markdown.row([str(run), str(history.seed), accuracy, *activity.row()])
 
 
 def _activity(run: Path, history: History, data_dir: str | None, limit: int | None) -> Activity:
-    settings = experiments.recorded_settings(history.config, history.dataset, history.mode)
-    config = experiments.RunConfig(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
-    )
+    config = run_features.run_config(history)
     splits = data.load_experiment_data(config, data_dir=data_dir, seed=history.seed)
     test = splits.test.take(limit) if limit else splits.test
-    batches = data.eval_dataset(
-        test, splits.augment, batch_size=config.batch_size, placement="host"
-    )
-    return of_batches(load_model(run / "model.keras"), batches)
+    return of_batches(load_model(run / "model.keras"), run_features.centre_crops(test, splits))
 
 
 def of_batches(model: keras.Model, batches: Iterable) -> Activity:
     """The activity of ``model``'s pool5 on batches of ``(images, labels)``."""
-    extract = cache.extractor(model)
     tally = _Tally()
-    for images, _ in batches:
-        tally.add(extract(images).numpy())
+    for features, _ in run_features.pool5_batches(model, batches):
+        tally.add(features)
     return tally.activity(tuple(model.get_layer(FEATURES).output.shape[1:]))

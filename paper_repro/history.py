@@ -5,29 +5,36 @@ from these files alone, later and possibly on a machine without TensorFlow. This
 definition of the format, imports nothing heavy, and rejects a malformed file by naming the file and
 the field, so that a table never shows a wrong number silently. Where histories live and how they
 are written atomically is ``paper_repro.runs``'s.
+
+The dataclasses below are the schema. One reader walks their fields and type hints; the few
+constraints a type does not state (a range, a set of choices, a format) are declared on the field
+with ``Annotated``, so a new field is one line here and is read, validated and written with the
+rest.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import re
+import types
+import typing
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
+from paper_repro import datasets
+from paper_repro.arms import STARTS
 from paper_repro.errors import UserError
 from paper_repro.experiments import CROPS, MODES
 from paper_repro.runs import write_atomic
 
 SCHEMA = "paper_repro.history/1"
 STATUSES = ("running", "finished")
-# What a run's network started from: the paper's fresh initialisation; a pretrained network's
-# features (frozen) with fc6/fc7 kept or new and fc8 new; a whole pretrained network; or, the
-# control, a fresh untrained network whose features are frozen (``features=random``).
-STARTS = ("scratch", "pretrained-features", "pretrained-network", "random-features")
 _INF = float("inf")
 
 
@@ -36,20 +43,159 @@ class HistoryError(UserError):
 
 
 @dataclass(frozen=True)
+class _Field:
+    """Where a value sits in a history file, so every error names the file and the field path."""
+
+    source: str
+    path: str = ""
+
+    def key(self, name: str) -> _Field:
+        return _Field(self.source, f"{self.path}.{name}" if self.path else name)
+
+    def index(self, position: int) -> _Field:
+        return _Field(self.source, f"{self.path}[{position}]")
+
+    def fail(self, problem: str) -> NoReturn:
+        raise HistoryError(f"{self.source}: {self.path or 'the history'} {problem}")
+
+
+def _show(value: Any) -> str:
+    """A value as it appears in JSON, shortened: error messages stay one readable line."""
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# The constraints a field declares with ``Annotated``. On a scalar, the annotation is its reader,
+# in place of its type's: ``(value, where) -> value``, failing with a message that states the
+# whole constraint. On an array or an object, it checks the whole before the items are read.
+
+
+@dataclass(frozen=True)
+class Number:
+    """A JSON number that ``accept`` takes, read as a float (a boolean is no number here)."""
+
+    expected: str
+    accept: Callable[[float], bool] = lambda _: True
+
+    def __call__(self, value: Any, where: _Field) -> float:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not self.accept(float(value))
+        ):
+            where.fail(f"must be {self.expected}, got {_show(value)}")
+        return float(value)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a few values (bool is an int in Python: true must not pass for crops 1)."""
+
+    choices: tuple[Any, ...]
+
+    def __call__(self, value: Any, where: _Field) -> Any:
+        if isinstance(value, bool) or value not in self.choices:
+            shown = ", ".join(_show(choice) for choice in self.choices)
+            where.fail(f"must be one of {shown}, got {_show(value)}")
+        return value
+
+
+@dataclass(frozen=True)
+class Keys:
+    """An object with exactly these keys, read in this order."""
+
+    names: tuple[str, ...]
+
+    def __call__(self, value: Mapping[str, Any], where: _Field) -> dict[str, Any]:
+        value = _object(value, where, self.names)
+        return {name: value[name] for name in self.names}
+
+
+@dataclass(frozen=True)
+class NotEmpty:
+    """An array of at least one item; ``problem`` says what an empty one fails to do."""
+
+    problem: str
+
+    def __call__(self, value: list[Any], where: _Field) -> list[Any]:
+        if not value:
+            where.fail(f"{self.problem}, got []")
+        return value
+
+
+def _string(value: Any, where: _Field) -> str:
+    if not isinstance(value, str) or not value:
+        where.fail(f"must be a non-empty string, got {_show(value)}")
+    return value
+
+
+def _integer(value: Any, where: _Field) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        where.fail(f"must be an integer, got {_show(value)}")
+    return value
+
+
+def _boolean(value: Any, where: _Field) -> bool:
+    if not isinstance(value, bool):
+        where.fail(f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _count(value: Any, where: _Field) -> int:
+    if _integer(value, where) < 1:
+        where.fail(f"must be at least 1, got {value}")
+    return value
+
+
+def _timestamp(value: Any, where: _Field) -> str:
+    text = _string(value, where)
+    try:
+        # Python 3.10's fromisoformat does not accept the "Z" suffix; it means +00:00.
+        datetime.fromisoformat(text.removesuffix("Z") + ("+00:00" if text.endswith("Z") else ""))
+    except ValueError:
+        where.fail(
+            f'must be an ISO-8601 time such as "2015-06-01T12:00:00+00:00", got {_show(text)}'
+        )
+    return text
+
+
+def _sha256(value: Any, where: _Field) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        where.fail(f"must be 64 lowercase hex digits, got {_show(value)}")
+    return value
+
+
+# The readers of unannotated scalars, by type.
+_READERS: dict[Any, Callable[[Any, _Field], Any]] = {
+    str: _string,
+    int: _integer,
+    float: Number("a number"),
+    bool: _boolean,
+    Any: lambda value, where: value,
+}
+
+Fraction = Annotated[float, Number("a number in [0, 1]", lambda x: 0.0 <= x <= 1.0)]
+Seconds = Annotated[float, Number("a finite number >= 0", lambda x: 0.0 <= x < _INF)]
+Rate = Annotated[float, Number("a finite number > 0", lambda x: 0.0 < x < _INF)]
+Count = Annotated[int, _count]
+Timestamp = Annotated[str, _timestamp]
+Sha256 = Annotated[str, _sha256]
+
+
+@dataclass(frozen=True)
 class EpochRecord:
     """One epoch: its learning rate, training metrics and center-crop test accuracy (Figure 5)."""
 
-    epoch: int
-    lr: float
-    train_loss: float
-    train_accuracy: float
-    test_accuracy: float
-    wall_seconds: float
+    epoch: int  # numbered 1..n (checked with the whole history)
+    lr: Rate
+    train_loss: float  # any number: a diverged run has a NaN or infinite loss, still worth keeping
+    train_accuracy: Fraction
+    test_accuracy: Fraction
+    wall_seconds: Seconds
 
 
-# Fields of the history, and of its final evaluation, added after the first histories were written.
-_OPTIONAL = ("cache", "start", "class_names", "cluster", "phases")
-_OPTIONAL_FINAL = ("center_top1", "center_top5")
+# A field with a default was added to its record after the first histories were written: a file
+# may lack it, and it is left out of the file while it is None, so that older files stay valid.
 
 
 @dataclass(frozen=True)
@@ -57,12 +203,12 @@ class FinalEvaluation:
     """The multi-crop test accuracy at the end of a run (Table III), and the centre crop's alone
     from the same pass (Caffe's TEST phase; absent from histories written before it was kept)."""
 
-    crops: int
-    top1: float
-    top5: float
-    wall_seconds: float
-    center_top1: float | None = None
-    center_top5: float | None = None
+    crops: Annotated[int, OneOf(CROPS)]
+    top1: Fraction
+    top5: Fraction  # >= top1 (checked with the whole history), as center_top5 >= center_top1
+    wall_seconds: Seconds
+    center_top1: Fraction | None = None
+    center_top5: Fraction | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +216,7 @@ class Weights:
     """The pretrained weights a run started from, identified by content and not only by path."""
 
     path: str
-    sha256: str
+    sha256: Sha256
 
 
 @dataclass(frozen=True)
@@ -83,7 +229,7 @@ class Provenance:
     weights: Weights | None
     device: str
     host: str
-    started: str
+    started: Timestamp
 
 
 @dataclass(frozen=True)
@@ -93,7 +239,7 @@ class CacheRecord:
 
     train: str
     test: str
-    build_seconds: float
+    build_seconds: Seconds
     reused: bool
 
 
@@ -113,12 +259,8 @@ class ClusterRecord:
     replicas are ``workers * devices_per_worker``, each taking an equal part of every batch."""
 
     strategy: str
-    workers: int
-    devices_per_worker: int
-
-
-# The classes of the paper's datasets, for histories that do not record theirs.
-KNOWN_CLASSES = {"mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+    workers: Count
+    devices_per_worker: Count
 
 
 @dataclass(frozen=True)
@@ -128,46 +270,37 @@ class History:
     experiment: str
     preset: str
     dataset: str
-    mode: str
+    mode: Annotated[str, OneOf(MODES)]
     seed: int
     config: dict[str, Any]
     provenance: Provenance
     epochs: tuple[EpochRecord, ...]
-    final: FinalEvaluation | None
-    status: str
+    final: FinalEvaluation | None  # set exactly when the run has finished
+    status: Annotated[str, OneOf(STATUSES)]
     cache: CacheRecord | None = None
-    start: str | None = None  # one of STARTS; None in histories written before it was recorded
+    start: Annotated[str, OneOf(STARTS)] | None = None  # None before it was recorded
     # The names of the classes the network outputs, in output order (the ``config``'s ``classes``
     # subset, relabelled), so that export and evaluate need no dataset to name them; None in
     # histories written before they were recorded. The dataset, its splits, the class subset and
     # the input geometry are the ``config``'s.
-    class_names: tuple[str, ...] | None = None
+    class_names: Annotated[tuple[str, ...], NotEmpty("must name at least one class")] | None = None
     cluster: ClusterRecord | None = None  # None on one device (and before it was recorded)
-    phases: dict[str, float] | None = None  # seconds per PHASES name; None before it was recorded
+    # Seconds per PHASES name; None before it was recorded.
+    phases: Annotated[dict[str, Seconds], Keys(PHASES)] | None = None
 
     @property
     def num_classes(self) -> int | None:
         """The classes the run's network outputs: recorded, else its class subset's, else those
-        of a dataset of the paper's (histories written before the names were recorded)."""
+        of a dataset the registry knows (histories written before the names were recorded)."""
         if self.class_names:
             return len(self.class_names)
         if self.config.get("classes"):
             return len(self.config["classes"])
-        return KNOWN_CLASSES.get(self.dataset)
+        return datasets.describe(self.dataset).classes
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form, keys in schema order so that saved files diff cleanly."""
-        data = asdict(self)
-        data["epochs"] = list(data["epochs"])
-        if data["class_names"] is not None:
-            data["class_names"] = list(data["class_names"])
-        for optional in _OPTIONAL:  # absent rather than null: older files stay valid
-            if data[optional] is None:
-                del data[optional]
-        for optional in _OPTIONAL_FINAL:
-            if data["final"] is not None and data["final"][optional] is None:
-                del data["final"][optional]
-        return {"schema": SCHEMA, **data}
+        return {"schema": SCHEMA, **_json(self)}
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<history>") -> History:
@@ -201,27 +334,98 @@ def load_history(path: str | os.PathLike[str]) -> History:
     return History.from_dict(data, source=source)
 
 
-@dataclass(frozen=True)
-class _Field:
-    """Where a value sits in a history file, so every error names the file and the field path."""
+def _json(value: Any) -> Any:
+    """A record as JSON values: objects in field order, arrays for tuples, and a field added
+    later left out while it is None."""
+    if dataclasses.is_dataclass(value):
+        return {
+            name: _json(getattr(value, name))
+            for name, _, added_later in _fields(type(value))
+            if not (added_later and getattr(value, name) is None)
+        }
+    if isinstance(value, tuple | list):
+        return [_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _json(item) for key, item in value.items()}
+    return value
 
-    source: str
-    path: str = ""
 
-    def key(self, name: str) -> _Field:
-        return _Field(self.source, f"{self.path}.{name}" if self.path else name)
-
-    def index(self, position: int) -> _Field:
-        return _Field(self.source, f"{self.path}[{position}]")
-
-    def fail(self, problem: str) -> NoReturn:
-        raise HistoryError(f"{self.source}: {self.path or 'the history'} {problem}")
+@functools.cache
+def _fields(record: type) -> tuple[tuple[str, Any, bool], ...]:
+    """A record's fields: (name, type hint with its annotations, whether it was added later)."""
+    hints = typing.get_type_hints(record, include_extras=True)
+    return tuple(
+        (field.name, hints[field.name], field.default is not dataclasses.MISSING)
+        for field in dataclasses.fields(record)
+    )
 
 
-def _show(value: Any) -> str:
-    """A value as it appears in JSON, shortened: error messages stay one readable line."""
-    text = json.dumps(value, default=repr)
-    return text if len(text) <= 60 else text[:57] + "..."
+def _read_history(data: Any, where: _Field) -> History:
+    data = _mapping(data, where)
+    if "schema" in data and data["schema"] != SCHEMA:
+        where.key("schema").fail(f"must be {_show(SCHEMA)}, got {_show(data['schema'])}")
+    history = _read_record(History, data, where, header=("schema",))
+    _check_together(history, where)
+    return history
+
+
+def _check_together(history: History, where: _Field) -> None:
+    """What no single field says: a final evaluation exactly when the run has finished, epochs
+    numbered 1..n, and top-5 accuracies no lower than the top-1 ones."""
+    if (history.final is None) != (history.status == "running"):
+        where.key("final").fail(
+            f'must be set exactly when status is "finished", got {_show(_json(history.final))}'
+        )
+    for position, epoch in enumerate(history.epochs):
+        if epoch.epoch != position + 1:
+            where.key("epochs").index(position).key("epoch").fail(
+                f"must be {position + 1} (epochs are numbered 1..n), got {epoch.epoch}"
+            )
+    final = history.final
+    for top1, top5 in (("top1", "top5"), ("center_top1", "center_top5")):
+        low, high = getattr(final, top1, None), getattr(final, top5, None)
+        if low is not None and high is not None and high < low:
+            where.key("final").key(top5).fail(f"must be >= {top1} ({low}), got {high}")
+
+
+def _read_record(record: type, value: Any, where: _Field, header: tuple[str, ...] = ()) -> Any:
+    """A dataclass from an object of its fields (and of ``header``'s keys, not kept)."""
+    fields = _fields(record)
+    value = _object(
+        value,
+        where,
+        (*header, *(name for name, _, _ in fields)),
+        optional=tuple(name for name, _, added_later in fields if added_later),
+    )
+    return record(
+        **{name: _read(hint, value.get(name), where.key(name)) for name, hint, _ in fields}
+    )
+
+
+def _read(hint: Any, value: Any, where: _Field) -> Any:
+    """``value`` as the type ``hint`` says, its ``Annotated`` constraints checked: a record from
+    an object, a tuple from an array, a dict from an object, a scalar by its reader."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # ``X | None``
+        (inner,) = (arg for arg in typing.get_args(hint) if arg is not type(None))
+        return None if value is None else _read(inner, value, where)
+    constraints = ()
+    if typing.get_origin(hint) is Annotated:
+        hint, *constraints = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _read_record(hint, value, where)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        items = _array(value, where)
+        for check in constraints:
+            items = check(items, where)
+        return tuple(_read(args[0], item, where.index(i)) for i, item in enumerate(items))
+    if origin is dict:
+        entries = _mapping(value, where)
+        for check in constraints:
+            entries = check(entries, where)
+        return {name: _read(args[1], item, where.key(name)) for name, item in entries.items()}
+    (reader,) = constraints or (_READERS[hint],)
+    return reader(value, where)
 
 
 def _object(
@@ -249,196 +453,3 @@ def _array(value: Any, where: _Field) -> list[Any]:
     if not isinstance(value, list):
         where.fail(f"must be an array, got {_show(value)}")
     return value
-
-
-def _string(value: Any, where: _Field) -> str:
-    if not isinstance(value, str) or not value:
-        where.fail(f"must be a non-empty string, got {_show(value)}")
-    return value
-
-
-def _optional_string(value: Any, where: _Field) -> str | None:
-    return None if value is None else _string(value, where)
-
-
-def _choice(value: Any, where: _Field, choices: tuple[Any, ...]) -> Any:
-    # bool is an int in Python; True must not pass for crops 1.
-    if isinstance(value, bool) or value not in choices:
-        where.fail(f"must be one of {', '.join(_show(c) for c in choices)}, got {_show(value)}")
-    return value
-
-
-def _integer(value: Any, where: _Field) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        where.fail(f"must be an integer, got {_show(value)}")
-    return value
-
-
-def _number(value: Any, where: _Field, expected: str, accept: Callable[[float], bool]) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not accept(float(value)):
-        where.fail(f"must be {expected}, got {_show(value)}")
-    return float(value)
-
-
-def _fraction(value: Any, where: _Field) -> float:
-    return _number(value, where, "a number in [0, 1]", lambda x: 0.0 <= x <= 1.0)
-
-
-def _seconds(value: Any, where: _Field) -> float:
-    return _number(value, where, "a finite number >= 0", lambda x: 0.0 <= x < _INF)
-
-
-def _read_history(data: Any, where: _Field) -> History:
-    data = _object(data, where, ("schema", *History.__dataclass_fields__), optional=_OPTIONAL)
-    if data["schema"] != SCHEMA:
-        where.key("schema").fail(f"must be {_show(SCHEMA)}, got {_show(data['schema'])}")
-    status = _choice(data["status"], where.key("status"), STATUSES)
-    final = data["final"]
-    if (final is None) != (status == "running"):
-        where.key("final").fail(
-            f'must be set exactly when status is "finished", got {_show(final)}'
-        )
-    epochs = where.key("epochs")
-    return History(
-        experiment=_string(data["experiment"], where.key("experiment")),
-        preset=_string(data["preset"], where.key("preset")),
-        dataset=_string(data["dataset"], where.key("dataset")),
-        mode=_choice(data["mode"], where.key("mode"), MODES),
-        seed=_integer(data["seed"], where.key("seed")),
-        config=dict(_mapping(data["config"], where.key("config"))),
-        provenance=_read_provenance(data["provenance"], where.key("provenance")),
-        epochs=tuple(
-            _read_epoch(e, epochs.index(i), i + 1)
-            for i, e in enumerate(_array(data["epochs"], epochs))
-        ),
-        final=None if final is None else _read_final(final, where.key("final")),
-        status=status,
-        cache=_read_cache(data.get("cache"), where.key("cache")),
-        start=None
-        if data.get("start") is None
-        else _choice(data["start"], where.key("start"), STARTS),
-        class_names=_read_class_names(data.get("class_names"), where.key("class_names")),
-        cluster=_read_cluster(data.get("cluster"), where.key("cluster")),
-        phases=_read_phases(data.get("phases"), where.key("phases")),
-    )
-
-
-def _read_phases(data: Any, where: _Field) -> dict[str, float] | None:
-    if data is None:
-        return None
-    data = _object(data, where, PHASES)
-    return {name: _seconds(data[name], where.key(name)) for name in PHASES}
-
-
-def _read_class_names(data: Any, where: _Field) -> tuple[str, ...] | None:
-    if data is None:
-        return None
-    names = _array(data, where)
-    if not names:
-        where.fail("must name at least one class, got []")
-    return tuple(_string(name, where.index(i)) for i, name in enumerate(names))
-
-
-def _read_cluster(data: Any, where: _Field) -> ClusterRecord | None:
-    if data is None:
-        return None
-    data = _object(data, where, tuple(ClusterRecord.__dataclass_fields__))
-    return ClusterRecord(
-        strategy=_string(data["strategy"], where.key("strategy")),
-        workers=_count(data["workers"], where.key("workers")),
-        devices_per_worker=_count(data["devices_per_worker"], where.key("devices_per_worker")),
-    )
-
-
-def _count(value: Any, where: _Field) -> int:
-    if _integer(value, where) < 1:
-        where.fail(f"must be at least 1, got {value}")
-    return value
-
-
-def _read_cache(data: Any, where: _Field) -> CacheRecord | None:
-    if data is None:
-        return None
-    data = _object(data, where, tuple(CacheRecord.__dataclass_fields__))
-    if not isinstance(data["reused"], bool):
-        where.key("reused").fail(f"must be true or false, got {_show(data['reused'])}")
-    return CacheRecord(
-        train=_string(data["train"], where.key("train")),
-        test=_string(data["test"], where.key("test")),
-        build_seconds=_seconds(data["build_seconds"], where.key("build_seconds")),
-        reused=data["reused"],
-    )
-
-
-def _read_epoch(data: Any, where: _Field, number: int) -> EpochRecord:
-    data = _object(data, where, tuple(EpochRecord.__dataclass_fields__))
-    if _integer(data["epoch"], where.key("epoch")) != number:
-        where.key("epoch").fail(f"must be {number} (epochs are numbered 1..n), got {data['epoch']}")
-    return EpochRecord(
-        epoch=number,
-        lr=_number(data["lr"], where.key("lr"), "a finite number > 0", lambda x: 0 < x < _INF),
-        # A diverged run has a NaN or infinite loss and is still a run worth recording.
-        train_loss=_number(data["train_loss"], where.key("train_loss"), "a number", lambda x: True),
-        train_accuracy=_fraction(data["train_accuracy"], where.key("train_accuracy")),
-        test_accuracy=_fraction(data["test_accuracy"], where.key("test_accuracy")),
-        wall_seconds=_seconds(data["wall_seconds"], where.key("wall_seconds")),
-    )
-
-
-def _read_final(data: Any, where: _Field) -> FinalEvaluation:
-    fields = tuple(FinalEvaluation.__dataclass_fields__)
-    data = _object(data, where, fields, optional=_OPTIONAL_FINAL)
-    center = {
-        key: None if data.get(key) is None else _fraction(data[key], where.key(key))
-        for key in _OPTIONAL_FINAL
-    }
-    final = FinalEvaluation(
-        crops=_choice(data["crops"], where.key("crops"), CROPS),
-        top1=_fraction(data["top1"], where.key("top1")),
-        top5=_fraction(data["top5"], where.key("top5")),
-        wall_seconds=_seconds(data["wall_seconds"], where.key("wall_seconds")),
-        **center,
-    )
-    for top1, top5 in (("top1", "top5"), ("center_top1", "center_top5")):
-        low, high = getattr(final, top1), getattr(final, top5)
-        if low is not None and high is not None and high < low:
-            where.key(top5).fail(f"must be >= {top1} ({low}), got {high}")
-    return final
-
-
-def _read_provenance(data: Any, where: _Field) -> Provenance:
-    data = _object(data, where, tuple(Provenance.__dataclass_fields__))
-    versions = where.key("versions")
-    weights = data["weights"]
-    return Provenance(
-        package_version=_string(data["package_version"], where.key("package_version")),
-        versions={
-            name: _string(v, versions.key(name))
-            for name, v in _mapping(data["versions"], versions).items()
-        },
-        git_commit=_optional_string(data["git_commit"], where.key("git_commit")),
-        weights=None if weights is None else _read_weights(weights, where.key("weights")),
-        device=_string(data["device"], where.key("device")),
-        host=_string(data["host"], where.key("host")),
-        started=_timestamp(data["started"], where.key("started")),
-    )
-
-
-def _read_weights(data: Any, where: _Field) -> Weights:
-    data = _object(data, where, tuple(Weights.__dataclass_fields__))
-    sha256 = data["sha256"]
-    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-f]{64}", sha256):
-        where.key("sha256").fail(f"must be 64 lowercase hex digits, got {_show(sha256)}")
-    return Weights(path=_string(data["path"], where.key("path")), sha256=sha256)
-
-
-def _timestamp(value: Any, where: _Field) -> str:
-    text = _string(value, where)
-    try:
-        # Python 3.10's fromisoformat does not accept the "Z" suffix; it means +00:00.
-        datetime.fromisoformat(text.removesuffix("Z") + ("+00:00" if text.endswith("Z") else ""))
-    except ValueError:
-        where.fail(
-            f'must be an ISO-8601 time such as "2015-06-01T12:00:00+00:00", got {_show(text)}'
-        )
-    return text

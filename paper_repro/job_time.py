@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from paper_repro import markdown
 from paper_repro.history import History
 from paper_repro.runs import write_atomic
 
@@ -30,6 +31,10 @@ COLUMNS = {
     "other": "other",
 }
 TABLE = "time_by_phase.md"
+CAPTION = (
+    "Wall seconds per phase of each run (from the histories' phase records; training steps "
+    "are the epochs' own times, the final evaluation its multi-crop test)."
+)
 
 
 def phase_seconds(history: History) -> dict[str, float] | None:
@@ -53,24 +58,18 @@ def time_by_phase(histories: Mapping[str, History]) -> str | None:
         return None
     job = {key: sum(seconds[key] for seconds in rows.values()) for key in [*COLUMNS, "total"]}
     header = ["run", *COLUMNS.values(), "total"]
-    lines = [
-        "Wall seconds per phase of each run (from the histories' phase records; training steps "
-        "are the epochs' own times, the final evaluation its multi-crop test).",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|---" + "|---:" * (len(header) - 1) + "|",
-    ]
-    for name, seconds in rows.items():
-        lines.append(_row(name, seconds))
-    lines.append(_row(f"**all {len(rows)} runs**", job))
     share = {key: 100 * value / job["total"] if job["total"] else 0.0 for key, value in job.items()}
-    lines.append(_row("share of the job", share, unit="%"))
-    return "\n".join(lines) + "\n"
+    cells = [
+        *(_row(name, seconds) for name, seconds in rows.items()),
+        _row(f"**all {len(rows)} runs**", job),
+        _row("share of the job", share, unit="%"),
+    ]
+    text = markdown.table(header, cells, "l" + "r" * (len(header) - 1))
+    return f"{CAPTION}\n\n{text}\n"
 
 
-def _row(name: str, seconds: Mapping[str, float], unit: str = "") -> str:
-    cells = [f"{seconds[key]:,.1f}{unit}" for key in [*COLUMNS, "total"]]
-    return "| " + " | ".join([name, *cells]) + " |"
+def _row(name: str, seconds: Mapping[str, float], unit: str = "") -> list[str]:
+    return [name, *(f"{seconds[key]:,.1f}{unit}" for key in [*COLUMNS, "total"])]
 
 
 def write_time_by_phase(

@@ -1,9 +1,7 @@
 """The network of the paper's Table II: a CaffeNet-layout AlexNet as a Keras functional model.
 
-The model is three layers deep at the top, so that the paper's retraining is one line::
-
-    model = build_alexnet(num_classes=10)
-    model.get_layer(FEATURES).trainable = False   # conv1 .. pool5 frozen, fc6 .. fc8 trained
+The model is three layers deep at the top, so that the paper's retraining freezes one block,
+``features`` (conv1 .. pool5), and trains fc6 .. fc8 (``paper_repro.trainee.for_mode``):
 
 - ``preprocess``: raw RGB pixels in 0..255 (uint8 or float) -> the network's input: optional
   RGB -> BGR and the mean subtraction. It lives in the model, not in the data pipeline, so an

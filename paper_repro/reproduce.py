@@ -11,13 +11,13 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from paper_repro import experiments, figures, study
+from paper_repro import experiments, reports, study
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 from paper_repro.history import load_history
 from paper_repro.runs import HISTORY_SUFFIX, RunPaths, run_directory, write_atomic
 from paper_repro.study_figure import regenerate_study
-from paper_repro.train import settings_changed, train
+from paper_repro.training import settings_changed, train
 
 
 def reproduce(
@@ -68,7 +68,7 @@ def reproduce(
             cached=config.mode == "retrain" and (cache_features or config.cache_features),
             runs_dir=runs_dir, data_dir=data_dir, force=force, download=download, verbose=verbose,
         )  # fmt: skip
-    return [*figures.regenerate_tables(kept, out), *figures.regenerate_figures(kept, out)]
+    return [*reports.regenerate_tables(kept, out), *reports.regenerate_figures(kept, out)]
 
 
 def _plan(

@@ -5,8 +5,8 @@ A value measured once per seed is shown as its mean ± the sample standard devia
 seeds are a sample of the runs one could make), with its minimum, maximum and count kept for the
 CSV; a value measured once is shown as itself, so that one seed's tables are the tables of
 before. A curve (Figure 5) is the per-epoch mean over the seeds with a min-max band, over the
-epochs every seed has reached. Nothing here imports TensorFlow, nor matplotlib: the figures module
-draws what this one computes.
+epochs every seed has reached. Nothing here imports TensorFlow, nor matplotlib: the reports
+(``paper_repro.reports``) draw what this module computes.
 """
 
 from __future__ import annotations

@@ -22,16 +22,20 @@ from collections.abc import Sequence
 import keras
 from keras import ops
 
+from paper_repro.experiments import RunConfig
+
 if keras.backend.backend() == "tensorflow":  # the GPU checks run Keras on JAX, without TensorFlow
     import tensorflow as tf
 
     from paper_repro import fused_update
 
-PAPER_BASE_LR = 0.001
-PAPER_MOMENTUM = 0.9
-PAPER_WEIGHT_DECAY = 0.0005
-PAPER_DROP_EPOCHS = (20,)
-PAPER_GAMMA = 0.1
+# The paper's solver, stated once: as RunConfig's defaults, which the experiments (a module
+# without TensorFlow) declare. CaffeNet's bias multiplier is no run setting.
+PAPER_BASE_LR = RunConfig.base_lr
+PAPER_MOMENTUM = RunConfig.momentum
+PAPER_WEIGHT_DECAY = RunConfig.weight_decay
+PAPER_DROP_EPOCHS = RunConfig.drop_epochs
+PAPER_GAMMA = RunConfig.gamma
 BIAS_LR_MULT = 2.0
 
 
@@ -214,27 +218,19 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return cls(schedule, config["warmup_steps"])
 
 
-def paper_solver(
-    steps_per_epoch: int,
-    base_lr: float = PAPER_BASE_LR,
-    drop_epochs: Sequence[float] = PAPER_DROP_EPOCHS,
-    momentum: float = PAPER_MOMENTUM,
-    weight_decay: float = PAPER_WEIGHT_DECAY,
-    gamma: float = PAPER_GAMMA,
-    drop_iterations: Sequence[int] | None = None,
-    warmup_epochs: float = 0.0,
-) -> CaffeSGD:
-    """The paper's solver for a given number of batches per epoch.
+def paper_solver(config: RunConfig, steps_per_epoch: int) -> CaffeSGD:
+    """A run's solver: ``config``'s ``base_lr``, ``momentum``, ``weight_decay`` and step schedule
+    (``gamma`` after each of ``drop_epochs``, an epoch being ``steps_per_epoch`` batches).
 
     ``drop_iterations`` (Caffe's ``stepsize`` multiples, as BVLC's CaffeNet solver gives them)
     replaces ``drop_epochs``: a schedule the source states in iterations is followed in
     iterations. ``warmup_epochs`` > 0 ramps the rate in linearly first (``LinearWarmup``).
     """
-    if drop_iterations is not None:
-        schedule = step_schedule(base_lr, drop_iterations, gamma)
+    if config.drop_iterations is not None:
+        schedule = step_schedule(config.base_lr, config.drop_iterations, config.gamma)
     else:
-        schedule = epoch_schedule(base_lr, steps_per_epoch, drop_epochs, gamma)
-    warmup_steps = round(warmup_epochs * steps_per_epoch)
+        schedule = epoch_schedule(config.base_lr, steps_per_epoch, config.drop_epochs, config.gamma)
+    warmup_steps = round(config.warmup_epochs * steps_per_epoch)
     if warmup_steps:
         schedule = LinearWarmup(schedule, warmup_steps)
-    return CaffeSGD(schedule, momentum=momentum, coupled_weight_decay=weight_decay)
+    return CaffeSGD(schedule, momentum=config.momentum, coupled_weight_decay=config.weight_decay)

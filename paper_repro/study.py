@@ -30,7 +30,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from paper_repro import experiments, seeds
+from paper_repro import arms, datasets, experiments, markdown, seeds
 from paper_repro.errors import UserError
 from paper_repro.history import History, load_history
 from paper_repro.runs import find_histories, write_atomic
@@ -38,13 +38,15 @@ from paper_repro.runs import find_histories, write_atomic
 PRESET = "study"
 BASELINE = "baseline"
 SOURCE = "pretrain-imagenet"
-TARGETS = ("mnist", "cifar10")
-ARMS = ("full", "retrain", "retrain-random")  # per target, in the table's order
-ARMS_ORDER = ("retrain", "retrain-random", "full")  # the cheap ones first
+# The targets with a validation split carved from their training images, in Table III's order.
+TARGETS = tuple(name for name, d in datasets.REGISTRY.items() if d.validation_from is not None)
+ARMS_ORDER = (arms.RETRAIN, arms.CONTROL, arms.FULL)  # the cheap ones first
 
 
-def _runs(arm: str, overrides: Iterable[str] = (), targets: Sequence[str] = TARGETS) -> dict:
-    return {f"{arm}-{target}": tuple(overrides) for target in targets}
+def _runs(
+    arm: arms.Arm, overrides: Iterable[str] = (), targets: Sequence[str] = TARGETS
+) -> dict[str, tuple[str, ...]]:
+    return {arm.experiment(target): tuple(overrides) for target in targets}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,16 +63,16 @@ class Cell:
         return SOURCE in self.runs
 
 
-_RETRAIN = ("retrain",)
-_RETRAINING = ("retrain", "retrain-random")  # recipes that apply to the control as well
+_RETRAIN = (arms.RETRAIN,)
+_RETRAINING = (arms.RETRAIN, arms.CONTROL)  # recipes that apply to the control as well
 
 
-def _arms(arms: Sequence[str], overrides: Iterable[str] = ()) -> dict:
-    return {name: tuple(overrides) for arm in arms for name in _runs(arm)}
+def _arms(chosen: Sequence[arms.Arm], overrides: Iterable[str] = ()) -> dict[str, tuple[str, ...]]:
+    return {name: tuple(overrides) for arm in chosen for name in _runs(arm)}
 
 
-def _everything(overrides: Iterable[str] = ()) -> dict:
-    return {SOURCE: tuple(overrides), **_arms(ARMS, overrides)}
+def _everything(overrides: Iterable[str] = ()) -> dict[str, tuple[str, ...]]:
+    return {SOURCE: tuple(overrides), **_arms(arms.ARMS, overrides)}
 
 
 CELLS: dict[str, Cell] = {
@@ -89,7 +91,7 @@ CELLS: dict[str, Cell] = {
     ),
     "source-10-classes": Cell(
         "source on all 10 CIFAR-10 classes (MNIST target only)",
-        {SOURCE: ("classes=0,1,2,3,4,5,6,7,8,9",), **_runs("retrain", targets=("mnist",))},
+        {SOURCE: ("classes=0,1,2,3,4,5,6,7,8,9",), **_runs(arms.RETRAIN, targets=("mnist",))},
     ),
     "source-lr-0.01": Cell(
         "source at lr 0.01 with a 1-epoch warm-up",
@@ -102,12 +104,12 @@ CELLS: dict[str, Cell] = {
     # (PLAN.md, "The control at a source's scale"): not a knob of the mini, a fairer control.
     "no-dropout-control-rms-1": Cell(
         "the control's pool5 scaled to RMS 1, a source's scale (the new mini's recipe, crop 67)",
-        _arms(("retrain-random",), ["dropout=0", "random_rms=1"]),
+        _arms((arms.CONTROL,), ["dropout=0", "random_rms=1"]),
         base="no-dropout",
     ),
     "crop-131-control-rms-1": Cell(
         "the control's pool5 scaled to RMS 1, a source's scale (crop 131)",
-        _arms(("retrain-random",), ["resize=148", "crop=131", "random_rms=1"]),
+        _arms((arms.CONTROL,), ["resize=148", "crop=131", "random_rms=1"]),
         base="crop-131",
     ),
 }  # fmt: skip
@@ -133,20 +135,20 @@ def source_cell(name: str) -> str:
 
 def control_cells() -> list[str]:
     """The cells that train only a control: another control beside their base's."""
-    controls = set(_runs("retrain-random"))
+    controls = set(_runs(arms.CONTROL))
     return [name for name, spec in CELLS.items() if set(spec.runs) <= controls]
 
 
 def retrains(name: str) -> bool:
     """Whether a cell trains a retraining on a source's features (so needs its sources)."""
-    return any(experiment in cell(name).runs for experiment in _runs("retrain"))
+    return any(experiment in cell(name).runs for experiment in _runs(arms.RETRAIN))
 
 
 def run_order(name: str) -> list[str]:
     """The cell's runs, its source first (the retraining reads it), then the cheap arms."""
     order = {
         SOURCE: 0,
-        **{f"{arm}-{t}": 1 + ARMS_ORDER.index(arm) for arm in ARMS for t in TARGETS},
+        **{arm.experiment(t): 1 + ARMS_ORDER.index(arm) for arm in arms.ARMS for t in TARGETS},
     }
     return sorted(cell(name).runs, key=order.__getitem__)
 
@@ -276,7 +278,7 @@ class Verdict:
 def verdict(found: Results, name: str) -> Verdict | None:
     """Rule 1 for cell ``name`` (None until both it and the baseline have 2+ seeds)."""
     runs, base = found[name], found[BASELINE]
-    names = [f"retrain-{t}" for t in TARGETS if f"retrain-{t}" in runs]
+    names = [arms.RETRAIN.experiment(t) for t in TARGETS if arms.RETRAIN.experiment(t) in runs]
 
     def per_seed(found: Mapping[str, dict[int, float]]) -> list[float]:
         shared = set.intersection(*(set(found.get(n, {})) for n in names)) if names else set()
@@ -346,33 +348,14 @@ def combine(names: Sequence[str]) -> Cell:
     return Cell(knob, {experiment: tuple(overrides) for experiment, overrides in runs.items()})
 
 
+HEADER = ("cell", "knob", "target", "source", "full", "retraining", "control (random)",
+          "full - retraining", "retraining - control", "rule")  # fmt: skip
+
+
 def table(histories_dir: str | os.PathLike[str]) -> str:
     """The study's Markdown table from ``HISTORIES_DIR/CELL/*.history.json``."""
     found = results(histories_dir)
-    header = (
-        "| cell | knob | target | source | full | retraining | control (random) "
-        "| full - retraining | retraining - control | rule |"
-    )
-    lines = [CAPTION, "", header, "|---" * (header.count("|") - 1) + "|"]
-    for name, spec in CELLS.items():
-        runs = found[name]
-        if not runs:
-            continue
-        source, source_from = arm(found, name, SOURCE)
-        rule = _rule(found, name)
-        for target in TARGETS:
-            if not any(f"{a}-{target}" in runs for a in ARMS):
-                continue
-            arms, origin = {}, {}
-            for a in ARMS:
-                arms[a], origin[a] = arm(found, name, f"{a}-{target}")
-            lines.append(
-                f"| {name} | {spec.knob} | {target} "
-                f"| {_text(summary(source), _borrowed(name, source_from))} "
-                + "".join(f"| {_text(summary(arms[a]), _borrowed(name, origin[a]))} " for a in ARMS)
-                + f"| {_difference(arms['full'], arms['retrain'])} "
-                f"| {_difference(arms['retrain'], arms['retrain-random'])} | {rule} |"
-            )
+    lines = [CAPTION, "", markdown.table(HEADER, _rows(found))]
     stalled = did_not_train(histories_dir)
     lines += [
         "",
@@ -386,6 +369,33 @@ def table(histories_dir: str | os.PathLike[str]) -> str:
         f"takes: {', '.join(mini_cells(found)) or 'the baseline'}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _rows(found: Results) -> Iterator[list[str]]:
+    """A row per cell and target with a run of its own: the source, each arm (the base cell's
+    where the cell does not train it), the two differences and rule 1's verdict."""
+    for name, spec in CELLS.items():
+        runs = found[name]
+        if not runs:
+            continue
+        source, source_from = arm(found, name, SOURCE)
+        rule = _rule(found, name)
+        for target in TARGETS:
+            if not any(a.experiment(target) in runs for a in arms.ARMS):
+                continue
+            values, origin = {}, {}
+            for a in arms.ARMS:
+                values[a], origin[a] = arm(found, name, a.experiment(target))
+            yield [
+                name,
+                spec.knob,
+                target,
+                _text(summary(source), _borrowed(name, source_from)),
+                *(_text(summary(values[a]), _borrowed(name, origin[a])) for a in arms.ARMS),
+                _difference(values[arms.FULL], values[arms.RETRAIN]),
+                _difference(values[arms.RETRAIN], values[arms.CONTROL]),
+                rule,
+            ]
 
 
 def _borrowed(name: str, origin: str) -> str | None:

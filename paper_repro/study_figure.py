@@ -23,21 +23,33 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from paper_repro import experiments, study
+from paper_repro import arms, datasets, experiments, study
 from paper_repro.errors import UserError
-from paper_repro.figures import DISPLAY_NAMES, PAPER
 from paper_repro.plotting import deterministic_style, save_figure
 from paper_repro.seeds import Summary
 
 FIGURE_STEM = "gap"
 SIZE_CELLS = (study.BASELINE, *study.KNOBS["crop"])  # the bottom row's lines
-TITLES = {"mnist": "MNIST", "cifar10": "CIFAR-10 classes 5-9"}
 
 
-def _gap(found: study.Results, name: str, target: str, arm: str = "retrain") -> Summary | None:
+def _title(target: str) -> str:
+    """The target as the study's runs train on it: its name, and its class subset where they
+    take one ("CIFAR-10 classes 5-9")."""
+    name = datasets.display(target)
+    classes = experiments.resolve(arms.FULL.experiment(target), study.PRESET).classes
+    if not classes:
+        return name
+    if classes == tuple(range(classes[0], classes[-1] + 1)):
+        return f"{name} classes {classes[0]}-{classes[-1]}"
+    return f"{name} classes {', '.join(map(str, classes))}"
+
+
+def _gap(
+    found: study.Results, name: str, target: str, arm: arms.Arm = arms.RETRAIN
+) -> Summary | None:
     """A cell's full training - ``arm`` on ``target``, per seed (None until both have run)."""
-    full, _ = study.arm(found, name, f"full-{target}")
-    trained, _ = study.arm(found, name, f"{arm}-{target}")
+    full, _ = study.arm(found, name, arms.FULL.experiment(target))
+    trained, _ = study.arm(found, name, arm.experiment(target))
     return study.difference(full, trained)
 
 
@@ -46,7 +58,7 @@ def _points(found: study.Results, target: str) -> list[tuple[str, tuple[float, .
     retrained on this target with a known source and full run."""
     points = []
     for name in study.CELLS:
-        if f"retrain-{target}" not in found[name]:
+        if arms.RETRAIN.experiment(target) not in found[name]:
             continue
         source = study.summary(study.arm(found, name, study.SOURCE)[0])
         gap = _gap(found, name, target)
@@ -58,7 +70,7 @@ def _points(found: study.Results, target: str) -> list[tuple[str, tuple[float, .
 
 
 def _by_size(
-    found: study.Results, target: str, arm: str, names: Sequence[str] = SIZE_CELLS
+    found: study.Results, target: str, arm: arms.Arm, names: Sequence[str] = SIZE_CELLS
 ) -> list[tuple[int, float, float, int]]:
     """(input size, gap mean, gap std, seeds) in points, of the named cells."""
     points = []
@@ -85,39 +97,40 @@ def _draw_against_source(axes, found: study.Results, target: str, points) -> Non
         # Named in the legend, not beside the point: cells on one source share an x.
         axes.errorbar(x, y, xerr=x_std, yerr=y_std, fmt="o", capsize=3, gid=name, label=name,
                       color=cell_color(name))  # fmt: skip
-    control = _gap(found, study.BASELINE, target, "retrain-random")
+    control = _gap(found, study.BASELINE, target, arms.CONTROL)
     if control is not None:
         axes.axhline(100 * control.mean, color="0.4", linestyle="--",
                      label="random features (control), baseline")  # fmt: skip
-    paper = PAPER[target]
+    paper = datasets.paper_row(target)
     axes.axhline(paper.full - paper.retrain, color="0.4", linestyle=":",
                  label="paper (ILSVRC-12 source)")  # fmt: skip
-    axes.set_title(f"{TITLES.get(target, DISPLAY_NAMES[target])} (validation)")
+    axes.set_title(f"{_title(target)} (validation)")
     axes.set_xlabel("source's validation accuracy (%)")
     axes.set_ylabel("full training - retraining (points)")
     axes.legend(loc="upper left", bbox_to_anchor=(0.0, -0.18), fontsize=8, ncols=2)
 
 
 def _draw_against_size(axes, found: study.Results, target: str) -> None:
-    for arm, label, marker in (("retrain", "retraining", "o"),
-                               ("retrain-random", "random features (control)", "s")):  # fmt: skip
+    for arm, label, marker in ((arms.RETRAIN, "retraining", "o"),
+                               (arms.CONTROL, "random features (control)", "s")):  # fmt: skip
         points = _by_size(found, target, arm)
         if points:
             sizes, gaps, stds, _ = zip(*points, strict=True)
-            axes.errorbar(sizes, gaps, yerr=stds, fmt=f"{marker}-", capsize=3, gid=arm,
-                          label=label, color="C0" if arm == "retrain" else "0.5")  # fmt: skip
-            _annotate_seeds(axes, points, f"{arm} seeds")
+            axes.errorbar(sizes, gaps, yerr=stds, fmt=f"{marker}-", capsize=3, gid=arm.name,
+                          label=label, color="C0" if arm is arms.RETRAIN else "0.5")  # fmt: skip
+            _annotate_seeds(axes, points, f"{arm.name} seeds")
     # Only the controls of the cells on this row: another recipe's would not compare.
     for name in (n for n in study.control_cells() if study.CELLS[n].base in SIZE_CELLS):
-        points = _by_size(found, target, "retrain-random", [name])
+        points = _by_size(found, target, arms.CONTROL, [name])
         for size, gap, std, _ in points:
             axes.errorbar([size], [gap], yerr=[std], fmt="D", capsize=3, gid=name,
                           label=f"random features, {name}", color="0.5", mfc="none")  # fmt: skip
         _annotate_seeds(axes, points, f"{name} seeds")
-    paper, size = PAPER[target], experiments.resolve(f"retrain-{target}", "paper").crop
+    paper = datasets.paper_row(target)
+    size = experiments.resolve(arms.RETRAIN.experiment(target), "paper").crop
     axes.plot([size], [paper.full - paper.retrain], "*", markersize=12, color="k", gid="paper",
               label=f"paper (ILSVRC-12 source, {size} px)")  # fmt: skip
-    axes.set_title(f"{TITLES.get(target, DISPLAY_NAMES[target])}: against the input size")
+    axes.set_title(f"{_title(target)}: against the input size")
     axes.set_xlabel("crop (pixels; the source trains at it too)")
     axes.set_ylabel("full training - retraining (points)")
     axes.legend(loc="best", fontsize=8)

@@ -1,5 +1,9 @@
-"""Shared data fixtures: the real prepared tfds datasets, mocked tfds, small image folders."""
+"""Shared fixtures: the real prepared tfds datasets, mocked tfds, small image folders, the tiny run
+settings, and what several test files train or import once per session (the smoke preset's
+reproduction, an imported random CaffeNet)."""
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -9,6 +13,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 REAL_DATASETS = ("mnist/3.0.1", "cifar10/3.0.2")
+# The tiny run every training test shrinks the smoke preset to: 4 steps an epoch.
+TINY = ("train_subset=160", "test_subset=80", "batch_size=40")
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +88,40 @@ def mixed_image_folder(tmp_path):
             image.save(root / name / file_name)
         sizes += [images[file_name].size[::-1] for file_name in sorted(images)]
     return root, sizes
+
+
+@pytest.fixture(scope="session")
+def smoke_reproduction(tmp_path_factory, tfds_dir):
+    """``paper-repro reproduce --preset smoke`` once per session: its exit status and the folder
+    holding ``runs/`` and the tables. Tests read it; the ones that add runs to it add their own
+    (cached) run directories and leave the others alone."""
+    from paper_repro import cli
+
+    root = tmp_path_factory.mktemp("reproduce")
+    code = cli.main(
+        ["reproduce", "--preset", "smoke", "--runs-dir", str(root / "runs"), "--out", str(root)]
+    )
+    return code, root
+
+
+@pytest.fixture(scope="session")
+def caffenet_imports(tmp_path_factory):
+    """A random CaffeNet written in Caffe's current (V2) and legacy (V1) formats and imported
+    once each with ``paper-repro import-caffe``: ``(layers, {legacy: (caffemodel, keras file)},
+    what the command printed)``. The imports at 227 pixels are among the slowest steps of the
+    suite, so they are shared."""
+    from caffe_files import random_caffenet, write_caffemodel
+
+    from paper_repro import cli
+
+    layers = random_caffenet()
+    root = tmp_path_factory.mktemp("caffenet")
+    files, printed = {}, io.StringIO()
+    for legacy in (False, True):
+        caffemodel = root / f"caffenet-{'v1' if legacy else 'v2'}.caffemodel"
+        write_caffemodel(caffemodel, layers, legacy=legacy)
+        keras_file = caffemodel.with_suffix(".keras")
+        with contextlib.redirect_stdout(printed):
+            assert cli.main(["import-caffe", str(caffemodel), "--out", str(keras_file)]) == 0
+        files[legacy] = (caffemodel, keras_file)
+    return layers, files, printed.getvalue()

@@ -64,7 +64,10 @@ CASES = {
     "unknown key": ([*TRAIN, "--set", "lr=0.1"], "unknown --set key 'lr'"),
     "no equals": ([*TRAIN, "--set", "base_lr"], "--set takes key=value"),
     "bool text": ([*TRAIN, "--set", "mirror=maybe"], "--set mirror=maybe: expected bool"),
-    "unknown preset": (["train", "full-mnist", "--preset", "huge"], "unknown preset 'huge'"),
+    "unknown preset": (
+        ["train", "full-mnist", "--preset", "huge"],
+        "unknown preset 'huge'; presets: paper, mini, first-mini, study, smoke",
+    ),
     "unknown experiment": (["train", "full-mnsit", "--preset", "smoke"], "did you mean full-mnist"),
     "cached full run": ([*TRAIN, "--cache-features"], "only retrain runs can use it"),
     "two schedules": (
@@ -75,7 +78,7 @@ CASES = {
     "missing weights": ([*TRAIN, "--weights", "no-such.keras"], "no such model file"),
     "retrain without weights": (
         ["train", "retrain-mnist", "--preset", "smoke"],
-        "retraining needs pretrained weights",
+        "or pass --weights FILE.keras (for example CaffeNet from `paper-repro import-caffe`)",
     ),
 }
 

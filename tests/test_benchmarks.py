@@ -22,6 +22,7 @@ def test_goal_ratios_come_from_the_measured_values_and_missing_inputs_are_skippe
     assert "full step / PyTorch full step" not in rows  # no torch numbers given
 
 
+@pytest.mark.slow
 def test_the_suite_measures_every_section_and_writes_what_it_prints(tmp_path, capsys):
     result = suite.main(["--out", str(tmp_path), "--size", "67", "--resize", "76", "--batch",
                          "8", "--steps", "1", "--repeats", "1"])  # fmt: skip

@@ -9,16 +9,16 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import TINY
 
-from paper_repro import cache, cli, data
-from paper_repro import train as train_module
+from paper_repro import cache, data, experiments
 from paper_repro.augment import AugmentConfig, crop_views
 from paper_repro.evaluate import evaluate
 from paper_repro.model import CLASSIFIER, FEATURES, PREPROCESS, build_alexnet, caffe_layers
-from paper_repro.train import train
+from paper_repro.training import train
+from paper_repro.training.callbacks import RunRecorder
 
 AUGMENT = AugmentConfig(76, 67, mirror=True)
-TINY = ["train_subset=160", "test_subset=80", "batch_size=40"]
 
 
 @pytest.fixture(scope="module")
@@ -170,14 +170,6 @@ def test_validation_batches_are_the_first_view_in_order(tmp_path, network):
     np.testing.assert_array_equal(features, built.features[:, 0])
 
 
-def test_cache_features_on_a_full_run_exits_2_with_one_line(tmp_path, capsys):
-    code = cli.main(["train", "full-mnist", "--preset", "smoke", "--runs-dir", str(tmp_path),
-                     "--cache-features"])  # fmt: skip
-    assert code == 2
-    err = capsys.readouterr().err.strip()
-    assert "only retrain runs" in err and len(err.splitlines()) == 1
-
-
 @pytest.fixture(scope="module")
 def source_weights(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "source.keras"
@@ -193,6 +185,7 @@ def _retrain(runs, weights, overrides=(), **kwargs):
 
 
 @pytest.mark.usefixtures("tfds_dir")
+@pytest.mark.slow
 def test_cached_retraining_end_to_end(tmp_path, source_weights):
     history = _retrain(tmp_path, source_weights)
     run = tmp_path / "smoke" / "retrain-mnist-cached"
@@ -207,9 +200,7 @@ def test_cached_retraining_end_to_end(tmp_path, source_weights):
     assert not np.array_equal(source["fc7"].kernel.numpy(), result["fc7"].kernel.numpy())
     # The last epoch's test accuracy came from the cached centre crops; the saved model on the
     # images themselves must score the same.
-    config = train_module.experiments.resolve(
-        "retrain-mnist", "smoke", [*TINY, "cache_features=true"]
-    )
+    config = experiments.resolve("retrain-mnist", "smoke", [*TINY, "cache_features=true"])
     splits = data.load_experiment_data(config)
     scores = evaluate(model, splits.test, crops=1, augment=splits.augment, verbose=0)
     # (Keras accumulates its metric in float32.)
@@ -225,17 +216,18 @@ def test_cached_retraining_end_to_end(tmp_path, source_weights):
 
 
 @pytest.mark.usefixtures("tfds_dir")
+@pytest.mark.slow
 def test_interrupted_cached_run_resumes_to_the_uninterrupted_history(
     tmp_path, source_weights, monkeypatch
 ):
-    original = train_module.RunRecorder.on_epoch_end
+    original = RunRecorder.on_epoch_end
 
     def stop_after_first(self, epoch, logs=None):
         original(self, epoch, logs)
         if epoch == 0:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module.RunRecorder, "on_epoch_end", stop_after_first)
+    monkeypatch.setattr(RunRecorder, "on_epoch_end", stop_after_first)
     with pytest.raises(KeyboardInterrupt):
         _retrain(tmp_path / "killed", source_weights)
     monkeypatch.undo()

@@ -16,18 +16,21 @@ COMMANDS = ("train", "evaluate", "list", "reproduce", "regenerate-tables", "rege
             "export", "import-caffe")  # fmt: skip
 
 
-def _help(args: list[str]) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "paper_repro.cli", *args], capture_output=True, text=True, check=True
-    ).stdout
+def _help(args: list[str], capsys) -> str:
+    """A command's ``--help`` text, in-process: argparse prints it and exits 0."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    assert exited.value.code == 0
+    return capsys.readouterr().out
 
 
-def test_help_lists_every_command_of_the_design():
-    out = _help(["--help"])
+def test_help_lists_every_command_of_the_design(capsys):
+    out = _help(["--help"], capsys)
     for command in COMMANDS:
         assert command in out
 
 
+@pytest.mark.slow  # TensorFlow's C++ runtime writes the start-up lines: only a subprocess sees them
 def test_verbose_lets_tensorflow_start_up_lines_through_and_errors_stay_last(tmp_path):
     """The default's silence is checked on a real training run (test_train's killed run)."""
     missing = str(tmp_path / "missing.keras")
@@ -40,15 +43,7 @@ def test_verbose_lets_tensorflow_start_up_lines_through_and_errors_stay_last(tmp
     )
 
 
-@pytest.fixture(scope="module")
-def smoke_reproduction(tmp_path_factory):
-    root = tmp_path_factory.mktemp("reproduce")
-    code = cli.main(
-        ["reproduce", "--preset", "smoke", "--runs-dir", str(root / "runs"), "--out", str(root)]
-    )
-    return code, root
-
-
+@pytest.mark.slow
 @pytest.mark.usefixtures("tfds_dir")
 def test_reproduce_smoke_puts_its_runs_in_the_table_and_figure(smoke_reproduction):
     code, root = smoke_reproduction
@@ -73,6 +68,7 @@ def test_reproduce_smoke_puts_its_runs_in_the_table_and_figure(smoke_reproductio
     assert "| full-mnist.history.json | " in phases and f"| {steps:,.1f} |" in phases
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tfds_dir")
 def test_reproduce_again_skips_finished_runs(smoke_reproduction, capsys):
     _, root = smoke_reproduction
@@ -83,6 +79,7 @@ def test_reproduce_again_skips_finished_runs(smoke_reproduction, capsys):
     assert (root / "table3.md").read_bytes() == before
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tfds_dir")
 @pytest.mark.parametrize("source", ["", "model.keras"])
 def test_evaluate_a_run_or_its_model_file_gives_its_recorded_accuracy(
@@ -96,6 +93,7 @@ def test_evaluate_a_run_or_its_model_file_gives_its_recorded_accuracy(
     assert f"5-crop top-1 {final.top1:.2%}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tfds_dir")
 def test_export_without_any_dataset_keeps_the_class_names(
     smoke_reproduction, tmp_path, monkeypatch
@@ -121,6 +119,7 @@ def test_export_without_any_dataset_keeps_the_class_names(
     assert sorted(top5["top5_class_names"].numpy().astype(str)[0]) == sorted(cifar)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tfds_dir")
 def test_evaluate_on_a_dataset_of_another_class_count_names_fc8(smoke_reproduction, capsys):
     _, root = smoke_reproduction
@@ -129,6 +128,7 @@ def test_evaluate_on_a_dataset_of_another_class_count_names_fc8(smoke_reproducti
     assert "layer fc8 has shape (4096, 5) but mnist has 10 classes" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tfds_dir")
 def test_list_shows_presets_and_runs(smoke_reproduction, capsys):
     _, root = smoke_reproduction
@@ -150,6 +150,7 @@ def test_regenerate_without_histories_says_which_command_makes_them(tmp_path, ca
     assert "paper-repro reproduce --preset mini" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tfds_dir")
 def test_reproduce_with_cache_features_adds_the_cached_retraining(smoke_reproduction, capsys):
     _, root = smoke_reproduction
@@ -168,7 +169,7 @@ def test_reproduce_with_cache_features_adds_the_cached_retraining(smoke_reproduc
     assert cell["Of which cache build (s)"] == f"{cached.cache.build_seconds:.0f}"
 
 
-def test_train_and_reproduce_share_their_run_flags_with_their_own_preset_defaults():
+def test_train_and_reproduce_share_their_run_flags_with_their_own_preset_defaults(capsys):
     shared = ["--data-dir", "d", "--runs-dir", "r", "--seed", "2", "--set", "epochs=1", "--force",
               "--cache-features", "--download"]  # fmt: skip
     parser = cli.build_parser()
@@ -186,7 +187,7 @@ def test_train_and_reproduce_share_their_run_flags_with_their_own_preset_default
     assert train.preset == reproduce.preset == cli.DEFAULT_PRESET == "mini"
     for command in ("train", "reproduce"):
         assert "default: mini, for every command" in " ".join(
-            _help([command, *(["x"] if command == "train" else []), "--help"]).split()
+            _help([command, *(["x"] if command == "train" else []), "--help"], capsys).split()
         )
 
 
@@ -221,8 +222,8 @@ def test_reproduce_runs_each_seed_and_gives_weights_only_to_pretrained_retrainin
         history.write_text(f"{name} {seed}")
 
     monkeypatch.setattr(reproduce_module, "train", fake_train)
-    monkeypatch.setattr(reproduce_module.figures, "regenerate_tables", lambda *a: [])
-    monkeypatch.setattr(reproduce_module.figures, "regenerate_figures", lambda *a: [])
+    monkeypatch.setattr(reproduce_module.reports, "regenerate_tables", lambda *a: [])
+    monkeypatch.setattr(reproduce_module.reports, "regenerate_figures", lambda *a: [])
     reproduce_module.reproduce("smoke", weights="w.keras", runs_dir=tmp_path / "runs",
                                out=tmp_path, seeds=[0, 2], verbose=0)  # fmt: skip
     assert sorted(calls) == [
@@ -248,6 +249,7 @@ def test_reproduce_runs_each_seed_and_gives_weights_only_to_pretrained_retrainin
     assert [call[0] for call in calls].count("pretrain-imagenet") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tfds_dir")
 def test_reproduce_with_two_seeds_tables_their_mean_and_count(tmp_path):
     """Weights stand in for pretraining (one run fewer); the controls must not receive them."""

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from paper_repro import augment, data
 from paper_repro.augment import AUGMENT_LAYER, AugmentConfig
+from paper_repro.data.pipelines import IN_MEMORY_BYTES
 from paper_repro.errors import UserError
 from paper_repro.evaluate import evaluate
 from paper_repro.experiments import resolve
@@ -138,7 +139,7 @@ def test_crops_differ_between_images_of_one_batch():
     assert len(distinct) >= 6, f"only {len(distinct)} different crops of one image in a batch"
 
 
-@pytest.mark.parametrize("in_memory_bytes", [data.IN_MEMORY_BYTES, 0], ids=["memory", "stream"])
+@pytest.mark.parametrize("in_memory_bytes", [IN_MEMORY_BYTES, 0], ids=["memory", "stream"])
 def test_same_seed_same_pixels_and_a_resumed_epoch_equals_the_uninterrupted_one(in_memory_bytes):
     source = split_of(rng_images(10, 32))
 
@@ -340,6 +341,7 @@ def test_real_mnist_is_grey_copied_to_three_channels(tfds_dir):
     assert np.array_equal(image, again["image"])
 
 
+@pytest.mark.slow
 def test_real_mnist_subset_is_class_balanced_and_stable(tfds_dir):
     def indices(size, seed):
         dataset, info = data.load_split("mnist", "test", subset_size=size, seed=seed)
@@ -403,6 +405,7 @@ def test_experiment_data_from_a_run_config(tfds_dir):
     assert splits.training_model(model) is model
 
 
+@pytest.mark.slow
 def test_a_validation_split_carved_from_training_is_disjoint_from_what_trains(tfds_dir):
     """The selection rule's split (experiments.py): train[:90%] trains, train[90%:] validates."""
     config = resolve("full-cifar10", "mini", ["train_split=train[:90%]",

@@ -131,12 +131,13 @@ STANDALONE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_saved_model_is_standalone(saved_model, tmp_path):
     """Loaded by a Python that cannot import this package (nor Keras), from another directory."""
     images = {"odd_rgb": _images((3, 257, 199, 3), 3), "grey": _images((2, 28, 28, 1), 4)}
     np.savez(tmp_path / "in.npz", **images)
     command = [sys.executable, "-I", "-c", STANDALONE, str(saved_model), "in.npz", "out.npz"]
-    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     outside = np.load(tmp_path / "out.npz")
     signatures = tf.saved_model.load(str(saved_model)).signatures
@@ -248,6 +249,7 @@ def test_a_mismatching_export_is_an_error_and_is_not_kept(model, tmp_path, monke
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_onnx_export_matches_onnxruntime(model, tmp_path):
     pytest.importorskip("tf2onnx", reason="the onnx extra (tf2onnx) is not installed")
     pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")

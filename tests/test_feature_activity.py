@@ -6,12 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import TINY
 
 from paper_repro import cache, cli, feature_activity
 from paper_repro.model import build_alexnet
-from paper_repro.train import train
+from paper_repro.training import train
 
-TINY = ["train_subset=160", "test_subset=80", "batch_size=40", "epochs=1", "drop_epochs=1"]
+ONE_EPOCH = [*TINY, "epochs=1", "drop_epochs=1"]
 
 
 def test_activity_counts_active_values_per_image_silent_channels_and_the_rms():
@@ -25,13 +26,14 @@ def test_activity_counts_active_values_per_image_silent_channels_and_the_rms():
     assert activity.row() == ["1.5 of 6", "1 of 3", f"{rms:.2f}"]
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("tfds_dir")
 def test_a_runs_activity_is_that_of_the_centre_crops_its_test_read(tmp_path, capsys):
     weights = tmp_path / "source.keras"
     build_alexnet(10, 67, init="xavier", seed=5).save(weights)
     history = train(
         "retrain-mnist", "smoke", weights=str(weights), runs_dir=tmp_path, verbose=0,
-        overrides=[*TINY, "cache_features=true"],
+        overrides=[*ONE_EPOCH, "cache_features=true"],
     )  # fmt: skip
     cached = np.load(tmp_path / cache.CACHE_DIR_NAME / history.cache.test / "features.npy")[:, 0]
     run = tmp_path / "smoke" / "retrain-mnist-cached"

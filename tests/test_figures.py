@@ -15,7 +15,9 @@ import pytest
 from matplotlib.colors import to_hex
 
 from paper_repro.errors import UserError
-from paper_repro.figures import (
+from paper_repro.history import PHASES, CacheRecord, EpochRecord, save_history
+from paper_repro.job_time import write_time_by_phase
+from paper_repro.reports import (
     build_figure5,
     load_histories,
     regenerate_figures,
@@ -24,8 +26,6 @@ from paper_repro.figures import (
     write_table3,
     write_time_to_accuracy,
 )
-from paper_repro.history import PHASES, CacheRecord, EpochRecord, save_history
-from paper_repro.job_time import write_time_by_phase
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "histories"
@@ -307,7 +307,7 @@ class RefuseTensorFlow:
             raise ImportError("figures must not import " + name)
 
 sys.meta_path.insert(0, RefuseTensorFlow())
-from paper_repro.figures import regenerate_figures, regenerate_tables
+from paper_repro.reports import regenerate_figures, regenerate_tables
 
 regenerate_tables(sys.argv[1], sys.argv[2])
 regenerate_figures(sys.argv[1], sys.argv[2])
@@ -332,7 +332,6 @@ def test_figures_work_without_tensorflow_and_ignore_hash_seed_and_matplotlibrc(t
         env=env,
         cwd=tmp_path,
         check=True,
-        timeout=120,
     )
     here = _regenerate(tmp_path / "here")
     assert {name: (out / name).read_bytes() for name in OUTPUTS} == here

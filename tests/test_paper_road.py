@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from caffe_files import random_caffenet, write_caffemodel
 from fake_datasets import register_cifar100_checksum, write_fake_cifar100
 
 from paper_repro import cli
@@ -30,9 +29,12 @@ TARGETS = {"mnist": 10, "cifar10": 10, "cifar100": 100}
 SHRINK = ("epochs=1", "train_subset=100", "test_subset=100", "batch_size=50")
 CONVS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
+pytestmark = pytest.mark.slow  # nine runs at 227 pixels
+
 
 @pytest.fixture(scope="module")
-def road(tmp_path_factory, tfds_dir):
+def road(tmp_path_factory, tfds_dir, caffenet_imports):
+    """The reproduction, its weights the session's ``import-caffe`` of a random CaffeNet."""
     root = tmp_path_factory.mktemp("paper-road")
     data_dir = root / "tfds"
     data_dir.mkdir()
@@ -40,12 +42,9 @@ def road(tmp_path_factory, tfds_dir):
         (data_dir / name).symlink_to(Path(tfds_dir) / name, target_is_directory=True)
     manual = data_dir / "downloads" / "manual"
     write_fake_cifar100(manual, fine=range(100), train=1, test=1)
-    layers = random_caffenet()
-    for version in ("v1", "v2"):
-        caffemodel = root / f"caffenet-{version}.caffemodel"
-        write_caffemodel(caffemodel, layers, legacy=version == "v1")
-        out = root / f"caffenet-{version}.keras"
-        assert cli.main(["import-caffe", str(caffemodel), "--out", str(out)]) == 0
+    _, files, _ = caffenet_imports
+    for legacy, version in ((True, "v1"), (False, "v2")):
+        (root / f"caffenet-{version}.keras").symlink_to(files[legacy][1])
     with pytest.MonkeyPatch.context() as patch:
         register_cifar100_checksum(patch, manual / "cifar-100-binary.tar.gz")
         args = ["reproduce", "--preset", "paper", "--weights", str(root / "caffenet-v2.keras"),

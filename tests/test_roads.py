@@ -57,6 +57,7 @@ def ilsvrc12_run(road):
     return code, road / "runs" / "paper" / "pretrain-imagenet", colours
 
 
+@pytest.mark.slow
 def test_ilsvrc12_road_prepares_the_manual_tars_and_pretrains(ilsvrc12_run):
     code, run, colours = ilsvrc12_run
     assert code == 0
@@ -83,6 +84,7 @@ def test_ilsvrc12_road_prepares_the_manual_tars_and_pretrains(ilsvrc12_run):
             np.testing.assert_allclose(describe(model)["mean"], expected, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_image_folder_road_pretrains_on_train_and_val_class_folders(tmp_path):
     """The alternative to tfds' build: ILSVRC-12 as FOLDER/train/<synset>/ and FOLDER/val/."""
     for split, sizes in (("train", ((50, 40), (36, 70), (64, 64))), ("val", ((45, 60),))):
@@ -102,6 +104,7 @@ def test_image_folder_road_pretrains_on_train_and_val_class_folders(tmp_path):
     assert tuple(caffe_layers(model)["fc8"].kernel.shape) == (4096, 3)
 
 
+@pytest.mark.slow
 def test_a_folder_of_mixed_sizes_and_modes_pretrains_trains_and_retrains(
     mixed_image_folder, tmp_path, capsys
 ):
@@ -122,6 +125,7 @@ def test_a_folder_of_mixed_sizes_and_modes_pretrains_trains_and_retrains(
 # ----------------------------------------------------------------------------- CIFAR-100
 
 
+@pytest.mark.slow
 def test_cifar100_road_trains_full_and_retrain_on_the_fine_labels(road, ilsvrc12_run, monkeypatch):
     manual = road / "tfds" / "downloads" / "manual"
     truth = write_fake_cifar100(manual)

@@ -294,6 +294,7 @@ for version in range(int(sys.argv[2])):
 """
 
 
+@pytest.mark.slow
 def test_a_keras_reader_of_the_checkpoint_during_saves_always_loads_a_whole_one(tmp_path):
     """``paper-repro evaluate RUN`` while the run saves its checkpoint: every load succeeds and
     gives one saved version, never a mix of two."""

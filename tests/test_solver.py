@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from paper_repro import fused_update
+from paper_repro.experiments import RunConfig
 from paper_repro.solver import (
     CaffeSGD,
     LinearWarmup,
@@ -80,7 +81,7 @@ def test_caffenet_pretraining_schedule_divides_every_100k_iterations():
 
 
 def test_solver_survives_serialisation():
-    solver = paper_solver(steps_per_epoch=5)
+    solver = paper_solver(RunConfig("mnist", "full"), steps_per_epoch=5)
     clone = CaffeSGD.from_config(solver.get_config())
     assert clone.coupled_weight_decay == 0.0005 and clone.bias_lr_mult == 2.0
     assert float(clone.learning_rate) == pytest.approx(0.001)
@@ -88,7 +89,10 @@ def test_solver_survives_serialisation():
 
 def test_a_schedule_in_iterations_replaces_the_one_in_epochs():
     """BVLC's CaffeNet solver: drops at iterations 100k, 200k, ... whatever an epoch's length."""
-    solver = paper_solver(5005, 0.01, drop_epochs=(20,), drop_iterations=(100_000, 200_000))
+    config = RunConfig(
+        "imagenet2012", "pretrain", base_lr=0.01, drop_epochs=(), drop_iterations=(100_000, 200_000)
+    )
+    solver = paper_solver(config, 5005)
     lr = []
     for step in (99_999, 100_000, 100_099, 199_999, 200_000):
         solver.iterations.assign(step)
@@ -110,7 +114,8 @@ def test_epoch_drops_fall_where_caffe_puts_them_when_the_batch_divides_the_data(
 def test_warm_up_ramps_linearly_into_the_step_schedule_and_survives_saving():
     """The study's lr-0.01 source: step s of a 10-step ramp trains at 0.01 * (s + 1) / 10, then
     the step policy as before (its drop at 20 included), also after a save and load."""
-    solver = paper_solver(5, 0.01, drop_epochs=(4,), warmup_epochs=2)
+    config = RunConfig("mnist", "full", base_lr=0.01, drop_epochs=(4,), warmup_epochs=2)
+    solver = paper_solver(config, 5)
     clone = CaffeSGD.from_config(solver.get_config())
     for optimizer in (solver, clone):
         lr = []
@@ -121,8 +126,9 @@ def test_warm_up_ramps_linearly_into_the_step_schedule_and_survives_saving():
 
 
 def test_no_warm_up_leaves_the_paper_schedule_as_it_was():
-    assert not isinstance(paper_solver(5)._learning_rate, LinearWarmup)
-    assert isinstance(paper_solver(5, warmup_epochs=0.5)._learning_rate, LinearWarmup)
+    paper, warm = RunConfig("mnist", "full"), RunConfig("mnist", "full", warmup_epochs=0.5)
+    assert not isinstance(paper_solver(paper, 5)._learning_rate, LinearWarmup)
+    assert isinstance(paper_solver(warm, 5)._learning_rate, LinearWarmup)
     with pytest.raises(ValueError, match="at least 1"):
         LinearWarmup(step_schedule(0.1, []), 0)
 

@@ -8,8 +8,8 @@ import pytest
 
 from paper_repro import experiments, study
 from paper_repro.errors import UserError
-from paper_repro.figures import load_histories
 from paper_repro.history import EpochRecord, save_history
+from paper_repro.reports import load_histories
 
 FIXTURES = Path(__file__).parent / "fixtures" / "histories"
 BASELINE_KEPT = Path(__file__).parents[1] / "figures" / "study" / "histories" / "baseline"
@@ -168,7 +168,7 @@ def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
     cells at their input size, retraining's gap and the control's, each with its number of seeds,
     a control cell's at its size, and the paper's at 227 pixels. Files written by ``study``
     itself."""
-    from paper_repro.figures import PAPER
+    from paper_repro.datasets import paper_row
     from paper_repro.study_figure import build_gap_figure, regenerate_study
 
     template = next(iter(load_histories(FIXTURES).values()))
@@ -184,9 +184,10 @@ def test_the_gap_figure_draws_each_cell_where_its_numbers_are(tmp_path):
     assert "baseline" in [text.get_text() for text in mnist.get_legend().get_texts()]
     lines = [line for line in mnist.get_lines() if line.get_linestyle() in ("--", ":")]
     levels = sorted(line.get_ydata()[0] for line in lines)
-    assert levels == pytest.approx(sorted([8.0, PAPER["mnist"].full - PAPER["mnist"].retrain]))
+    mnist_gap = paper_row("mnist").full - paper_row("mnist").retrain
+    assert levels == pytest.approx(sorted([8.0, mnist_gap]))
     assert not [line for line in cifar.get_lines() if line.get_marker() == "o"]
-    paper_gap = PAPER["cifar10"].full - PAPER["cifar10"].retrain
+    paper_gap = paper_row("cifar10").full - paper_row("cifar10").retrain
     assert [line.get_xydata().tolist() for line in cifar_by_size.get_lines()] == [
         [[227, pytest.approx(paper_gap)]]
     ]

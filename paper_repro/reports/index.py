@@ -1,0 +1,137 @@
+"""The histories behind every table and figure, loaded and grouped once.
+
+A history is one run; the reports compare variants: an arm (``paper_repro.arms``) on a dataset in
+a preset, with ``-cached`` where the classifier trained on cached features. The index groups the
+histories by (preset, dataset, variant), one run per seed, refusing what would make a table
+ambiguous (two presets mixed unasked, two runs of one seed). What a group of runs says about
+itself beyond its numbers (its sources, where its seconds were measured, its mean curve) is here
+too, since every report names them the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from paper_repro import arms, seeds
+from paper_repro.errors import UserError
+from paper_repro.history import History, load_history
+from paper_repro.runs import find_histories
+
+PRETRAIN = "pretrain"  # the variant of a pretraining run, which belongs to no arm
+NO_HISTORIES_HINT = (
+    "`paper-repro reproduce --preset mini` (or `paper-repro train EXPERIMENT`) writes them"
+)
+
+# A variant's runs, one per seed in seed order, each as (path relative to the histories
+# directory, history); the index maps (preset, dataset, variant) to them.
+Run = tuple[str, History]
+Runs = tuple[Run, ...]
+Index = dict[tuple[str, str, str], Runs]
+
+
+def load_histories(directory: str | os.PathLike[str]) -> dict[str, History]:
+    """Every history below a directory, keyed by its POSIX path relative to that directory.
+
+    Relative keys let the outputs name their sources without the machine-specific absolute path.
+    """
+    root = Path(directory)
+    paths = find_histories(root)
+    if not paths:
+        raise UserError(
+            f"no run histories found under {root} (looked for history.json and *.history.json);"
+            f" {NO_HISTORIES_HINT}"
+        )
+    return {path.relative_to(root).as_posix(): load_history(path) for path in paths}
+
+
+def group(histories: Mapping[str, History], allow_mixed_presets: bool) -> Index:
+    """One run per (preset, dataset, variant, seed), refusing what would make a table ambiguous."""
+    if not histories:
+        raise UserError(f"no run histories given; {NO_HISTORIES_HINT}")
+    found = presets_of(histories)
+    if len(found) > 1 and not allow_mixed_presets:
+        examples = ", ".join(
+            f"{preset} ({min(s for s, h in histories.items() if h.preset == preset)})"
+            for preset in found
+        )
+        raise UserError(
+            f"histories of different presets would be mixed in one table or figure: {examples};"
+            " point --histories at one preset's runs or pass --allow-mixed-presets"
+        )
+    grouped: dict[tuple[str, str, str], list[Run]] = {}
+    for source, history in sorted(histories.items()):
+        key = (history.preset, history.dataset, variant(history))
+        runs = grouped.setdefault(key, [])
+        twin = next((s for s, h in runs if h.seed == history.seed), None)
+        if twin is not None:
+            raise UserError(
+                f"two {key[2]} histories for {history.dataset} in preset {history.preset}"
+                f" with seed {history.seed}: {twin} and {source}; keep one run per experiment"
+                " and seed"
+            )
+        runs.append((source, history))
+    return {key: tuple(sorted(runs, key=lambda r: r[1].seed)) for key, runs in grouped.items()}
+
+
+def variant(history: History) -> str:
+    """The run's arm, ``-cached`` where its classifier trained on cached features; a
+    pretraining run's is ``PRETRAIN``."""
+    arm = arms.of_run(history.mode, history.start)
+    return PRETRAIN if arm is None else arms.variant(arm, cached=bool(history.cache))
+
+
+def has_control(index: Index) -> bool:
+    """Whether any control was run: the tables then show its column, the figure its line."""
+    controls = {arms.variant(arm, cached) for arm in arms.CONTROLS for cached in (False, True)}
+    return any(key[2] in controls for key in index)
+
+
+def shown(index: Index, preset: str, dataset: str, arm: arms.Arm) -> Runs | None:
+    """An arm's runs as the tables show them: on the images, else on cached features (mini
+    retrains and runs its control on cached features only)."""
+    return index.get((preset, dataset, arms.variant(arm, False))) or index.get(
+        (preset, dataset, arms.variant(arm, True))
+    )
+
+
+def cached_only(index: Index) -> bool:
+    """Whether some dataset's retraining ran on cached features only (Table III shows those)."""
+    retrain, cached = arms.variant(arms.RETRAIN, False), arms.variant(arms.RETRAIN, True)
+    return any(v == cached and (p, d, retrain) not in index for p, d, v in index)
+
+
+def presets_of(histories: Mapping[str, History]) -> list[str]:
+    return sorted({history.preset for history in histories.values()})
+
+
+def sources(*groups: Runs | None) -> tuple[str, ...]:
+    """The histories of these runs, in order: what a row or a line was made from."""
+    return tuple(source for runs in groups if runs for source, _ in runs)
+
+
+def accuracy_curve(runs: Runs) -> seeds.Curve:
+    """Center-crop test accuracy per epoch across a variant's seeds."""
+    return seeds.mean_curve([[e.test_accuracy for e in h.epochs] for _, h in runs])
+
+
+def timed_at(history: History) -> str:
+    """Where a run's seconds were measured: the code's commit, the device and the host."""
+    recorded = history.provenance
+    commit = recorded.git_commit or "unknown"
+    short = commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+    return f"commit {short}, {recorded.device}, host {recorded.host}"
+
+
+def places(*groups: Runs | None) -> list[str]:
+    """The distinct places (``timed_at``) where these runs were timed, in order."""
+    return sorted({timed_at(h) for runs in groups if runs for _, h in runs})
+
+
+def mixed_note(*groups: Runs | None) -> str:
+    """The note of a value that combines seconds from several places; empty when one."""
+    found = places(*groups)
+    if len(found) < 2:
+        return ""
+    return "combines seconds from different machines or code versions: " + "; ".join(found)

@@ -1,0 +1,252 @@
+"""The tables' model and its three renderings: Markdown, LaTeX and a long-format CSV.
+
+A table is sections of rows of cells. A section is declared as columns, each a header and the
+function that computes its cell from one row's runs, so a header can never drift from the value
+under it; a column may be the control's, shown only once some control was run. A cell is text
+with an optional note, rendered as a footnote (a dash where the text is empty), and, for a value
+measured once per seed, its spread, which only the CSV shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+from paper_repro import datasets, markdown, seeds
+from paper_repro.history import History
+from paper_repro.reports.index import Index, has_control, variant
+from paper_repro.runs import write_atomic
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A table value as text; empty text is shown as a dash, explained by ``note`` if given.
+    ``spread`` is (n, min, max) of a value measured once per seed, for the CSV."""
+
+    text: str = ""
+    note: str = ""
+    spread: tuple[str, str, str] = ("", "", "")
+
+
+def summary_cell(values: Sequence[float], number=lambda value: f"{value:.2f}") -> Cell:
+    """One value per seed: ``mean ± std (n=N)``, or the value alone for one seed."""
+    summary = seeds.summarize(values)
+    return Cell(seeds.text(summary, number), spread=seeds.spread(summary, number))
+
+
+class RowRuns(Protocol):
+    """What a row is computed from: the runs of one preset and dataset, and their histories."""
+
+    @property
+    def dataset(self) -> str: ...
+
+    @property
+    def preset(self) -> str: ...
+
+    @property
+    def sources(self) -> tuple[str, ...]: ...
+
+
+R = TypeVar("R", bound=RowRuns)
+
+
+@dataclass(frozen=True)
+class Column(Generic[R]):
+    """A column: its header and the function computing its cell from a row's runs."""
+
+    header: str
+    cell: Callable[[R], Cell]
+    control: bool = False  # the control's column: shown only once some control was run
+
+
+DATASET_COLUMN: Column = Column("Dataset", lambda row: Cell(datasets.display(row.dataset)))
+PRESET_COLUMN: Column = Column("Preset", lambda row: Cell(row.preset))
+
+
+@dataclass(frozen=True)
+class Row:
+    dataset: str
+    preset: str
+    cells: tuple[Cell, ...]
+    sources: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    header: tuple[str, ...]
+    rows: tuple[Row, ...]
+
+    @property
+    def align(self) -> str:
+        """Dataset and preset to the left, the values to the right (Markdown and LaTeX)."""
+        return "ll" + "r" * (len(self.header) - 2)
+
+
+def section(name: str, columns: Sequence[Column[R]], rows: Iterable[R], control: bool) -> Section:
+    """The section of these columns (the control's only with ``control``), a row per item."""
+    shown = [column for column in columns if control or not column.control]
+    return Section(
+        name,
+        tuple(column.header for column in shown),
+        tuple(
+            Row(row.dataset, row.preset, tuple(column.cell(row) for column in shown), row.sources)
+            for row in rows
+        ),
+    )
+
+
+def caption(base: str, index: Index, histories: Mapping[str, History], control: str) -> str:
+    """A table's caption, with the control's and the seeds' sentences where they apply."""
+    return base + (control if has_control(index) else "") + seeds.caption(histories.values())
+
+
+def write_all(out_dir: str | os.PathLike[str], files: Mapping[str, str]) -> list[Path]:
+    """Each text as UTF-8 under ``out_dir``, atomically, in the order given."""
+    paths = []
+    for name, text in files.items():
+        path = Path(out_dir) / name
+        write_atomic(path, text.encode("utf-8"))
+        paths.append(path)
+    return paths
+
+
+def _footnotes(sections: Sequence[Section]) -> dict[str, int]:
+    """Number each distinct note in reading order, so equal notes share one footnote."""
+    numbers: dict[str, int] = {}
+    for section in sections:
+        for row in section.rows:
+            for cell in row.cells:
+                if cell.note and cell.note not in numbers:
+                    numbers[cell.note] = len(numbers) + 1
+    return numbers
+
+
+def _source_lines(histories: Mapping[str, History]) -> list[tuple[str, str]]:
+    """(path, description) of every history the table came from, in path order."""
+    return [
+        (
+            source,
+            f"{variant(h)} {h.dataset}, experiment {h.experiment}, preset {h.preset},"
+            f" seed {h.seed}, {len(h.epochs)} epochs, {h.status}, device {h.provenance.device}",
+        )
+        for source, h in sorted(histories.items())
+    ]
+
+
+def render_markdown(
+    sections: Sequence[Section],
+    presets: Sequence[str],
+    histories: Mapping[str, History],
+    title: str,
+    caption: str,
+) -> str:
+    """Title, caption, each section's table, the histories named, then the footnotes."""
+    notes = _footnotes(sections)
+
+    def cell(value: Cell) -> str:
+        text = (value.text or "—") + (f"[^{notes[value.note]}]" if value.note else "")
+        return text.replace("|", "\\|")
+
+    lines = [f"# {title}", "", caption, "", f"Preset: {', '.join(presets)}.", ""]
+    for section in sections:
+        rows = [[cell(c) for c in row.cells] for row in section.rows]
+        lines += [markdown.table(section.header, rows, section.align), ""]
+    lines.append("Histories (paths relative to the histories directory):")
+    lines.append("")
+    lines.extend(f"- `{source}`: {text}" for source, text in _source_lines(histories))
+    lines.append("")
+    lines.extend(f"[^{number}]: {note}" for note, number in notes.items())
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+_TEX_ESCAPES = str.maketrans(
+    {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+        "≈": r"$\approx$",
+        "—": "---",
+    }
+)
+
+
+def _tex(text: str) -> str:
+    return text.translate(_TEX_ESCAPES)
+
+
+def render_latex(
+    sections: Sequence[Section],
+    presets: Sequence[str],
+    histories: Mapping[str, History],
+    caption: str,
+) -> str:
+    """Table III as a LaTeX table (booktabs), its notes as superscript footnotes."""
+    notes = _footnotes(sections)
+
+    def cell(value: Cell) -> str:
+        marker = rf"\textsuperscript{{{notes[value.note]}}}" if value.note else ""
+        return (_tex(value.text) or "---") + marker
+
+    lines = [
+        "% Table III reproduced by paper_repro from run histories; needs \\usepackage{booktabs}.",
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{_tex(caption)} Preset: {_tex(', '.join(presets))}.}}",
+        r"\label{tab:table3-reproduced}",
+        r"\small",
+    ]
+    for section in sections:
+        lines.append(r"\begin{tabular}{" + section.align + "}")
+        lines.append(r"\toprule")
+        lines.append(" & ".join(_tex(h) for h in section.header) + r" \\")
+        lines.append(r"\midrule")
+        lines.extend(" & ".join(cell(c) for c in row.cells) + r" \\" for row in section.rows)
+        lines.append(r"\bottomrule")
+        lines.append(r"\end{tabular}")
+        lines.append(r"\medskip")
+        lines.append("")
+    lines.append(r"\footnotesize")
+    lines.extend(rf"\textsuperscript{{{n}}} {_tex(note)}\\" for note, n in notes.items())
+    sources = "; ".join(
+        rf"\texttt{{{_tex(source)}}} ({_tex(text)})" for source, text in _source_lines(histories)
+    )
+    lines.append(f"Histories (relative to the histories directory): {sources}.")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(sections: Sequence[Section]) -> str:
+    """One line per table cell (long format): every value with its note and its histories, and
+    for a value measured per seed its number of seeds, minimum and maximum.
+
+    Sections have different columns; the long form holds them all in one file and keeps each
+    footnote next to the value it explains. A dash is an empty value.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(
+        ("section", "dataset", "preset", "column", "value", "note", "histories", "seeds", "min",
+         "max")
+    )  # fmt: skip
+    for section in sections:
+        for row in section.rows:
+            for column, value in zip(section.header[2:], row.cells[2:], strict=True):
+                sources = " ".join(row.sources)
+                writer.writerow(
+                    (section.name, row.dataset, row.preset, column, value.text, value.note, sources,
+                     *value.spread)
+                )  # fmt: skip
+    return buffer.getvalue()

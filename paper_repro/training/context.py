@@ -1,0 +1,42 @@
+"""One run as ``train`` resolved it: what every step of its fit reads, and how it speaks."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import keras
+
+from paper_repro import cluster as cluster_lib
+from paper_repro.experiments import RunConfig
+from paper_repro.history import History
+from paper_repro.runs import RunPaths
+from paper_repro.training.callbacks import PhaseTimer
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A run resolved: its settings, where it writes and reads, and what it starts from."""
+
+    experiment: str
+    preset: str
+    config: RunConfig
+    paths: RunPaths  # where this process writes: the run directory, or a worker's own
+    shared: RunPaths  # the run directory, written by the chief, read by every worker
+    seed: int
+    runs_dir: str | os.PathLike
+    data_dir: str | None
+    weights_path: Path | None  # the pretrained model it starts (or restarts) from
+    source: keras.Model | None  # that model, loaded
+    previous: History | None  # the history to resume, None for a new run
+    timer: PhaseTimer  # where the run's wall time goes (history.PHASES)
+    cluster: cluster_lib.Cluster
+    tensorboard: bool
+    download: bool
+    verbose: int
+
+
+def say(verbose: int, message: str) -> None:
+    if verbose:
+        print(message, flush=True)
