@@ -258,7 +258,8 @@ def evaluate_source(
     The run's config supplies what the model was trained with (dataset, class subset, resize,
     mirroring, number of test crops, test subset and seed, so that a run's recorded accuracy is
     reproduced), as does the record inside a model file the trainer wrote; any other .keras file
-    gets Caffe's 256/227 ratio, and needs ``dataset``.
+    gets Caffe's 256/227 ratio, and needs ``dataset``. An image folder's test split is labelled
+    by the class folders of its training split (the run's, else ``train``).
     """
     loaded = load_source(source)
     model, config, seed = loaded.model, loaded.config, loaded.seed
@@ -269,6 +270,8 @@ def evaluate_source(
     test, info = load_split(
         dataset,
         split or (config.get("test_split", "test") if same_data else "test"),
+        train_split=config.get("train_split", "train") if same_data else "train",
+        split_option="--split NAME",
         data_dir=data_dir,
         class_subset=config.get("classes") if same_data else None,
         subset_size=config.get("test_subset") if same_data and not split else None,

@@ -111,7 +111,9 @@ def test_a_folder_of_mixed_sizes_and_modes_pretrains_trains_and_retrains(
     """Any folder of images (issue 14): grey, RGBA, palette, 16-bit, 1x1 and 3000x3000 images
     side by side, through the three kinds of run; a corrupt file is named in one line."""
     folder, _ = mixed_image_folder
-    runs = ["--runs-dir", str(tmp_path / "runs"), *TINY, "--set", f"dataset={folder}"]
+    # Class folders alone are a training split only: these runs are told to test on it.
+    runs = ["--runs-dir", str(tmp_path / "runs"), *TINY, "--set", f"dataset={folder}",
+            "--set", "test_split=train"]  # fmt: skip
     for experiment in ("pretrain-imagenet", "full-mnist", "retrain-mnist"):
         assert cli.main(["train", experiment, *runs]) == 0, capsys.readouterr().err
         history = load_history(tmp_path / "runs" / "paper" / experiment / "history.json")

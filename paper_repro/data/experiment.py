@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from paper_repro.augment import AugmentConfig, with_device_augmentation
 from paper_repro.data.pipelines import Shard, eval_dataset, resolve_placement, train_dataset
-from paper_repro.data.selection import channel_mean, load_split
+from paper_repro.data.selection import channel_mean, check_split, load_split
 from paper_repro.data.source import SplitInfo
 
 
@@ -70,8 +70,20 @@ def load_experiment_data(
 ) -> ExperimentData:
     """Load an experiment's splits from its config (``experiments.RunConfig`` fields: dataset,
     train_split, test_split, classes, train_subset, test_subset, resize, crop, mirror,
-    batch_size, augment_on)."""
-    common = dict(data_dir=data_dir, class_subset=config.classes, seed=seed, download=download)
+    batch_size, augment_on).
+
+    An image folder's splits are both checked before either is read, so that a misspelt test
+    split costs no pass over the training images."""
+    for field in ("train_split", "test_split"):
+        split, option = getattr(config, field), f"--set {field}=NAME"
+        check_split(config.dataset, split, train_split=config.train_split, split_option=option)
+    common = dict(
+        train_split=config.train_split,
+        data_dir=data_dir,
+        class_subset=config.classes,
+        seed=seed,
+        download=download,
+    )
     train, train_info = load_split(
         config.dataset, config.train_split, subset_size=config.train_subset, **common
     )

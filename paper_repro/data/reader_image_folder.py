@@ -1,4 +1,17 @@
-"""The image-folder reader: a folder with one sub-folder of images per class.
+"""The image-folder reader: a folder of split folders, each with one sub-folder of images per class.
+
+A split is a sub-folder, ``FOLDER/SPLIT/<class>/``, named as the run names it (``train_split``,
+``test_split``), and never looked for elsewhere: a split the folder lacks is refused, naming the
+splits it has, so a misspelt or missing split cannot fall back on other images. The training
+split's class folders are the classes, label i the i-th in sorted order; another split's class
+folders must be among them and are labelled by name, so that a test split lacking a class still
+gives every image the label of the model's output for its class (a class the training split
+lacks has no output: it is refused). A folder of class folders alone, with no split folder, is a
+training split and nothing else: testing on it would test on the training images.
+
+Hidden names (``.thumbnails/``, macOS' ``._photo.png``) are skipped at every depth, as hidden
+class folders are, and only regular files are read: a FIFO or a folder named ``x.png`` is not an
+image (reading a FIFO would wait for a writer forever).
 
 A folder may mix sizes and modes (grey, RGBA, palette, 16-bit, a 1x1 pixel): everything is
 decoded to 8-bit RGB at its native size. A file that does not decode (truncated, empty, not an
@@ -8,6 +21,7 @@ image) is refused before training, in one line naming it (``_check_images``), no
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,43 +31,130 @@ from paper_repro.data.source import READ_BATCH, Source, SplitInfo
 from paper_repro.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+# Sub-folder names that make a folder's sub-folders splits rather than classes, beside the run's
+# own split names: tfds' and ILSVRC-12's. Without one, a misspelt split folder (``trian/``) would
+# make the folder's split folders its classes.
+SPLIT_NAMES = ("train", "test", "validation", "val")
 
 
-def folder_source(root: Path, split: str) -> Source:
-    """A folder's split: its images listed, every one decoded once to check it (``_check_images``),
-    then read again, decoded, as the pipeline consumes them."""
+@dataclass(frozen=True)
+class SplitFolder:
+    """Where a split's images are, and the classes that label them."""
+
+    folder: Path
+    classes: tuple[str, ...]
+    """The training split's class folders, sorted: ``classes[i]`` is label i in every split."""
+    present: tuple[str, ...]
+    """This split's class folders, each one of ``classes``."""
+
+
+def split_folder(
+    root: Path, split: str, *, train_split: str = "train", split_option: str | None = None
+) -> SplitFolder:
+    """The folder of ``split`` and its classes, from folder listings alone (no image is read), so
+    that every split of a run can be checked before the first is read.
+
+    ``split_option`` is how the user names another split (``--split NAME``): the message that
+    refuses a split the folder lacks ends with it.
+    """
     if "[" in split:
-        # Sliced like a tfds split, it would name no sub-folder and silently read them all.
+        # Sliced like a tfds split, it names no sub-folder: say what an image folder's split is.
         raise UserError(
             f"split {split!r} slices a tfds split, but {root} is an image folder, whose splits "
             f"are sub-folders: put validation images in {root}/validation/<class>/ and name the "
             "split validation"
         )
-    folder = root / split if (root / split).is_dir() else root
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folder = _split_path(root, split, train_split, split_option)
+    train_folder = folder if split == train_split else _split_path(root, train_split, train_split)
+    classes = _visible_folders(train_folder)
     if len(classes) < 2:
         raise UserError(
-            f"image folder {folder} has {len(classes)} class sub-folder(s); a classifier needs "
-            f"at least 2: put each class's images in {folder}/<class name>/"
+            f"image folder {train_folder} has {len(classes)} class sub-folder(s); a classifier "
+            f"needs at least 2: put each class's images in {train_folder}/<class name>/"
         )
+    present = classes if folder == train_folder else _visible_folders(folder)
+    unknown = [name for name in present if name not in classes]
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise UserError(
+            f"{folder / unknown[0]} is a class folder that the training split {train_folder} "
+            f"lacks{more}: the model has no output for its images; remove it, or rename it as "
+            "its class is named there"
+        )
+    if not present:
+        raise UserError(
+            f"image folder {folder} has no class sub-folders: put each class's images in "
+            f"{folder}/<class name>/"
+        )
+    return SplitFolder(folder, tuple(classes), tuple(present))
+
+
+def _split_path(root: Path, split: str, train_split: str, split_option: str | None = None) -> Path:
+    """``root/split``; ``root`` itself only for the training split of a folder without split
+    folders. Any other split is refused: it names no images apart from the training images."""
+    splits = _visible_folders(root)
+    if not {*SPLIT_NAMES, split, train_split} & set(splits):
+        if split == train_split:
+            return root
+        raise UserError(
+            f"image folder {root} has no split folders, so its class folders are training "
+            f"images and it has no {split!r} split apart from them: put the training images in "
+            f"{root}/{train_split}/<class>/ and the {split} images in {root}/{split}/<class>/"
+        )
+    if split not in splits:
+        training = split == train_split
+        what = "training split" if training else "split"
+        why = ", whose class folders are the classes" if training else ""
+        choose = f" or name one of its splits with {split_option}" if split_option else ""
+        raise UserError(
+            f"image folder {root} has no {what} {split!r} (its splits: {', '.join(splits)}){why}: "
+            f"put its images in {root}/{split}/<class>/{choose}"
+        )
+    return root / split
+
+
+def _visible_folders(folder: Path) -> list[str]:
+    """The names of ``folder``'s sub-folders, sorted, hidden ones left out."""
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _class_images(folder: Path) -> list[str]:
+    """A class folder's image files, sorted: regular files with an image suffix, in it or in its
+    sub-folders, no hidden name on the way."""
+    return sorted(
+        str(path)
+        for path in folder.rglob("*")
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in path.relative_to(folder).parts)
+        and path.is_file()
+    )
+
+
+def folder_source(
+    root: Path, split: str, *, train_split: str = "train", split_option: str | None = None
+) -> Source:
+    """A folder's split (``split_folder``): its images listed, every one decoded once to check it
+    (``_check_images``), then read again, decoded, as the pipeline consumes them."""
+    located = split_folder(root, split, train_split=train_split, split_option=split_option)
+    label_of = {name: label for label, name in enumerate(located.classes)}
     paths, labels = [], []
-    for label, name in enumerate(classes):
-        images = sorted(
-            str(p) for p in (folder / name).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
-        )
+    for name in located.present:
+        images = _class_images(located.folder / name)
         if not images:
             raise UserError(
-                f"class folder {folder / name} holds no images ({', '.join(IMAGE_SUFFIXES)}): "
-                f"add images or remove the folder"
+                f"class folder {located.folder / name} holds no images "
+                f"({', '.join(IMAGE_SUFFIXES)}): add images or remove the folder"
             )
         paths += images
-        labels += [label] * len(images)
+        labels += [label_of[name]] * len(images)
     _check_images(paths)
     label_array = np.asarray(labels, np.int64)
     dataset = tf.data.Dataset.from_tensor_slices(
         {"image": paths, "label": label_array, "index": np.arange(len(paths), dtype=np.int64)}
     ).map(_read_image, num_parallel_calls=tf.data.AUTOTUNE)
-    info = SplitInfo(str(folder), split, len(classes), tuple(classes), len(paths), None)
+    info = SplitInfo(
+        str(located.folder), split, len(located.classes), located.classes, len(paths), None
+    )
     return Source(dataset, info, functools.partial(np.copy, label_array))
 
 

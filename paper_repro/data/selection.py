@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from paper_repro.augment import hash64
-from paper_repro.data.reader_image_folder import folder_source
+from paper_repro.data.reader_image_folder import folder_source, split_folder
 from paper_repro.data.reader_tfds import tfds_source
 from paper_repro.data.source import READ_BATCH, Source, SplitInfo
 from paper_repro.errors import UserError
@@ -25,6 +25,8 @@ def load_split(
     name_or_folder: str,
     split: str,
     *,
+    train_split: str = "train",
+    split_option: str | None = None,
     data_dir: str | None = None,
     class_subset: Sequence[int] | None = None,
     subset_size: int | None = None,
@@ -42,19 +44,41 @@ def load_split(
     ``experiments``); ``index`` then counts within the slice, and subsets come from the slice.
 
     ``name_or_folder`` is a tfds name (``mnist``, ``cifar100``, ``imagenet2012``, ``name:1.2.3``)
-    or a folder with one sub-folder of images per class (``FOLDER/SPLIT/<class>/`` when that
-    exists, else ``FOLDER/<class>/`` whatever the split). ``data_dir`` defaults to
-    ``$TFDS_DATA_DIR``. Nothing is downloaded unless ``download`` is true.
+    or an image folder, ``FOLDER/SPLIT/<class>/`` (``reader_image_folder``): there the classes
+    are those of ``train_split``, the split the model trains on, in every split, and a folder of
+    class folders alone, ``FOLDER/<class>/``, is ``train_split`` and has no other split.
+    ``split_option`` is how the user names another split (``--split NAME``), for the message that
+    refuses a split the folder lacks. ``data_dir`` defaults to ``$TFDS_DATA_DIR``. Nothing is
+    downloaded unless ``download`` is true.
     """
     check_seed(seed)
+    folder = _image_folder(name_or_folder)
+    if folder is None:
+        source = tfds_source(name_or_folder, split, data_dir, download)
+    else:
+        source = folder_source(folder, split, train_split=train_split, split_option=split_option)
+    return _select(source, class_subset, subset_size, seed)
+
+
+def check_split(
+    name_or_folder: str, split: str, *, train_split: str = "train", split_option: str | None = None
+) -> None:
+    """Refuse a split that an image folder lacks, from its folder listings alone, so that a run's
+    every split is checked before its first is read (ILSVRC-12's training images take hours to
+    check); a tfds split is checked as it loads. Arguments as ``load_split``'s."""
+    folder = _image_folder(name_or_folder)
+    if folder is not None:
+        split_folder(folder, split, train_split=train_split, split_option=split_option)
+
+
+def _image_folder(name_or_folder: str) -> Path | None:
+    """The image folder ``name_or_folder`` names; None for a tfds name."""
     folder = Path(name_or_folder).expanduser()
     if folder.is_dir():
-        source = folder_source(folder, split)
-    elif name_or_folder.startswith(("/", ".", "~")):
+        return folder
+    if name_or_folder.startswith(("/", ".", "~")):
         raise UserError(f"image folder {name_or_folder} does not exist: check the path")
-    else:
-        source = tfds_source(name_or_folder, split, data_dir, download)
-    return _select(source, class_subset, subset_size, seed)
+    return None
 
 
 def _select(
@@ -112,9 +136,15 @@ def balanced_subset(labels: np.ndarray, num_classes: int, size: int, seed: int) 
     quotas = size // num_classes + (np.arange(num_classes) < size % num_classes)
     short = np.flatnonzero(counts < quotas)
     if short.size:
+        # An image folder's test split may lack a class of its training split's.
+        fix = (
+            f"lower subset_size to at most {counts.min() * num_classes}"
+            if counts.min()
+            else "a class-balanced subset needs every class; take the whole split"
+        )
         raise UserError(
             f"subset_size {size} needs {quotas[short[0]]} examples of class {short[0]} but it has "
-            f"only {counts[short[0]]}; lower subset_size to at most {counts.min() * num_classes}"
+            f"only {counts[short[0]]}; {fix}"
         )
     ranks = hash64(seed, "subset", tf.range(len(labels), dtype=tf.int64)).numpy()
     chosen = [
