@@ -1,11 +1,13 @@
-"""The arms of the transfer comparison, declared once: full training, retraining, the control.
+"""The arms of the transfer comparison, declared once: full training, retraining, the control
+and the oracle.
 
 An arm is one way of training a target's network. Its name is the prefix of its experiments
 (``retrain-random-mnist``), the study's arm, and Figure 5's variant (with ``-cached`` where its
 classifier trained on cached features); its ``start`` is what a history records its network
-started from; its ``column`` heads its Table III column and its ``label`` names its Figure 5 line.
-The experiments, the history, the tables, the figure and the study all read these declarations,
-so a new arm is one entry here (plus what builds its network).
+started from; its ``column`` heads its Table III column and its ``label`` names its Figure 5 line;
+its ``source`` is the experiment whose finished model it starts from. The experiments, the
+history, the tables, the figure and the study all read these declarations, so a new arm is one
+entry here (plus what builds its network).
 
 This module imports nothing from TensorFlow: the results layer reads it.
 """
@@ -15,9 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # What a run's network started from: the paper's fresh initialisation; a pretrained network's
-# features (frozen) with fc6/fc7 kept or new and fc8 new; a whole pretrained network; or, the
-# control, a fresh untrained network whose features are frozen (``features=random``).
-STARTS = ("scratch", "pretrained-features", "pretrained-network", "random-features")
+# features (frozen) with fc6/fc7 kept or new and fc8 new; a whole pretrained network; the
+# control, a fresh untrained network whose features are frozen (``features=random``); or the
+# oracle, the frozen features of the same seed's full training on the target
+# (``features=oracle``) under a fresh classifier.
+STARTS = (
+    "scratch",
+    "pretrained-features",
+    "pretrained-network",
+    "random-features",
+    "oracle-features",
+)
 CACHED = "-cached"  # a variant's suffix where the classifier trained on cached features
 
 
@@ -33,23 +43,43 @@ class Arm:
     label: str  # Figure 5's legend, after the dataset's name
     linestyle: str | tuple  # Figure 5's line; its cached variant draws ``cached_linestyle``
     cached_linestyle: str | tuple
+    # The experiment whose finished model the arm starts from, ``{dataset}`` standing for its
+    # target (RunConfig.pretrained); None for an arm that starts from no trained network.
+    source: str | None = None
+    keep_fc67: bool = True  # RunConfig.keep_fc67: the source's fc6/fc7 kept, or drawn fresh
 
     def experiment(self, dataset: str) -> str:
         return f"{self.name}-{dataset}"
 
+    def source_of(self, dataset: str) -> str | None:
+        """The experiment a run of this arm on ``dataset`` starts from (None: none)."""
+        return self.source.format(dataset=dataset) if self.source else None
+
 
 FULL = Arm("full", "full", "pretrained", "scratch", "Full training", "full", "-", "-")
 RETRAIN = Arm(
-    "retrain", "retrain", "pretrained", "pretrained-features", "Retraining", "retrain", "--", "-."
-)
+    "retrain", "retrain", "pretrained", "pretrained-features", "Retraining", "retrain", "--", "-.",
+    source="pretrain-imagenet",
+)  # fmt: skip
 CONTROL = Arm(
     "retrain-random", "retrain", "random", "random-features",
     "Retraining, random features (control)", "retrain, random features (control)", ":", (0, (1, 4)),
 )  # fmt: skip
+# The positive control (figures/study/PLAN.md, "Features or optimiser?"): retraining's recipe on
+# the frozen block of the same seed's full training on the target, with that network's mean (the
+# target's) and fc6/fc7 drawn fresh as the control's are, so that the two differ only in the
+# frozen block. It bounds what the recipe reaches on features known to fit the target.
+ORACLE = Arm(
+    "retrain-oracle", "retrain", "oracle", "oracle-features",
+    "Retraining, oracle features (positive control)", "retrain, oracle features (positive control)",
+    (0, (3, 1, 1, 1, 1, 1)), (0, (8, 3)), source=FULL.experiment("{dataset}"), keep_fc67=False,
+)  # fmt: skip
 
-ARMS = (FULL, RETRAIN, CONTROL)  # Table III's and the study's order
+ARMS = (FULL, RETRAIN, CONTROL, ORACLE)  # Table III's and the study's order
 BY_NAME = {arm.name: arm for arm in ARMS}
-CONTROLS = (CONTROL,)  # the arms that are controls (read against retraining)
+# The controls, negative and positive, read against retraining: a table shows a control's column
+# only once some run of it is among its histories, so tables made before it stay as they were.
+CONTROLS = (CONTROL, ORACLE)
 
 
 def of_run(mode: str, start: str | None) -> Arm | None:
@@ -60,6 +90,11 @@ def of_run(mode: str, start: str | None) -> Arm | None:
         return None
     same_mode = [arm for arm in ARMS if arm.mode == mode]
     return next((arm for arm in same_mode if arm.start == start), same_mode[0])
+
+
+def retraining_on(features: str) -> Arm:
+    """The retraining arm whose frozen block is ``features`` (RunConfig.features)."""
+    return next(arm for arm in ARMS if arm.mode == "retrain" and arm.features == features)
 
 
 def variant(arm: Arm, cached: bool) -> str:

@@ -270,7 +270,8 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--weights",
         help="pretrained model for every retraining on pretrained features (skips "
-        "pretraining; full runs and random-features controls start from scratch)",
+        "pretraining; full runs and random-features controls start from scratch, the oracles "
+        "from their full runs)",
     )
     p.add_argument(
         "--seeds",

@@ -3,9 +3,10 @@
 An experiment is one training run of the paper: ``pretrain-imagenet`` (the ILSVRC-12 network whose
 features everything else reuses), then ``full-DATASET`` (all layers from scratch) and
 ``retrain-DATASET`` (features frozen, classifier trained) for MNIST, CIFAR-10 and CIFAR-100, and
-beside each retraining its control ``retrain-random-DATASET`` (below). A preset says how big each
-run is; every field of a run is a ``RunConfig`` field and can be changed from the command line
-with ``--set key=value`` (validated against the field's type).
+beside each retraining its control ``retrain-random-DATASET`` and its oracle
+``retrain-oracle-DATASET`` (below). A preset says how big each run is; every field of a run is a
+``RunConfig`` field and can be changed from the command line with ``--set key=value`` (validated
+against the field's type).
 
 paper
     ``paper-repro reproduce --preset paper`` -- the real thing, for a GPU. Pretraining follows
@@ -30,15 +31,18 @@ mini
     with this project (MNIST, CIFAR-10), keeping its structure: the pretraining source is
     CIFAR-10's classes 0-4 (airplane, automobile, bird, cat, deer), distinct from the targets
     MNIST (a balanced 12,000 of its training images) and CIFAR-10's classes 5-9 (dog, frog, horse,
-    ship, truck); full, retrain and the control (below) for each target; the paper's solver with
-    the epochs scaled (30 -> 9) and the drop at two thirds (after epoch 6); resize 76, crop 67.
+    ship, truck); full, retrain, the control and the oracle (below) for each target; the paper's
+    solver with the epochs scaled (30 -> 9) and the drop at two thirds (after epoch 6); resize 76,
+    crop 67.
     It is the first mini (``first-mini``) with what the transfer study's selection rule chose on
     validation splits (figures/study/PLAN.md, figures/study/table.md): dropout 0 when retraining,
     in the control too; and, as in the study, retraining on cached features (10 fixed views per
     image, 5 for MNIST). Each seed pretrains its own source (``SOURCE_PER_SEED``). The main job is
     seed 0: 29.6 minutes on an idle 2-core CPU with the fused update (measured; 34.6 before it),
-    so 3 seeds do not fit its 45 minutes; ``--seeds 0,1,2`` (about 33 minutes a further seed,
-    before the fused update) gave the committed histories. Expected
+    before the oracle was added, whose two cached runs cost about as much as retraining's two
+    (2.4-5.6 minutes each: figures/time_by_phase.md), so 3 seeds do not fit its 45 minutes;
+    ``--seeds 0,1,2`` (about 33 minutes a further seed, before the fused update) gave the
+    committed histories. Expected
     (test, multi-crop, seeds 0-2): full / retrain / control 98.68 / 88.74 / 95.19 on MNIST and
     86.71 / 73.41 / 74.07 on CIFAR-10 classes 5-9. Results: README ("Results").
 
@@ -61,6 +65,16 @@ Controls
     the target's own training mean, there being no source. Whatever retraining gains over it is
     what the pretrained features bring: any transfer claim is read against it (issue 13: at
     mini's 67 pixels, random frozen features alone gave a usable MNIST classifier).
+
+Oracle
+    Every preset also has, for each target, ``retrain-oracle-DATASET``, the positive control
+    (figures/study/PLAN.md, "Features or optimiser?"): retraining's recipe (``features=oracle``)
+    on the frozen conv1 .. pool5 of the finished ``full-DATASET`` run with the same seed (in every
+    preset, also where the seeds share one pretraining), with that network's own mean (the
+    target's) and fc6, fc7 and fc8 drawn fresh by ``init`` with the run's seed, as the control's
+    are (``keep_fc67`` false), so that the oracle and the control differ only in the frozen block.
+    It bounds what the recipe reaches on features known to fit the target, so it runs after that
+    full run (``dependency_order``); ``--weights`` (reproduce) is not given to it.
 
 Seeds
     ``--seeds 0,1,2`` (reproduce) runs every transfer experiment once per seed, in
@@ -114,9 +128,12 @@ MODES = ("pretrain", "full", "retrain")
 PLACEMENTS = ("auto", "host", "device")  # where the augmentation runs (``auto``: GPU if any)
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 INITS = ("gaussian", "xavier")  # Caffe's weight fillers (model._filler)
-# What a retraining's frozen conv1 .. pool5 are: a pretrained network's, or a fresh untrained
-# network's (the control, drawn by ``init`` with the run's seed).
-FEATURE_SOURCES = ("pretrained", "random")
+# What a retraining's frozen conv1 .. pool5 are: a pretrained network's, a fresh untrained
+# network's (the control, drawn by ``init`` with the run's seed), or those of the full training
+# on the target with the run's seed (the oracle). A full run's features stay "pretrained".
+FEATURE_SOURCES = ("pretrained", "random", "oracle")
+# The frozen blocks only a retraining has, in words.
+_RETRAIN_ONLY = {"random": "untrained features", "oracle": "the features of a full training"}
 CROPS = (1, 5, 10)  # test views: centre; corners and centre; those and their mirrors
 CACHE_DTYPES = ("float32", "float16")
 STRATEGIES = ("default", "mirrored", "multi-worker")  # tf.distribute, by name
@@ -168,7 +185,7 @@ class RunConfig:
     # Retraining on pretrained features: subtract the target's own channel mean instead of the
     # source's (the paper keeps the source's, as the features were learned under it).
     target_mean: bool = False
-    pretrained: str | None = None
+    pretrained: str | None = None  # the experiment it starts from (arms.Arm.source)
     features: str = "pretrained"  # retrain runs: FEATURE_SOURCES
     # The control (features=random) at a trained block's scale: its untrained pool5 brought to
     # this root mean square on the first RANDOM_RMS_IMAGES training images (training/network.py).
@@ -192,10 +209,11 @@ class RunConfig:
         _check_choice("cache_views", self.cache_views, CROPS)
         _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
         _check_choice("features", self.features, FEATURE_SOURCES)
-        if self.features == "random" and self.mode != "retrain":
+        if self.features in _RETRAIN_ONLY and self.mode != "retrain":
             raise UserError(
-                f"features=random freezes untrained features under a new classifier, a retrain "
-                f"run; this run's mode is {self.mode}: drop --set features=random"
+                f"features={self.features} freezes {_RETRAIN_ONLY[self.features]} under a new "
+                f"classifier, a retrain run; this run's mode is {self.mode}: drop --set "
+                f"features={self.features}"
             )
         if self.random_rms is not None:
             self._check_random_rms()
@@ -292,9 +310,19 @@ def check_seed(seed: int) -> None:
         )
 
 
-def source_seed(preset: str, seed: int) -> int:
-    """The seed of the pretraining run that a retraining of ``preset`` with ``seed`` starts from."""
-    return seed if preset in SOURCE_PER_SEED else SHARED_SOURCE_SEED
+def pretrains(preset: str, experiment: str | None) -> bool:
+    """Whether ``experiment`` is a pretraining run of ``preset`` (the source that ``--weights``
+    stands in for), rather than a transfer run or none."""
+    config = preset_runs(preset).get(experiment)
+    return config is not None and config.mode == "pretrain"
+
+
+def source_seed(preset: str, seed: int, source: str) -> int:
+    """The seed of the run ``source`` that a run of ``preset`` with ``seed`` starts from: a
+    pretraining's is shared by every seed unless the preset pretrains one per seed; any other
+    source (the oracle's full training) is trained once per seed, so it is the run's own."""
+    shared = pretrains(preset, source) and preset not in SOURCE_PER_SEED
+    return SHARED_SOURCE_SEED if shared else seed
 
 
 def _check_choice(name: str, value, choices: Iterable) -> None:
@@ -312,12 +340,9 @@ def _paper() -> dict[str, RunConfig]:
     for dataset in datasets.PAPER_TARGETS:
         entry = datasets.REGISTRY[dataset]
         for arm in arms.ARMS:
-            # Only a retraining on pretrained features starts from the pretraining run; full
-            # training and the control (random features) need no weights.
-            reuses = (arm.mode, arm.features) == ("retrain", "pretrained")
             runs[arm.experiment(dataset)] = RunConfig(
                 dataset, arm.mode, mirror=entry.mirror, test_crops=entry.test_crops,
-                features=arm.features, pretrained="pretrain-imagenet" if reuses else None,
+                features=arm.features, pretrained=arm.source_of(dataset), keep_fc67=arm.keep_fc67,
             )  # fmt: skip
     return runs
 
@@ -448,6 +473,12 @@ def _parse(key: str, text: str, hint):
 
 
 def dependency_order(preset: str) -> list[str]:
-    """Experiments of a preset, each after the run whose weights it retrains from."""
+    """Experiments of a preset, each after the run whose weights it starts from (``pretrained``:
+    the pretraining for retraining, the full run for the oracle), else in the preset's order."""
     runs = preset_runs(preset)
-    return sorted(runs, key=lambda name: runs[name].pretrained is not None)  # stable
+
+    def depth(name: str) -> int:
+        source = runs[name].pretrained
+        return 0 if source is None else 1 + (depth(source) if source in runs else 0)
+
+    return sorted(runs, key=depth)  # stable

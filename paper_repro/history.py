@@ -287,6 +287,10 @@ class History:
     cluster: ClusterRecord | None = None  # None on one device (and before it was recorded)
     # Seconds per PHASES name; None before it was recorded.
     phases: Annotated[dict[str, Seconds], Keys(PHASES)] | None = None
+    # Criterion C of figures/study/PLAN.md (``paper_repro.convergence``), recorded when the run
+    # finished: whether its training loss had flattened before the first learning-rate drop.
+    # None while running, before it was recorded, and where too few epochs precede the drop.
+    converged: bool | None = None
 
     @property
     def num_classes(self) -> int | None:

@@ -41,14 +41,14 @@ def reproduce(
     the unfinished work (``force`` trains every run again). ``overrides`` (``key=value``) apply to
     every run of the preset. With ``weights`` (e.g. an imported CaffeNet) pretraining is skipped
     and every retraining on pretrained features starts from them; the full runs and the
-    random-features controls still start from scratch. With ``cache_features`` (or where the
-    preset says so, as mini does) the retrain runs train on cached features (runs of their own,
-    ``retrain-*-cached``). Each transfer experiment runs once per seed (``EXPERIMENT-seedN`` for
-    N > 0), and the pretraining once per source that those seeds retrain from
-    (``experiments.source_seed``: seed 0's for every seed in the paper preset, each seed's own in
-    mini). The histories are copied to ``OUT/histories/PRESET`` under their run directory's name
-    (seed kept) next to the table and figure made from them, so the three can be committed
-    together.
+    random-features controls still start from scratch, and the oracles from their full runs.
+    With ``cache_features`` (or where the preset says so, as mini does) the retrain runs train on
+    cached features (runs of their own, ``retrain-*-cached``). Each transfer experiment runs once
+    per seed (``EXPERIMENT-seedN`` for N > 0), and the pretraining once per source that those
+    seeds retrain from (``experiments.source_seed``: seed 0's for every seed in the paper preset,
+    each seed's own in mini). The histories are copied to ``OUT/histories/PRESET`` under their
+    run directory's name (seed kept) next to the table and figure made from them, so the three
+    can be committed together.
     """
     seeds = _distinct(seeds)
     overrides = list(overrides)
@@ -64,7 +64,7 @@ def reproduce(
         config = configs[name]
         _train_and_keep(
             name, preset, seed, kept, overrides,
-            weights=weights if _takes_weights(config) else None,
+            weights=weights if experiments.pretrains(preset, config.pretrained) else None,
             cached=config.mode == "retrain" and (cache_features or config.cache_features),
             runs_dir=runs_dir, data_dir=data_dir, force=force, download=download, verbose=verbose,
         )  # fmt: skip
@@ -78,14 +78,16 @@ def _plan(
     (``experiments.source_seed``) before its first retraining unless an earlier seed trained it,
     so that an interrupted reproduce leaves whole seeds behind. With ``skip_pretraining`` (the
     weights stand in for it) no source is trained: only the retrain runs on pretrained features
-    start from the weights; full runs and the random-features controls train from scratch."""
+    start from the weights; full runs and the random-features controls train from scratch. A run
+    comes after the one it starts from (``experiments.dependency_order``: the oracle after its
+    seed's full run)."""
     runs: list[tuple[str, int]] = []
     for seed in seeds:
         for name, config in configs.items():
             if config.mode != "pretrain":
                 runs.append((name, seed))
                 continue
-            source = (name, experiments.source_seed(preset, seed))
+            source = (name, experiments.source_seed(preset, seed, name))
             if not skip_pretraining and source not in runs:
                 runs.append(source)
     return runs
@@ -122,15 +124,15 @@ def reproduce_study(
                 print(f"[{name} {number}/{len(runs)}] {experiment} (seed {seed})", flush=True)
             overrides = [*study.cell(name).runs[experiment], *extra]
             config = experiments.resolve(experiment, study.PRESET, overrides)
-            source, kept = _study_source(runs_dir, name, seed), Path(out) / study.HISTORIES / name
-            cell_runs = Path(runs_dir) / name
-            if not force and _kept_and_finished(kept, cell_runs, experiment, config, seed):
+            kept, cell_runs = Path(out) / study.HISTORIES / name, Path(runs_dir) / name
+            if not force and _kept_and_finished(kept, name, cell_runs, experiment, config, seed):
                 if verbose:
                     print(f"{kept}: {experiment} (seed {seed}) already finished", flush=True)
                 continue
+            source = config.pretrained and _study_source(runs_dir, name, config.pretrained, seed)
             _train_and_keep(
                 experiment, study.PRESET, seed, kept, overrides,
-                weights=str(source) if _takes_weights(config) else None,
+                weights=str(source) if source else None,
                 cached=config.mode == "retrain", runs_dir=cell_runs,
                 data_dir=data_dir, force=force, download=download, verbose=verbose,
             )  # fmt: skip
@@ -138,45 +140,51 @@ def reproduce_study(
 
 
 def _kept_and_finished(
-    kept: Path, runs_dir: Path, experiment: str, config: RunConfig, seed: int
+    kept: Path, cell: str, runs_dir: Path, experiment: str, config: RunConfig, seed: int
 ) -> bool:
     """Whether the study already keeps this run's finished history, with the same settings.
 
     Run directories are not committed, so on another machine a finished study run is known
-    only by its kept history: it is not trained again. A source is, when its model file is
-    missing, since retraining starts from it (same seed, same bits: its history comes out the
-    same but for the wall times).
+    only by its kept history: it is not trained again. A run that another starts from (a source,
+    the full runs an oracle reads: ``study.is_source``) is, when its model file is missing (same
+    seed, same bits: its history comes out the same but for the wall times).
     """
     cached = config.mode == "retrain"
     run = run_directory(runs_dir, study.PRESET, experiment, seed, cached)
     history = kept / f"{run.name}{HISTORY_SUFFIX}"
-    if not history.is_file() or (config.mode == "pretrain" and not RunPaths(run).model.is_file()):
+    needed = study.is_source(cell, experiment) and not RunPaths(run).model.is_file()
+    if not history.is_file() or needed:
         return False
     previous = load_history(history)
     settings = dataclasses.replace(config, cache_features=cached)
     return previous.status == "finished" and settings_changed(previous, settings, seed) is None
 
 
-def _study_source(runs_dir: str | os.PathLike, cell: str, seed: int) -> Path:
-    """The model a study cell's retraining with ``seed`` starts from (``study.source_cell``)."""
-    source = study.source_cell(cell)
-    run = run_directory(Path(runs_dir) / source, study.PRESET, study.SOURCE, seed)
-    return RunPaths(run).model
+def _study_source(runs_dir: str | os.PathLike, cell: str, source: str, seed: int) -> Path:
+    """The model of the experiment ``source`` that a study cell's run with ``seed`` starts from
+    (the pretraining, or the oracle's full run), in the cell that trains it
+    (``study.source_cell``)."""
+    owner = study.source_cell(cell, source)
+    return RunPaths(run_directory(Path(runs_dir) / owner, study.PRESET, source, seed)).model
 
 
 def _check_sources(cell: str, cells: Sequence[str], seeds: Sequence[int], runs_dir) -> None:
-    """A cell that retrains from its base's sources needs them trained, or that cell named
-    before it: refused before any run starts, not after hours of others."""
-    source = study.source_cell(cell)
-    if not study.retrains(cell) or source == cell or source in cells[: list(cells).index(cell)]:
-        return
-    missing = [seed for seed in seeds if not _study_source(runs_dir, cell, seed).is_file()]
-    if missing:
-        raise UserError(
-            f"study cell {cell} retrains from the {source} cell's sources, not trained for seeds "
-            f"{','.join(map(str, missing))} in {runs_dir}: run `paper-repro study {source} "
-            f"--seeds {','.join(map(str, missing))}` first (or name {source} before {cell})"
-        )
+    """A cell whose runs start from its base's runs (its sources, the full runs its oracles
+    read) needs them trained, or that cell named before it: refused before any run starts, not
+    after hours of others."""
+    for source in study.sources_read(cell):
+        owner = study.source_cell(cell, source)
+        if owner == cell or owner in cells[: list(cells).index(cell)]:
+            continue
+        missing = [s for s in seeds if not _study_source(runs_dir, cell, source, s).is_file()]
+        if missing:
+            what = "sources" if source == study.SOURCE else f"{source} runs"
+            raise UserError(
+                f"study cell {cell} retrains from the {owner} cell's {what}, not trained for "
+                f"seeds {','.join(map(str, missing))} in {runs_dir}: run `paper-repro study "
+                f"{owner} --seeds {','.join(map(str, missing))}` first (or name {owner} before "
+                f"{cell})"
+            )
 
 
 def _train_and_keep(
@@ -198,12 +206,6 @@ def _train_and_keep(
           overrides=[*overrides, *cache], **options)  # fmt: skip
     run = run_directory(runs_dir, preset, experiment, seed, cached)
     write_atomic(kept / f"{run.name}{HISTORY_SUFFIX}", RunPaths(run).history.read_bytes())
-
-
-def _takes_weights(config: RunConfig) -> bool:
-    """Whether ``--weights`` stands in for this run's pretrained start: retraining on pretrained
-    features only (the random-features control has none, by design)."""
-    return config.mode == "retrain" and config.features == "pretrained"
 
 
 def _distinct(seeds: Sequence[int]) -> list[int]:

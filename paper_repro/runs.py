@@ -97,8 +97,9 @@ def run_directory(
 def pretrained_model(
     config: RunConfig, weights: str | None, runs_dir: str | os.PathLike, preset: str, seed: int
 ) -> Path | None:
-    """The pretrained model a run starts from: --weights, else its preset's pretraining run (with
-    the seed ``experiments.source_seed`` gives the run's ``seed``)."""
+    """The pretrained model a run starts from: --weights, else its preset's run that the config
+    names (``pretrained``: the pretraining, or the oracle's full run), with the seed
+    ``experiments.source_seed`` gives the run's ``seed``."""
     if weights:
         path = Path(weights)
         if path.is_dir():
@@ -108,13 +109,18 @@ def pretrained_model(
         return path
     if config.mode != "retrain":
         return None
-    source = experiments.source_seed(preset, seed)
+    source = experiments.source_seed(preset, seed, config.pretrained)
     default = run_directory(runs_dir, preset, config.pretrained, source) / MODEL_NAME
     if not default.is_file():
+        command = f"`paper-repro train {config.pretrained} --preset {preset} --seed {source}`"
+        if not experiments.pretrains(preset, config.pretrained):
+            raise UserError(
+                f"retraining on {config.pretrained}'s features needs that run finished: run "
+                f"{command} first (it writes {default})"
+            )
         raise UserError(
-            f"retraining needs pretrained weights: run `paper-repro train {config.pretrained} "
-            f"--preset {preset} --seed {source}` first (it writes {default}), or pass --weights "
-            "FILE.keras (for example CaffeNet from `paper-repro import-caffe`)"
+            f"retraining needs pretrained weights: run {command} first (it writes {default}), or "
+            "pass --weights FILE.keras (for example CaffeNet from `paper-repro import-caffe`)"
         )
     return default
 

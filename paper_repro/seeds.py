@@ -5,12 +5,14 @@ A value measured once per seed is shown as its mean ± the sample standard devia
 seeds are a sample of the runs one could make), with its minimum, maximum and count kept for the
 CSV; a value measured once is shown as itself, so that one seed's tables are the tables of
 before. A curve (Figure 5) is the per-epoch mean over the seeds with a min-max band, over the
-epochs every seed has reached. Nothing here imports TensorFlow, nor matplotlib: the reports
-(``paper_repro.reports``) draw what this module computes.
+epochs every seed has reached. A margin between two arms, read per seed (the transfer study), is
+shown with its 95 % Student-t interval. Nothing here imports TensorFlow, nor matplotlib, nor
+SciPy: the reports (``paper_repro.reports``) draw what this module computes.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -48,6 +50,41 @@ def text(summary: Summary, number: Callable[[float], str]) -> str:
 def spread(summary: Summary, number: Callable[[float], str]) -> tuple[str, str, str]:
     """(count, min, max) as text, the CSV's columns for a value measured per seed."""
     return str(summary.n), number(summary.low), number(summary.high)
+
+
+# Student's t distribution's 97.5th percentile (the two-sided 95 % interval's) for 1 .. 30 degrees
+# of freedom, as the standard tables give it to 4 decimals (SciPy's t.ppf(0.975, df), rounded).
+# Beyond 30 the value at 30 is used: 2.0423 against 1.9600 for infinitely many, an interval
+# slightly wider than exact, never narrower.
+T_975 = (
+    12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281,
+    2.2010, 2.1788, 2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860,
+    2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423,
+)  # fmt: skip
+
+
+def t_quantile(degrees_of_freedom: int) -> float:
+    """Student's t 97.5th percentile for ``degrees_of_freedom`` >= 1 (``T_975``)."""
+    if degrees_of_freedom < 1:
+        raise ValueError(
+            f"a t quantile needs at least 1 degree of freedom, got {degrees_of_freedom}"
+        )
+    return T_975[min(degrees_of_freedom, len(T_975)) - 1]
+
+
+def half_width(summary: Summary) -> float | None:
+    """The half-width of the 95 % Student-t interval of the mean of the values ``summary``
+    summarizes (n - 1 degrees of freedom: the seeds are a sample); None for one value."""
+    if summary.std is None:
+        return None
+    return t_quantile(summary.n - 1) * summary.std / math.sqrt(summary.n)
+
+
+def interval_text(summary: Summary, number: Callable[[float], str]) -> str:
+    """``mean ± half-width (n=N)`` of the 95 % t-interval, or ``mean (n=1)`` for one value."""
+    half = half_width(summary)
+    spread = "" if half is None else f" ± {number(half)}"
+    return f"{number(summary.mean)}{spread} (n={summary.n})"
 
 
 def range_text(summary: Summary, number: Callable[[float], str]) -> str:

@@ -1,25 +1,30 @@
 """The transfer study (issue 13): what closes the first mini's gap between retraining and full
-training? Its cells as plain data, and its table.
+training? Its cells as plain data, and what their histories say (per seed, per cell, and rule 1's
+verdicts); ``study_table`` writes its table and ``study_figure`` its figure.
 
 Commands (each resumable: finished runs are skipped, interrupted ones resumed)::
 
     paper-repro study baseline --seeds 0,1,2       # the first mini on validation splits
     paper-repro study fresh-fc67 --seeds 0,1,2     # one knob changed; needs baseline's sources
+    paper-repro study full-30-epochs frozen-30-lr-0.003 --seeds 0,1,2   # rule A's grid
     paper-repro study                              # only figures/study/table.md again
 
 Expected: a table of validation accuracies (never test: figures/study/PLAN.md, the plan and
-selection rule written before the first run) with, per cell and target, full training, retraining
-and the random-features control over seeds 0-2, the gap full - retraining and the margin
-retraining - control, and whether the cell passes the selection rule against the baseline.
+selection rule written before the first run) with, per cell and target, full training, retraining,
+the random-features control and the oracle over seeds 0-2, the gap full - retraining and the
+margins retraining - control and oracle - retraining, and whether the cell passes the selection
+rule against the baseline; then those margins with their 95 % intervals under both protocols
+(PLAN.md's rule E), and how many runs of each arm met the convergence criterion (rule A.2).
 
 Every cell is the ``study`` preset (the first mini, training on ``train[:N]`` and reporting
 accuracy on the held-out ``train[N:]``) with one thing changed. A cell trains only the runs its
 knob changes; the others (the full runs, the control, the sources) are its base cell's (the
 baseline's, unless it names another), shown as such. A cell that changes the source trains one
 per seed, and its retraining with seed s starts from its source with seed s; the other cells'
-retraining starts from their base's source of the same seed. Retraining and the control train
-on cached features (``cache_features``), the cheap arms, so that the CPU goes to the sources
-and the full runs.
+retraining starts from their base's source of the same seed; so does an oracle from the full run
+of its seed (rule A's grid cells read the full runs of ``full-30-epochs``). Retraining, the
+control and the oracle train on cached features (``cache_features``), the cheap arms, so that the
+CPU goes to the sources and the full runs.
 """
 
 from __future__ import annotations
@@ -27,20 +32,22 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-from paper_repro import arms, datasets, experiments, markdown, seeds
+from paper_repro import arms, datasets, experiments, seeds
 from paper_repro.errors import UserError
 from paper_repro.history import History, load_history
-from paper_repro.runs import find_histories, write_atomic
+from paper_repro.runs import find_histories
 
 PRESET = "study"
 BASELINE = "baseline"
 SOURCE = "pretrain-imagenet"
 # The targets with a validation split carved from their training images, in Table III's order.
 TARGETS = tuple(name for name, d in datasets.REGISTRY.items() if d.validation_from is not None)
-ARMS_ORDER = (arms.RETRAIN, arms.CONTROL, arms.FULL)  # the cheap ones first
+# The cheap ones first; the oracle after the full run it reads.
+ARMS_ORDER = (arms.RETRAIN, arms.CONTROL, arms.FULL, arms.ORACLE)
 
 
 def _runs(
@@ -58,13 +65,16 @@ class Cell:
     runs: Mapping[str, tuple[str, ...]]
     base: str = BASELINE
 
-    @property
-    def trains_source(self) -> bool:
-        return SOURCE in self.runs
-
 
 _RETRAIN = (arms.RETRAIN,)
 _RETRAINING = (arms.RETRAIN, arms.CONTROL)  # recipes that apply to the control as well
+# The first mini's arms, which every cell before PLAN.md's "Features or optimiser?" trains.
+_FIRST_ARMS = (arms.FULL, arms.RETRAIN, arms.CONTROL)
+# That part's three frozen-feature arms, and rule A's grid of step sizes for them (A.1).
+_FROZEN = (arms.RETRAIN, arms.CONTROL, arms.ORACLE)
+RULE_A_RATES = ("0.001", "0.003", "0.01", "0.03")
+_30_EPOCHS = ("epochs=30", "drop_epochs=20")  # the paper's schedule, in epochs
+FULL_30_EPOCHS = "full-30-epochs"
 
 
 def _arms(chosen: Sequence[arms.Arm], overrides: Iterable[str] = ()) -> dict[str, tuple[str, ...]]:
@@ -72,7 +82,7 @@ def _arms(chosen: Sequence[arms.Arm], overrides: Iterable[str] = ()) -> dict[str
 
 
 def _everything(overrides: Iterable[str] = ()) -> dict[str, tuple[str, ...]]:
-    return {SOURCE: tuple(overrides), **_arms(arms.ARMS, overrides)}
+    return {SOURCE: tuple(overrides), **_arms(_FIRST_ARMS, overrides)}
 
 
 CELLS: dict[str, Cell] = {
@@ -112,6 +122,18 @@ CELLS: dict[str, Cell] = {
         _arms((arms.CONTROL,), ["resize=148", "crop=131", "random_rms=1"]),
         base="crop-131",
     ),
+    # Rule A (PLAN.md, "Features or optimiser?"): full training at 30 epochs (A.5), the runs the
+    # grid's margins and oracles read; each frozen arm at each rate of the grid (A.1), on the new
+    # mini's recipe (dropout 0, cached), the sources the baseline's.
+    FULL_30_EPOCHS: Cell("full training 30 epochs, drop after 20", _arms((arms.FULL,), _30_EPOCHS)),
+    **{
+        f"frozen-30-lr-{rate}": Cell(
+            f"frozen arms at lr {rate}, 30 epochs, drop after 20, dropout 0",
+            _arms(_FROZEN, ["dropout=0", *_30_EPOCHS, f"base_lr={rate}"]),
+            base=FULL_30_EPOCHS,
+        )
+        for rate in RULE_A_RATES
+    },
 }  # fmt: skip
 
 
@@ -127,10 +149,29 @@ def input_size(name: str) -> int:
     return experiments.resolve(experiment, PRESET, overrides).crop
 
 
-def source_cell(name: str) -> str:
-    """The cell whose sources a cell's retraining starts from: its own, else its base's."""
+def source_cell(name: str, experiment: str = SOURCE) -> str:
+    """The cell whose ``experiment`` runs a cell's runs start from (its sources by default; the
+    full runs, for its oracles): its own where it trains them, else its base's."""
     spec = cell(name)
-    return name if spec.trains_source else source_cell(spec.base)
+    if experiment in spec.runs or name == BASELINE:
+        return name
+    return source_cell(spec.base, experiment)
+
+
+def sources_read(name: str) -> list[str]:
+    """The experiments whose models a cell's runs start from (``RunConfig.pretrained``: the
+    pretraining for retraining, the full runs for the oracle)."""
+    configs = [experiments.resolve(e, PRESET, o) for e, o in cell(name).runs.items()]
+    return sorted({config.pretrained for config in configs if config.pretrained})
+
+
+def is_source(name: str, experiment: str) -> bool:
+    """Whether some cell's runs start from cell ``name``'s ``experiment`` runs (its sources, the
+    full runs an oracle reads), whose model files must then exist."""
+    return any(
+        experiment in sources_read(other) and source_cell(other, experiment) == name
+        for other in CELLS
+    )
 
 
 def control_cells() -> list[str]:
@@ -139,13 +180,9 @@ def control_cells() -> list[str]:
     return [name for name, spec in CELLS.items() if set(spec.runs) <= controls]
 
 
-def retrains(name: str) -> bool:
-    """Whether a cell trains a retraining on a source's features (so needs its sources)."""
-    return any(experiment in cell(name).runs for experiment in _runs(arms.RETRAIN))
-
-
 def run_order(name: str) -> list[str]:
-    """The cell's runs, its source first (the retraining reads it), then the cheap arms."""
+    """The cell's runs, its source first (the retraining reads it), then the cheap arms, then
+    the full runs, then the oracles that read them."""
     order = {
         SOURCE: 0,
         **{arm.experiment(t): 1 + ARMS_ORDER.index(arm) for arm in arms.ARMS for t in TARGETS},
@@ -153,24 +190,27 @@ def run_order(name: str) -> list[str]:
     return sorted(cell(name).runs, key=order.__getitem__)
 
 
-# The table ----------------------------------------------------------------------------------
+# What the histories say ----------------------------------------------------------------------
 
-TABLE_NAME = "table.md"
 HISTORIES = "histories"
-CAPTION = (
-    "Transfer study (figures/study/PLAN.md): last-epoch centre-crop accuracy (%) on the "
-    "validation splits carved from the training images (never a test split), mean ± sample "
-    'standard deviation over seeds (n = runs). "(CELL)": that cell\'s runs, which this cell '
-    "does not change (its base's: the baseline's, unless it names another). Source: its own "
-    "validation accuracy (5 classes; 10 for source-10-classes). Differences are per seed, in "
-    "points. Rule: PLAN.md's rule 1 on the retraining arms' mean over the targets, margin vs "
-    "the larger std."
-)
 
 
-def _accuracy(history: History) -> float:
+def centre_crop(history: History) -> float:
     """The last epoch's centre-crop accuracy on the validation split (PLAN.md's measure)."""
     return history.epochs[-1].test_accuracy
+
+
+def multi_crop(history: History) -> float:
+    """The final multi-crop accuracy on the validation split (rule E's second protocol)."""
+    return history.final.top1
+
+
+def criterion_c(history: History) -> bool | None:
+    """Whether the run met rule A.2's convergence criterion, as it recorded when it finished."""
+    return history.converged
+
+
+Measure = Callable[[History], Any]  # a run's value; None where it has none
 
 
 def _finished(directory: Path) -> Iterator[History]:
@@ -181,12 +221,18 @@ def _finished(directory: Path) -> Iterator[History]:
             yield history
 
 
-def _by_run(directory: Path, trained_only: bool) -> dict[str, dict[int, float]]:
-    """``{experiment: {seed: accuracy}}`` of a cell's finished histories."""
-    found: dict[str, dict[int, float]] = {}
-    for history in _finished(directory):
-        if not (trained_only and _stalled(history)):
-            found.setdefault(history.experiment, {})[history.seed] = _accuracy(history)
+def finished(histories_dir: str | os.PathLike[str]) -> dict[str, list[History]]:
+    """Every cell's finished histories, kept under ``HISTORIES_DIR/CELL``."""
+    return {name: list(_finished(Path(histories_dir) / name)) for name in CELLS}
+
+
+def _by_run(histories: Iterable[History], measure: Measure, trained_only: bool) -> dict:
+    """``{experiment: {seed: value}}`` of a cell's finished histories that have the value."""
+    found: dict[str, dict[int, Any]] = {}
+    for history in histories:
+        value = measure(history)
+        if value is not None and not (trained_only and _stalled(history)):
+            found.setdefault(history.experiment, {})[history.seed] = value
     return found
 
 
@@ -209,18 +255,8 @@ def did_not_train(histories_dir: str | os.PathLike[str]) -> list[str]:
     ]
 
 
-def _percent(value: float) -> str:
-    return f"{100 * value:.2f}"
-
-
 def summary(values: Mapping[int, float] | None) -> seeds.Summary | None:
     return seeds.summarize([values[s] for s in sorted(values)]) if values else None
-
-
-def _text(summary: seeds.Summary | None, borrowed_from: str | None = None) -> str:
-    if summary is None:
-        return "–"
-    return seeds.text(summary, _percent) + (f" ({borrowed_from})" if borrowed_from else "")
 
 
 def difference(
@@ -231,23 +267,26 @@ def difference(
     return seeds.summarize([a[s] - b[s] for s in common]) if common else None
 
 
-def _difference(a: Mapping[int, float] | None, b: Mapping[int, float] | None) -> str:
-    """Mean ± std over the seeds both have of ``a - b``, in points."""
-    summary = difference(a, b)
-    return "–" if summary is None else seeds.text(summary, _percent)
+# cell: experiment: seed: accuracy (or whatever else was ``measured``)
+Results = dict[str, dict[str, dict[int, float]]]
 
 
-Results = dict[str, dict[str, dict[int, float]]]  # cell: experiment: seed: accuracy
+def measured(
+    histories: Mapping[str, Iterable[History]], measure: Measure, trained_only: bool = False
+) -> Results:
+    """``measure`` of every cell's finished runs (``finished``), per seed; with
+    ``trained_only``, without the runs that did not train."""
+    return {name: _by_run(found, measure, trained_only) for name, found in histories.items()}
 
 
 def results(histories_dir: str | os.PathLike[str], *, trained_only: bool = False) -> Results:
     """Every cell's finished runs under ``HISTORIES_DIR/CELL``, as accuracies per seed; with
     ``trained_only``, without the runs that did not train."""
-    return {name: _by_run(Path(histories_dir) / name, trained_only) for name in CELLS}
+    return measured(finished(histories_dir), centre_crop, trained_only)
 
 
 def arm(found: Results, name: str, experiment: str) -> tuple[dict[int, float] | None, str]:
-    """A cell's accuracies of one run, and the cell they come from: its own, or its base's
+    """A cell's values of one run, and the cell they come from: its own, or its base's
     where the cell does not train the run. A run the cell trains but has not finished is None,
     never the base's: a crop cell's full runs are not the baseline's at another crop."""
     own, spec = found[name].get(experiment), cell(name)
@@ -304,6 +343,11 @@ KNOBS: dict[str, tuple[str, ...]] = {
 }
 
 
+def is_knob(name: str) -> bool:
+    """Whether a cell sets one of PLAN.md's knobs (rule 1 weighs it against the baseline)."""
+    return any(name in names for names in KNOBS.values())
+
+
 def chosen(found: Results) -> dict[str, str | None]:
     """Rule 1 per knob: of its cells that rule 1 chooses, the one with the highest retrain mean;
     None keeps the baseline's setting (also while its cells lack seeds)."""
@@ -346,85 +390,3 @@ def combine(names: Sequence[str]) -> Cell:
         )
     knob = " + ".join(spec.knob for spec in specs)
     return Cell(knob, {experiment: tuple(overrides) for experiment, overrides in runs.items()})
-
-
-HEADER = ("cell", "knob", "target", "source", "full", "retraining", "control (random)",
-          "full - retraining", "retraining - control", "rule")  # fmt: skip
-
-
-def table(histories_dir: str | os.PathLike[str]) -> str:
-    """The study's Markdown table from ``HISTORIES_DIR/CELL/*.history.json``."""
-    found = results(histories_dir)
-    lines = [CAPTION, "", markdown.table(HEADER, _rows(found))]
-    stalled = did_not_train(histories_dir)
-    lines += [
-        "",
-        "Runs that did not train (last epoch's training loss >= ln of the class count, a uniform "
-        "guess's; counted in the means above as they are): " + ("; ".join(stalled) or "none") + ".",
-    ]
-    lines += ["", "Rule 1 per knob: " + "; ".join(_choices(found)) + "."]
-    lines += [
-        "",
-        f"Rule 3 (the 45-minute job) excludes: {', '.join(TOO_SLOW_FOR_MINI)}. The new mini "
-        f"takes: {', '.join(mini_cells(found)) or 'the baseline'}.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def _rows(found: Results) -> Iterator[list[str]]:
-    """A row per cell and target with a run of its own: the source, each arm (the base cell's
-    where the cell does not train it), the two differences and rule 1's verdict."""
-    for name, spec in CELLS.items():
-        runs = found[name]
-        if not runs:
-            continue
-        source, source_from = arm(found, name, SOURCE)
-        rule = _rule(found, name)
-        for target in TARGETS:
-            if not any(a.experiment(target) in runs for a in arms.ARMS):
-                continue
-            values, origin = {}, {}
-            for a in arms.ARMS:
-                values[a], origin[a] = arm(found, name, a.experiment(target))
-            yield [
-                name,
-                spec.knob,
-                target,
-                _text(summary(source), _borrowed(name, source_from)),
-                *(_text(summary(values[a]), _borrowed(name, origin[a])) for a in arms.ARMS),
-                _difference(values[arms.FULL], values[arms.RETRAIN]),
-                _difference(values[arms.RETRAIN], values[arms.CONTROL]),
-                rule,
-            ]
-
-
-def _borrowed(name: str, origin: str) -> str | None:
-    """The cell a table entry borrows from, or None for the cell's own."""
-    return None if origin == name else origin
-
-
-def _rule(found: Results, name: str) -> str:
-    """Rule 1's column: empty for the baseline and for a cell that retrains nothing (a control)."""
-    if name == BASELINE or not retrains(name):
-        return ""
-    return str(verdict(found, name) or "needs 2+ seeds")
-
-
-def _choices(found: Results) -> list[str]:
-    """``knob: what rule 1 takes`` for every knob: a cell, the baseline's, or not run yet."""
-    choice = chosen(found)
-    return [
-        f"{knob}: "
-        + (
-            choice[knob]
-            or ("the baseline's" if any(verdict(found, n) for n in names) else "not run yet")
-        )
-        for knob, names in KNOBS.items()
-    ]
-
-
-def write_table(histories_dir: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
-    """``OUT/table.md`` from the histories kept under ``HISTORIES_DIR``."""
-    path = Path(out) / TABLE_NAME
-    write_atomic(path, table(histories_dir).encode())
-    return path

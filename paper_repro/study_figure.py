@@ -23,7 +23,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from paper_repro import arms, datasets, experiments, study
+from paper_repro import arms, datasets, experiments, study, study_table
 from paper_repro.errors import UserError
 from paper_repro.plotting import deterministic_style, save_figure
 from paper_repro.seeds import Summary
@@ -165,7 +165,7 @@ def regenerate_study(out: str | os.PathLike[str]) -> list[Path]:
     """``OUT/table.md`` and, once some cell can be drawn, ``OUT/gap.png`` and ``.pdf``, from the
     histories under ``OUT/histories``."""
     histories = Path(out) / study.HISTORIES
-    paths = [study.write_table(histories, out)]
+    paths = [study_table.write_table(histories, out)]
     if has_points(histories):
         paths += save_figure(build_gap_figure(histories), out, FIGURE_STEM)
     return paths

@@ -75,7 +75,7 @@ def test_reproduce_again_skips_finished_runs(smoke_reproduction, capsys):
     before = (root / "table3.md").read_bytes()
     args = ["reproduce", "--preset", "smoke", "--runs-dir", str(root / "runs"), "--out", str(root)]
     assert cli.main(args) == 0
-    assert capsys.readouterr().out.count("already finished") == 4
+    assert capsys.readouterr().out.count("already finished") == 5
     assert (root / "table3.md").read_bytes() == before
 
 
@@ -229,6 +229,7 @@ def test_reproduce_runs_each_seed_and_gives_weights_only_to_pretrained_retrainin
     assert sorted(calls) == [
         ("full-mnist", 0, None), ("full-mnist", 2, None),
         ("retrain-mnist", 0, "w.keras"), ("retrain-mnist", 2, "w.keras"),
+        ("retrain-oracle-mnist", 0, None), ("retrain-oracle-mnist", 2, None),
         ("retrain-random-mnist", 0, None), ("retrain-random-mnist", 2, None),
     ]  # fmt: skip
     kept = tmp_path / "histories" / "smoke"
@@ -241,7 +242,7 @@ def test_reproduce_runs_each_seed_and_gives_weights_only_to_pretrained_retrainin
     assert [(name, seed) for name, seed, _ in calls if name.startswith("pretrain")] == [
         ("pretrain-imagenet", 1), ("pretrain-imagenet", 2),
     ]  # fmt: skip
-    assert [seed for _, seed, _ in calls] == [1] * 4 + [2] * 4
+    assert [seed for _, seed, _ in calls] == [1] * 5 + [2] * 5
     calls.clear()  # paper: one source, seed 0's, for every seed
     reproduce_module.reproduce("paper", runs_dir=tmp_path / "paper", out=tmp_path, seeds=[1, 2],
                                verbose=0)  # fmt: skip
@@ -252,7 +253,8 @@ def test_reproduce_runs_each_seed_and_gives_weights_only_to_pretrained_retrainin
 @pytest.mark.slow
 @pytest.mark.usefixtures("tfds_dir")
 def test_reproduce_with_two_seeds_tables_their_mean_and_count(tmp_path):
-    """Weights stand in for pretraining (one run fewer); the controls must not receive them."""
+    """Weights stand in for pretraining (one run fewer); the controls must not receive them:
+    the oracle starts from its seed's full run."""
     from paper_repro.model import build_alexnet
 
     weights = tmp_path / "source.keras"
@@ -263,20 +265,23 @@ def test_reproduce_with_two_seeds_tables_their_mean_and_count(tmp_path):
             *[a for o in tiny for a in ("--set", o)]]  # fmt: skip
     assert cli.main(args) == 0
     kept = tmp_path / "histories" / "smoke"
-    for name in ("full-mnist", "retrain-mnist", "retrain-random-mnist"):
+    names = ("full-mnist", "retrain-mnist", "retrain-random-mnist", "retrain-oracle-mnist")
+    for name in names:
         assert load_history(kept / f"{name}.history.json").seed == 0
         assert load_history(kept / f"{name}-seed1.history.json").seed == 1
     assert sorted(p.name for p in kept.iterdir()) == sorted(
-        f"{name}{seed}.history.json"
-        for name in ("full-mnist", "retrain-mnist", "retrain-random-mnist")
-        for seed in ("", "-seed1")
+        f"{name}{seed}.history.json" for name in names for seed in ("", "-seed1")
     )
+    oracle = load_history(kept / "retrain-oracle-mnist-seed1.history.json")
+    full = run_directory(tmp_path / "runs", "smoke", "full-mnist", 1) / "model.keras"
+    assert oracle.provenance.weights.path == str(full) and oracle.start == "oracle-features"
     control = load_history(kept / "retrain-random-mnist-seed1.history.json")
     assert control.provenance.weights is None and control.start == "random-features"
     retrain = load_history(kept / "retrain-mnist-seed1.history.json")
     assert retrain.provenance.weights.path == str(weights)
     rows = list(csv.DictReader((tmp_path / "table3.csv").open()))
     mnist = {r["column"]: r for r in rows if r["dataset"] == "mnist"}
-    for column in ("Full training", "Retraining", "Retraining, random features (control)"):
+    for column in ("Full training", "Retraining", "Retraining, random features (control)",
+                   "Retraining, oracle features (positive control)"):  # fmt: skip
         assert mnist[column]["seeds"] == "2" and mnist[column]["value"].endswith("(n=2)")
     assert "Seeds: 0, 1." in (tmp_path / "table3.md").read_text(encoding="utf-8")

@@ -121,7 +121,7 @@ def test_a_schedule_is_in_epochs_or_in_iterations():
 
 def test_every_retraining_has_its_random_features_control():
     for preset, runs in PRESETS.items():
-        retrains = {n for n, c in runs.items() if c.mode == "retrain" and c.features != "random"}
+        retrains = {n for n, c in runs.items() if (c.mode, c.features) == ("retrain", "pretrained")}
         assert retrains, preset
         for name in retrains:
             control = runs[name.replace("retrain-", "retrain-random-")]

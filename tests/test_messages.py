@@ -61,6 +61,8 @@ REACHED_BY = {
     "probe.py": ("probe",),
     "run_features.py": ("feature-activity", "probe"),
     "study.py": ("study",),
+    "study_table.py": ("study",),
+    "convergence.py": (),
     "trainee.py": RUN_COMMANDS,
     "training/callbacks.py": RUN_COMMANDS,
     "training/context.py": RUN_COMMANDS,

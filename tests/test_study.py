@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from paper_repro import experiments, study
+from paper_repro import arms, experiments, study, study_table
 from paper_repro.errors import UserError
 from paper_repro.history import EpochRecord, save_history
 from paper_repro.reports import load_histories
@@ -17,13 +17,14 @@ BASELINE_KEPT = Path(__file__).parents[1] / "figures" / "study" / "histories" / 
 
 def test_every_cell_resolves_and_changes_one_thing_from_the_baseline():
     baseline = study.CELLS[study.BASELINE].runs
+    oracles = {arms.ORACLE.experiment(target) for target in study.TARGETS}
     for name, cell in study.CELLS.items():
         for experiment, overrides in cell.runs.items():
             config = experiments.resolve(experiment, study.PRESET, overrides)
             assert config.test_split.startswith("train[")  # never a test split
-            assert experiment in baseline
+            assert experiment in baseline or experiment in oracles
         if name != study.BASELINE:
-            assert {tuple(o) for o in cell.runs.values()} != {()} or cell.trains_source
+            assert {tuple(o) for o in cell.runs.values()} != {()} or study.SOURCE in cell.runs
 
 
 def test_study_preset_holds_out_part_of_each_training_split():
@@ -44,7 +45,10 @@ def test_mini_is_the_first_mini_with_what_the_rules_chose_on_the_committed_study
     changes = study.combine(taken).runs
     for name, config in experiments.MINI.items():
         first = experiments.FIRST_MINI[name]
-        expected = experiments.apply_overrides(first, changes.get(name, ()))
+        arm, target = arms.split_experiment(name) or (None, "")
+        # The oracle came after the study chose: it takes retraining's recipe.
+        recipe = arms.RETRAIN.experiment(target) if arm is arms.ORACLE else name
+        expected = experiments.apply_overrides(first, changes.get(recipe, ()))
         if config.mode == "retrain":
             expected = dataclasses.replace(expected, cache_features=True)
         assert config == expected, name
@@ -56,7 +60,8 @@ def test_a_cell_borrows_its_bases_sources_unless_it_trains_its_own():
     assert study.source_cell("fresh-fc67") == study.BASELINE
     assert study.source_cell("source-30-epochs") == "source-30-epochs"
     assert study.source_cell("crop-131-control-rms-1") == "crop-131"
-    assert study.retrains("fresh-fc67") and not study.retrains("crop-131-control-rms-1")
+    assert study.sources_read("fresh-fc67") == [study.SOURCE]
+    assert study.sources_read("crop-131-control-rms-1") == []
     assert study.run_order("crop-99")[0] == study.SOURCE
     assert study.run_order("no-dropout")[-1].startswith("retrain-random")
     with pytest.raises(UserError, match="unknown study cell 'nope'; cells: baseline"):
@@ -84,8 +89,8 @@ def test_the_table_names_the_runs_that_did_not_train(tmp_path):
         )  # fmt: skip
         save_history(history, tmp_path / "crop-131" / f"full-mnist-seed{seed}.history.json")
     assert study.did_not_train(tmp_path) == ["crop-131 full-mnist seed 0 (2.316 >= ln 10 = 2.303)"]
-    assert "did not train" in study.table(tmp_path) and "crop-131 full-mnist seed 0" in (
-        study.table(tmp_path)
+    assert "did not train" in study_table.table(tmp_path) and "crop-131 full-mnist seed 0" in (
+        study_table.table(tmp_path)
     )
     assert study.did_not_train(tmp_path / "nothing-here") == []
     # The gap figure reads the runs that trained: seed 1 alone.
@@ -121,9 +126,12 @@ def test_table_reads_the_last_epochs_and_applies_the_rule(tmp_path):
         for experiment, values in runs.items():
             for seed, value in enumerate(values):
                 _save(tmp_path / cell, template, experiment, seed, value)
-    text = study.write_table(tmp_path, tmp_path / "out").read_text()
+    text = study_table.write_table(tmp_path, tmp_path / "out").read_text()
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()]
-    table = {tuple(row[:3]): row for row in rows if len(row) == 10}
+    # The main table's columns without the oracle's (no oracle ran): the indices below.
+    oracle = [study_table.HEADER.index("oracle"), study_table.HEADER.index("oracle - retraining")]
+    rows = [[c for i, c in enumerate(row) if i not in oracle] for row in rows if len(row) == 12]
+    table = {tuple(row[:3]): row for row in rows}
     cells = table.__getitem__
     base = cells(("baseline", "the first mini", "mnist"))
     assert base[3:8] == [
@@ -153,7 +161,7 @@ def test_combining_cells_gives_each_run_every_change_that_reaches_it():
     both = study.combine(["fresh-fc67", "crop-99"])
     assert both.runs["retrain-mnist"] == ("keep_fc67=false", "resize=112", "crop=99")
     assert both.runs[study.SOURCE] == both.runs["full-cifar10"] == ("resize=112", "crop=99")
-    assert both.trains_source and set(both.runs) == set(study.CELLS[study.BASELINE].runs)
+    assert study.SOURCE in both.runs and set(both.runs) == set(study.CELLS[study.BASELINE].runs)
     recipe = study.combine(["fresh-fc67", "source-30-epochs"])
     assert recipe.runs[study.SOURCE] == ("epochs=30", "drop_epochs=20")
     assert recipe.runs["retrain-cifar10"] == ("keep_fc67=false",)
@@ -243,7 +251,7 @@ def test_a_kept_finished_run_is_not_trained_again_but_a_missing_source_is(tmp_pa
     def kept_and_finished(experiment: str, seed: int = 0, overrides: tuple = ()) -> bool:
         runs_of = [*study.cell(study.BASELINE).runs[experiment], *overrides]
         config = experiments.resolve(experiment, study.PRESET, runs_of)
-        return _kept_and_finished(kept, runs, experiment, config, seed)
+        return _kept_and_finished(kept, study.BASELINE, runs, experiment, config, seed)
 
     assert kept_and_finished("retrain-mnist")
     assert not kept_and_finished("retrain-mnist", seed=1)  # none kept for seed 1 here

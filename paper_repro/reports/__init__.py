@@ -10,9 +10,9 @@ Table III (``table3``), the time-to-accuracy table (``time_to_accuracy``) and Fi
 (``figure5``) are three views of one grouping of histories (``index``: preset, dataset, variant,
 seeds); the tables share one model and its Markdown, LaTeX and CSV renderings (``table``). What
 they show of several seeds (mean ± standard deviation, min-max bands) is computed in
-``paper_repro.seeds``. Beside full training and retraining, the random-features control gets a
-column in both tables and a dotted line in Figure 5 as soon as any of its histories is present;
-without one, the tables stay as they were.
+``paper_repro.seeds``. Beside full training and retraining, each control (the random-features
+control, and the oracle: ``paper_repro.arms``) gets a column in both tables and a line of its own
+in Figure 5 as soon as any of its histories is present; without one, the tables stay as they were.
 """
 
 from paper_repro.reports.figure5 import build_figure5, write_figure5

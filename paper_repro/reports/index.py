@@ -82,10 +82,12 @@ def variant(history: History) -> str:
     return PRETRAIN if arm is None else arms.variant(arm, cached=bool(history.cache))
 
 
-def has_control(index: Index) -> bool:
-    """Whether any control was run: the tables then show its column, the figure its line."""
-    controls = {arms.variant(arm, cached) for arm in arms.CONTROLS for cached in (False, True)}
-    return any(key[2] in controls for key in index)
+def arms_run(index: Index) -> frozenset[arms.Arm]:
+    """The arms with any run among the histories: the tables show a control's column only then."""
+    variants = {key[2] for key in index}
+    return frozenset(
+        arm for arm in arms.ARMS if {arms.variant(arm, False), arms.variant(arm, True)} & variants
+    )
 
 
 def shown(index: Index, preset: str, dataset: str, arm: arms.Arm) -> Runs | None:

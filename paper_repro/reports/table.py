@@ -2,9 +2,9 @@
 
 A table is sections of rows of cells. A section is declared as columns, each a header and the
 function that computes its cell from one row's runs, so a header can never drift from the value
-under it; a column may be the control's, shown only once some control was run. A cell is text
-with an optional note, rendered as a footnote (a dash where the text is empty), and, for a value
-measured once per seed, its spread, which only the CSV shows.
+under it; a column may be a control's, shown only once some run of that control is among the
+histories. A cell is text with an optional note, rendered as a footnote (a dash where the text is
+empty), and, for a value measured once per seed, its spread, which only the CSV shows.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
-from paper_repro import datasets, markdown, seeds
+from paper_repro import arms, datasets, markdown, seeds
 from paper_repro.history import History
-from paper_repro.reports.index import Index, has_control, variant
+from paper_repro.reports.index import Index, arms_run, variant
 from paper_repro.runs import write_atomic
 
 
@@ -61,7 +61,7 @@ class Column(Generic[R]):
 
     header: str
     cell: Callable[[R], Cell]
-    control: bool = False  # the control's column: shown only once some control was run
+    control: arms.Arm | None = None  # a control's column: shown only once that control was run
 
 
 DATASET_COLUMN: Column = Column("Dataset", lambda row: Cell(datasets.display(row.dataset)))
@@ -88,9 +88,12 @@ class Section:
         return "ll" + "r" * (len(self.header) - 2)
 
 
-def section(name: str, columns: Sequence[Column[R]], rows: Iterable[R], control: bool) -> Section:
-    """The section of these columns (the control's only with ``control``), a row per item."""
-    shown = [column for column in columns if control or not column.control]
+def section(
+    name: str, columns: Sequence[Column[R]], rows: Iterable[R], run: Collection[arms.Arm]
+) -> Section:
+    """The section of these columns (a control's only where that arm is ``run``), a row per
+    item."""
+    shown = [column for column in columns if column.control in (None, *run)]
     return Section(
         name,
         tuple(column.header for column in shown),
@@ -101,9 +104,16 @@ def section(name: str, columns: Sequence[Column[R]], rows: Iterable[R], control:
     )
 
 
-def caption(base: str, index: Index, histories: Mapping[str, History], control: str) -> str:
-    """A table's caption, with the control's and the seeds' sentences where they apply."""
-    return base + (control if has_control(index) else "") + seeds.caption(histories.values())
+def caption(
+    base: str,
+    index: Index,
+    histories: Mapping[str, History],
+    controls: Mapping[arms.Arm, str],
+) -> str:
+    """A table's caption, with each control's sentence where it was run, then the seeds'."""
+    run = arms_run(index)
+    said = "".join(text for arm, text in controls.items() if arm in run)
+    return base + said + seeds.caption(histories.values())
 
 
 def write_all(out_dir: str | os.PathLike[str], files: Mapping[str, str]) -> list[Path]:

@@ -18,8 +18,8 @@ from paper_repro.history import History
 from paper_repro.reports.index import (
     Index,
     Runs,
+    arms_run,
     group,
-    has_control,
     mixed_note,
     places,
     presets_of,
@@ -43,7 +43,6 @@ FULL = arms.variant(arms.FULL, False)
 RETRAIN = arms.variant(arms.RETRAIN, False)
 CACHED = arms.variant(arms.RETRAIN, True)
 COMPARED = (FULL, RETRAIN, CACHED)  # the modes whose times choose the target
-CONTROL = arms.CONTROL.name  # the control's runs, on the images or else on cached features
 TITLE = "Time to accuracy (reproduced)"
 CAPTION = (
     "Time to accuracy: the wall-clock seconds each mode needs before its center-crop test"
@@ -54,10 +53,16 @@ CAPTION = (
     " The target is the highest accuracy that every mode shown reaches (its lowest best epoch),"
     " unless one was given."
 )
-CONTROL_CAPTION = (
-    " The control column (the same retraining on frozen, untrained features) is timed to the same"
-    " target, which is chosen without it."
-)
+CONTROL_CAPTIONS = {
+    arms.CONTROL: (
+        " The control column (the same retraining on frozen, untrained features) is timed to the"
+        " same target, which is chosen without it."
+    ),
+    arms.ORACLE: (
+        " The oracle column (the same retraining on the frozen features of the same seed's full"
+        " training) is timed to the same target, which is chosen without it."
+    ),
+}
 # A time per seed: (seconds, epoch), or None where that seed never reaches the target.
 Time = tuple[float, int] | None
 
@@ -71,11 +76,12 @@ def write_time_to_accuracy(
     """Write ``time_to_accuracy.md`` and ``.csv``: the paper's "retraining is faster" claim as
     seconds to reach one accuracy. ``target`` is a fraction; default: see ``CAPTION``."""
     index = group(histories, allow_mixed_presets)
-    timed = {*COMPARED, *(arms.variant(arms.CONTROL, cached) for cached in (False, True))}
+    controls = {arms.variant(arm, cached) for arm in arms.CONTROLS for cached in (False, True)}
+    timed = {*COMPARED, *controls}
     where = places(*(_with_epochs(runs) for (_, _, v), runs in index.items() if v in timed))
     rows = _timed_rows(index, target, mixed=len(where) > 1)
-    table = section("time_to_accuracy", COLUMNS, rows, has_control(index))
-    text = caption(CAPTION, index, histories, CONTROL_CAPTION) + _places_caption(where)
+    table = section("time_to_accuracy", COLUMNS, rows, arms_run(index))
+    text = caption(CAPTION, index, histories, CONTROL_CAPTIONS) + _places_caption(where)
     presets = presets_of(histories)
     return write_all(
         out_dir,
@@ -117,12 +123,14 @@ class _Timed:
 
 
 def _timed_rows(index: Index, target: float | None, mixed: bool) -> Iterator[_Timed]:
-    """A row per preset and dataset with at least two of the modes run (the control aside)."""
+    """A row per preset and dataset with at least two of the modes run (the controls aside, each
+    keyed by its arm's name: its runs on the images, else on cached features)."""
     for preset, dataset in sorted(
         {(p, d) for p, d, _ in index}, key=lambda k: (k[0], datasets.order(k[1]))
     ):
         runs = {v: _with_epochs(index.get((preset, dataset, v))) for v in COMPARED}
-        runs[CONTROL] = _with_epochs(shown(index, preset, dataset, arms.CONTROL))
+        for arm in arms.CONTROLS:
+            runs[arm.name] = _with_epochs(shown(index, preset, dataset, arm))
         runs = {v: found for v, found in runs.items() if found}
         if len([v for v in runs if v in COMPARED]) < 2:
             continue
@@ -159,7 +167,7 @@ def _time_to(history: History, goal: float) -> Time:
     return None
 
 
-def _time_column(header: str, variant: str, control: bool = False) -> Column[_Timed]:
+def _time_column(header: str, variant: str, control: arms.Arm | None = None) -> Column[_Timed]:
     """``seconds (epoch)`` over the seeds that reach the target (mean ± std, epochs min-max);
     a seed that does not is named in a note, and so, in a table of mixed places, is where the
     seconds shown were measured."""
@@ -221,5 +229,5 @@ COLUMNS: tuple[Column[_Timed], ...] = (
     Column("Of which cache build (s)", _cache_build_cell),
     _ratio_column("Full / retrain", RETRAIN),
     _ratio_column("Full / cached", CACHED),
-    _time_column(f"{arms.CONTROL.column}: s (epoch)", CONTROL, control=True),
+    *(_time_column(f"{arm.column}: s (epoch)", arm.name, control=arm) for arm in arms.CONTROLS),
 )

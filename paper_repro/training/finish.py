@@ -1,5 +1,6 @@
 """The end of a run: the final multi-crop evaluation (Table III), the trained model saved with
-what it was trained on, and the history marked finished."""
+what it was trained on, and the history marked finished, with whether its training converged
+(``paper_repro.convergence``)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import time
 
 import keras
 
-from paper_repro import data, evaluate
+from paper_repro import convergence, data, evaluate
 from paper_repro import model as model_lib
+from paper_repro.experiments import RunConfig
 from paper_repro.history import FinalEvaluation, History, save_history
 from paper_repro.runs import replace_atomic
 from paper_repro.training.context import Run, say
@@ -37,7 +39,13 @@ def finish(run: Run, model: keras.Model, splits: data.ExperimentData, history: H
             paths.model, lambda path: model_lib.save_model(_without_optimizer(model), path, record)
         )
     history = dataclasses.replace(
-        history, final=final, status="finished", phases=run.timer.record()
+        history,
+        final=final,
+        status="finished",
+        phases=run.timer.record(),
+        converged=convergence.converged(
+            [epoch.train_loss for epoch in history.epochs], _drop_epochs(config, splits)
+        ),
     )
     save_history(history, paths.history)
     paths.checkpoint.unlink(missing_ok=True)
@@ -48,6 +56,14 @@ def finish(run: Run, model: keras.Model, splits: data.ExperimentData, history: H
         f"{final.center_top1:.2%}, {evaluate.top5_text(final.center_top5, scores['num_classes'])})",
     )
     return history
+
+
+def _drop_epochs(config: RunConfig, splits: data.ExperimentData) -> tuple[float, ...]:
+    """The epochs after which the learning rate drops, also for a schedule in iterations."""
+    if config.drop_iterations is None:
+        return config.drop_epochs
+    steps = data.steps_per_epoch(splits.train_examples, config.batch_size)
+    return tuple(iteration / steps for iteration in config.drop_iterations)
 
 
 def _without_optimizer(model: keras.Model) -> keras.Model:

@@ -3,8 +3,10 @@ fresh or pretrained network becomes the one it trains, and what the history reco
 
 Full training starts from a fresh network (or fine-tunes a whole given one); retraining keeps a
 pretrained network's features, frozen, under a new classifier; the control (``features=random``)
-freezes a fresh network's untrained features. The freezing, and what each mode then fits, are
-``trainee.for_mode``'s: one recipe with the benchmarks.
+freezes a fresh network's untrained features; the oracle (``features=oracle``) keeps the features
+and mean of the same seed's full training, frozen, under a classifier drawn fresh as the
+control's is. The freezing, and what each mode then fits, are ``trainee.for_mode``'s: one recipe
+with the benchmarks.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from pathlib import Path
 
 import keras
 
-from paper_repro import data, feature_activity
+from paper_repro import arms, data, feature_activity
 from paper_repro import model as model_lib
 from paper_repro import trainee as trainee_lib
-from paper_repro.arms import CONTROL, FULL, RETRAIN
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 from paper_repro.model import FC8
@@ -30,8 +31,8 @@ RANDOM_RMS_IMAGES = 1_000
 def weights_path(
     config: RunConfig, weights: str | None, runs_dir: str | os.PathLike, preset: str, seed: int
 ) -> Path | None:
-    """The pretrained model the run starts from; none for the random-features control, whose
-    point is to start from no pretraining at all."""
+    """The trained model the run starts from (a pretraining, or the oracle's full run); none for
+    the random-features control, whose point is to start from no pretraining at all."""
     if config.features != "random":
         if config.mode == "retrain" and config.pretrained is None and not weights:
             raise UserError(
@@ -62,9 +63,11 @@ def source_model(path: Path, config: RunConfig) -> keras.Model:
 def initial_model(
     config: RunConfig, splits: data.ExperimentData, source: keras.Model | None, seed: int
 ) -> keras.Model:
-    """Retrain: the source's features and a new classifier, features frozen. Full training: a
-    fresh network, or the source itself when one is given (fine-tuning all layers). The
-    random-features control: a fresh network (the target's own mean) with its features frozen."""
+    """Retrain: the source's features and a new classifier, features frozen; the source's fc6/fc7
+    kept unless ``keep_fc67`` is false (the oracle's: its source is the full run, its classifier
+    drawn by the filler with the run's seed, as the control's). Full training: a fresh network,
+    or the source itself when one is given (fine-tuning all layers). The random-features control:
+    a fresh network (the target's own mean) with its features frozen."""
     if source is None:
         network = model_lib.build_alexnet(
             splits.num_classes,
@@ -114,10 +117,9 @@ def _scale_to_rms(network: keras.Model, splits: data.ExperimentData, rms: float)
 
 
 def start(config: RunConfig, weights_path: Path | None) -> str:
-    """What the network starts from (``arms.STARTS``), as ``initial_model`` builds it: its arm's
-    start, or, for full training (or pretraining) given weights, the whole pretrained network."""
-    if config.features == "random":
-        return CONTROL.start
-    if weights_path is None:
-        return FULL.start
-    return RETRAIN.start if config.mode == "retrain" else "pretrained-network"
+    """What the network starts from (``arms.STARTS``), as ``initial_model`` builds it: a
+    retraining's arm's start, by its frozen block; full training's, or, for full training (or
+    pretraining) given weights, the whole pretrained network."""
+    if config.mode == "retrain":
+        return arms.retraining_on(config.features).start
+    return arms.FULL.start if weights_path is None else "pretrained-network"
