@@ -7,149 +7,38 @@ modules. Imports happen inside the handlers so that ``--help`` and the TensorFlo
 Output, as Keras' own ``verbose`` levels: progress bars on a terminal, one line per epoch and per
 evaluation when stdout is a file or a pipe (a log stays readable and small), nothing with
 ``--quiet``. TensorFlow's start-up lines (absl, oneDNN, CPU features) are hidden unless
-``--verbose``: see :func:`import_tensorflow`.
+``--verbose``: see :func:`paper_repro.quiet_tensorflow.import_tensorflow`. The options several
+commands share are declared in ``cli_options``.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib
-import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from paper_repro import __version__
+from paper_repro.cli_options import (
+    DATA_DIR_HELP,
+    progress,
+    run_options,
+    shared_run_options,
+    tensorflow_command,
+)
 from paper_repro.errors import UserError
-from paper_repro.experiments import CROPS, JOIN_TIMEOUT, PRESETS, STRATEGIES
+from paper_repro.experiments import CROPS, JOIN_TIMEOUT, STRATEGIES
+from paper_repro.quiet_tensorflow import import_tensorflow
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
-# The one preset every command defaults to: the CPU-sized analog that runs on the data shipped.
-DEFAULT_PRESET = "mini"
-PRESET_HELP = (
-    f"{', '.join(PRESETS)} (default: {DEFAULT_PRESET}, for every command: the CPU-sized analog; "
-    "paper for the paper's settings, on a GPU)"
-)
-DATA_DIR_HELP = "tfds data directory (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)"
-
-
-def import_tensorflow(verbose: bool = False) -> None:
-    """Import TensorFlow once, before any command that uses it, without its start-up noise.
-
-    TensorFlow 2.21 writes "All log messages before absl::InitializeLog() ..." and the oneDNN and
-    CPU-feature notices straight to file descriptor 2 while it loads, before any of its logging
-    settings (``TF_CPP_MIN_LOG_LEVEL``, ``GLOG_minloglevel``, ``ABSL_MIN_LOG_LEVEL``) is read, so
-    only redirecting the descriptor itself around the import silences them; it is restored at
-    once, so every later message, and every error, reaches stderr. ``TF_CPP_MIN_LOG_LEVEL=3``
-    (unless set) then quiets TensorFlow's native log at run time, whose "errors" are notices such
-    as oneDNN's "supports DT_UINT8 only on platforms with AVX-512" at the first evaluation; a
-    failure that matters raises a Python exception, which still prints. TensorFlow's Python
-    logger is set to errors only: its warnings are hints for developers, such as "N out of the
-    last M calls ... triggered tf.function retracing" when ``reproduce`` evaluates its fourth run
-    in one process. ``TF_ENABLE_ONEDNN_OPTS`` is left alone: it changes the numerics, and runs
-    must stay bit-identical. ``verbose`` lets all of it through.
-    """
-    quiet = not verbose and "tensorflow" not in sys.modules
-    if quiet:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with _stderr_discarded() if quiet else contextlib.nullcontext():
-        tensorflow = importlib.import_module("tensorflow")
-    if quiet:
-        tensorflow.get_logger().setLevel("ERROR")
-
-
-@contextlib.contextmanager
-def _stderr_discarded() -> Iterator[None]:
-    """File descriptor 2 on /dev/null (what native code writes too), restored on the way out."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def _log_options() -> argparse.ArgumentParser:
-    """``--quiet`` / ``--verbose``, for the commands that run TensorFlow, as an argparse parent."""
-    p = argparse.ArgumentParser(add_help=False)
-    group = p.add_mutually_exclusive_group()
-    group.add_argument(
-        "--quiet", action="store_true", help="no progress output (results and errors still print)"
-    )
-    group.add_argument(
-        "--verbose",
-        action="store_true",
-        help="let TensorFlow's start-up and info messages (absl, oneDNN) through to stderr",
-    )
-    return p
-
-
-def _tensorflow_command(
-    sub: argparse._SubParsersAction, name: str, about: str, *parents: argparse.ArgumentParser
-) -> argparse.ArgumentParser:
-    """A subcommand that runs TensorFlow: it takes ``--quiet`` and ``--verbose`` (``main``
-    imports TensorFlow for it, quietly unless ``--verbose``)."""
-    return sub.add_parser(name, parents=[_log_options(), *parents], help=about)
-
-
-def _progress(args: argparse.Namespace) -> int:
-    """Keras' ``verbose`` for this run: a progress bar on a terminal, one line per epoch (and per
-    evaluation) in a file or pipe, where a bar's carriage returns would make megabytes, or none."""
-    if args.quiet:
-        return 0
-    return 1 if sys.stdout.isatty() else 2
-
-
-def _shared_run_options(
-    *, which: str, runs_dir: str = "runs", runs_dir_help: str = "where run directories go"
-) -> argparse.ArgumentParser:
-    """The flags of every command that trains (``train``, ``reproduce``, ``study``), as an
-    argparse parent.
-
-    A new parent per command: argparse shares a parent's actions with its children, so a change
-    to one child's option would otherwise change the other's. ``which`` names the runs they apply
-    to.
-    """
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument("--runs-dir", default=runs_dir, help=f"{runs_dir_help} (default: {runs_dir})")
-    p.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-        help=f"change a setting of {which}",
-    )  # fmt: skip
-    p.add_argument("--force", action="store_true", help="train again, also when finished")
-    p.add_argument(
-        "--download", action="store_true", help="let tfds download a dataset that is missing"
-    )
-    return p
-
-
-def _run_options(*, which: str) -> argparse.ArgumentParser:
-    """The flags ``train`` and ``reproduce`` share beyond those of every training command."""
-    p = argparse.ArgumentParser(add_help=False, parents=[_shared_run_options(which=which)])
-    p.add_argument("--preset", default=DEFAULT_PRESET, help=PRESET_HELP)
-    p.add_argument("--seed", type=int, help="the runs' seed (default: 0)")
-    p.add_argument(
-        "--cache-features",
-        action="store_true",
-        help="retrain runs: compute the frozen features once per view (10 crops) and train the "
-        "classifier on them (cache under RUNS_DIR/feature-cache; --set cache_dtype=float16, "
-        "--set cache_views=5)",
-    )
-    return p
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = _tensorflow_command(
+    p = tensorflow_command(
         sub,
         "train",
         "train one experiment of the paper (full, retrain, pretrain)",
-        _run_options(which="the run"),
+        run_options(which="the run"),
     )
     p.add_argument("experiment", help="e.g. retrain-cifar10; `paper-repro list` shows them all")
     p.add_argument("--weights", help="pretrained model to retrain from: a run dir or a .keras")
@@ -188,13 +77,13 @@ def _train(args: argparse.Namespace) -> None:
         strategy=args.strategy,
         tensorboard=args.tensorboard,
         download=args.download,
-        verbose=_progress(args),
+        verbose=progress(args),
         join_timeout=args.join_timeout,
     )
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    p = _tensorflow_command(sub, "evaluate", "multi-crop test accuracy of a run or a .keras model")
+    p = tensorflow_command(sub, "evaluate", "multi-crop test accuracy of a run or a .keras model")
     p.add_argument("source", help="a run directory or a .keras file")
     p.add_argument("--dataset", help="tfds name or image folder (default: the run's)")
     p.add_argument("--crops", type=int, choices=CROPS, help="default: the run's (10 or 5)")
@@ -216,7 +105,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         split=args.split,
         data_dir=args.data_dir,
         download=args.download,
-        verbose=_progress(args),
+        verbose=progress(args),
     )
     print(
         f"{args.source}: {scores['crops']}-crop top-1 {scores['top1']:.2%}, "
@@ -255,11 +144,11 @@ def _list(args: argparse.Namespace) -> None:
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
-    p = _tensorflow_command(
+    p = tensorflow_command(
         sub,
         "reproduce",
         "every experiment of a preset, then Table III + Fig. 5",
-        _run_options(which="every run of the preset"),
+        run_options(which="every run of the preset"),
     )
     p.add_argument(
         "--out",
@@ -295,7 +184,7 @@ def _reproduce(args: argparse.Namespace) -> None:
         force=args.force,
         cache_features=args.cache_features,
         download=args.download,
-        verbose=_progress(args),
+        verbose=progress(args),
     )
     _print_paths(paths)
 
@@ -303,12 +192,12 @@ def _reproduce(args: argparse.Namespace) -> None:
 def _add_study(sub: argparse._SubParsersAction) -> None:
     from paper_repro.study import CELLS
 
-    shared = _shared_run_options(
+    shared = shared_run_options(
         which="every run (for a quick try: the table then mixes settings)",
         runs_dir="runs/study",
         runs_dir_help="runs go to RUNS_DIR/CELL",
     )
-    p = _tensorflow_command(
+    p = tensorflow_command(
         sub,
         "study",
         "the transfer study's cells (issue 13, figures/study/PLAN.md), then its table",
@@ -346,7 +235,7 @@ def _study(args: argparse.Namespace) -> None:
         out=args.out,
         force=args.force,
         download=args.download,
-        verbose=_progress(args),
+        verbose=progress(args),
     )
     _print_paths(paths)
 
@@ -364,7 +253,7 @@ def _seeds(seed: int | None, seeds: str | None) -> list[int]:
 
 
 def _add_feature_activity(sub: argparse._SubParsersAction) -> None:
-    p = _tensorflow_command(
+    p = tensorflow_command(
         sub,
         "feature-activity",
         "how many of a run's frozen pool5 values its validation images reach",
@@ -385,7 +274,7 @@ def _feature_activity(args: argparse.Namespace) -> None:
 
 
 def _add_probe(sub: argparse._SubParsersAction) -> None:
-    p = _tensorflow_command(
+    p = tensorflow_command(
         sub,
         "probe",
         "a linear probe (L-BFGS logistic regression, C chosen on validation) of runs' frozen pool5",
@@ -404,7 +293,7 @@ def _probe(args: argparse.Namespace) -> None:
 
     out = report(
         args.runs, data_dir=args.data_dir, limit=args.images, out=args.out,
-        verbose=_progress(args),
+        verbose=progress(args),
     )  # fmt: skip
     _print_paths([out] if out else [])
 
@@ -460,7 +349,7 @@ def _print_paths(paths) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = _tensorflow_command(sub, "export", "export a trained model (.keras, SavedModel, ONNX)")
+    p = tensorflow_command(sub, "export", "export a trained model (.keras, SavedModel, ONNX)")
     p.add_argument("source", help="a run directory or a .keras file")
     p.add_argument(
         "--format",
@@ -488,7 +377,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _add_import_caffe(sub: argparse._SubParsersAction) -> None:
-    p = _tensorflow_command(sub, "import-caffe", "CaffeNet weights from a .caffemodel into .keras")
+    p = tensorflow_command(sub, "import-caffe", "CaffeNet weights from a .caffemodel into .keras")
     p.add_argument("caffemodel", help="BVLC CaffeNet's .caffemodel (either of Caffe's formats)")
     p.add_argument(
         "--out", default="caffenet.keras", help="the .keras file to write (default: caffenet.keras)"

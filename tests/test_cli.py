@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from paper_repro import cli
+from paper_repro import cli, cli_options
 from paper_repro.history import load_history
 from paper_repro.runs import run_directory
 
@@ -184,7 +184,7 @@ def test_train_and_reproduce_share_their_run_flags_with_their_own_preset_default
         )
         assert args.force and args.cache_features and args.download
     # One rule: every command defaults to the mini preset, and its help says so.
-    assert train.preset == reproduce.preset == cli.DEFAULT_PRESET == "mini"
+    assert train.preset == reproduce.preset == cli_options.DEFAULT_PRESET == "mini"
     for command in ("train", "reproduce"):
         assert "default: mini, for every command" in " ".join(
             _help([command, *(["x"] if command == "train" else []), "--help"], capsys).split()

@@ -19,14 +19,16 @@ PACKAGE = Path(cli.__file__).parent
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*(?![\w])")
 QUOTED = re.compile(r"`([^`]*)`")
 RUN_COMMANDS = ("train", "reproduce")
-# The commands whose handlers reach each module's messages. cli.py's own messages are those of
-# its ``raise`` statements (its other strings define the options); provenance.py holds git's
-# arguments, no messages.
+# The commands whose handlers reach each module's messages. cli.py's and cli_options.py's own
+# messages are those of their ``raise`` statements (their other strings define the options);
+# provenance.py holds git's arguments, no messages.
 REACHED_BY = {
     "augment.py": RUN_COMMANDS,
     "cache.py": RUN_COMMANDS,
     "caffe.py": ("import-caffe",),
     "cli.py": ("reproduce",),
+    "cli_options.py": (),
+    "quiet_tensorflow.py": (),
     "data/experiment.py": (*RUN_COMMANDS, "evaluate"),
     "data/pipelines.py": (*RUN_COMMANDS, "evaluate"),
     "data/reader_image_folder.py": (*RUN_COMMANDS, "evaluate"),
@@ -116,7 +118,7 @@ def _strings(node: ast.AST, skip: set[int]) -> list[str]:
 
 def _messages(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    if path.name == "cli.py":
+    if path.name in ("cli.py", "cli_options.py"):
         tree = ast.Module([n for n in ast.walk(tree) if isinstance(n, ast.Raise)], [])
     return [text for text in _strings(tree, _docstrings(tree)) if "--" in text]
 
