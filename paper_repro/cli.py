@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from paper_repro import __version__
 from paper_repro.cli_options import (
     DATA_DIR_HELP,
+    finished_runs_options,
     progress,
     run_options,
     shared_run_options,
@@ -257,12 +258,8 @@ def _add_feature_activity(sub: argparse._SubParsersAction) -> None:
         sub,
         "feature-activity",
         "how many of a run's frozen pool5 values its validation images reach",
+        finished_runs_options("the first N validation images"),
     )
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories")
-    p.add_argument(
-        "--images", type=int, metavar="N", help="the first N validation images (default: all)"
-    )
-    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.set_defaults(handler=_feature_activity)
 
 
@@ -278,12 +275,8 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         sub,
         "probe",
         "a linear probe (L-BFGS logistic regression, C chosen on validation) of runs' frozen pool5",
+        finished_runs_options("the first N images of each split"),
     )
-    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories")
-    p.add_argument(
-        "--images", type=int, metavar="N", help="the first N images of each split (default: all)"
-    )
-    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--out", metavar="FILE.md", help="also write the table to this file")
     p.set_defaults(handler=_probe)
 

@@ -88,3 +88,13 @@ def run_options(*, which: str) -> argparse.ArgumentParser:
         "--set cache_views=5)",
     )
     return p
+
+
+def finished_runs_options(images: str) -> argparse.ArgumentParser:
+    """The flags of the commands that measure finished runs (``feature-activity``, ``probe``);
+    ``images`` says which images ``--images N`` takes."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run directories")
+    p.add_argument("--images", type=int, metavar="N", help=f"{images} (default: all)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    return p
