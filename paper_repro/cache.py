@@ -12,7 +12,8 @@ written by this module rather than tf.data's ``cache`` or ``snapshot``, which re
 order: an epoch here needs random access to one of several views per image. A cache is keyed by
 the preprocess + features weights, the dataset, split, class subset, example subset and view
 settings, lives under ``RUNS_DIR/feature-cache/``, and is reused by every run that asks for the
-same key. Its build is resumable: the rows done are recorded after every batch.
+same key. Its build is resumable: the rows done are recorded after every batch, and Ctrl-C
+stops the build only there.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from paper_repro import data
 from paper_repro.augment import AugmentConfig, crop_views, example_keys, view_offsets
 from paper_repro.history import CacheRecord
 from paper_repro.model import FEATURES, PREPROCESS
-from paper_repro.runs import hold_lock, write_atomic
+from paper_repro.runs import deferred_interrupt, hold_lock, write_atomic
 
 CACHE_DIR_NAME = "feature-cache"
 _FILES = ("features", "labels", "indices")
@@ -202,38 +203,43 @@ def _open(path: Path, reused: bool) -> FeatureCache:
 
 
 def _build(path, spec, network, split, augment, batch_size, verbose) -> None:
-    count = int(split.cardinality())
-    extract = extractor(network)
-    shape = tuple(network.get_layer(FEATURES).output.shape[1:])
-    arrays = {
-        "features": _partial(path / "features", (count, len(spec.views), *shape), spec.dtype),
-        "labels": _partial(path / "labels", (count,), "int64"),
-        "indices": _partial(path / "indices", (count,), "int64"),
-    }
-    done, seconds = _progress(path)
-    start = time.perf_counter() - seconds
-    progress = keras.utils.Progbar(count, verbose=verbose, unit_name="image")
-    progress.update(done)
-    if verbose:
-        print(f"feature cache: {len(spec.views)} views of {count} images -> {path}", flush=True)
-    remaining = data.uniform_size(split, augment).skip(done).batch(batch_size)
-    for batch in remaining.prefetch(tf.data.AUTOTUNE):
-        end = done + len(batch["label"])
-        for v, view in enumerate(crop_views(batch["image"], augment, spec.views)):
-            arrays["features"][done:end, v] = extract(view).numpy()
-        arrays["labels"][done:end] = batch["label"].numpy()
-        arrays["indices"][done:end] = batch["index"].numpy()
-        for array in arrays.values():
-            array.flush()
-        done = end
-        record = {"rows": done, "seconds": time.perf_counter() - start}
-        write_atomic(path / _PROGRESS, json.dumps(record).encode())
+    """Write the cache's files, continuing an interrupted build. Ctrl-C takes effect between two
+    batches, once the rows done are recorded, or once the cache is whole, never inside
+    TensorFlow's calls (``runs.deferred_interrupt``)."""
+    with deferred_interrupt() as stop_if_interrupted:
+        count = int(split.cardinality())
+        extract = extractor(network)
+        shape = tuple(network.get_layer(FEATURES).output.shape[1:])
+        arrays = {
+            "features": _partial(path / "features", (count, len(spec.views), *shape), spec.dtype),
+            "labels": _partial(path / "labels", (count,), "int64"),
+            "indices": _partial(path / "indices", (count,), "int64"),
+        }
+        done, seconds = _progress(path)
+        start = time.perf_counter() - seconds
+        progress = keras.utils.Progbar(count, verbose=verbose, unit_name="image")
         progress.update(done)
-    for name in _FILES:
-        os.replace(path / f"{name}.npy.partial", path / f"{name}.npy")
-    meta = {"spec": dataclasses.asdict(spec), "build_seconds": time.perf_counter() - start}
-    write_atomic(path / _META, (json.dumps(meta, indent=2) + "\n").encode())
-    (path / _PROGRESS).unlink(missing_ok=True)
+        if verbose:
+            print(f"feature cache: {len(spec.views)} views of {count} images -> {path}", flush=True)
+        remaining = data.uniform_size(split, augment).skip(done).batch(batch_size)
+        for batch in remaining.prefetch(tf.data.AUTOTUNE):
+            end = done + len(batch["label"])
+            for v, view in enumerate(crop_views(batch["image"], augment, spec.views)):
+                arrays["features"][done:end, v] = extract(view).numpy()
+            arrays["labels"][done:end] = batch["label"].numpy()
+            arrays["indices"][done:end] = batch["index"].numpy()
+            for array in arrays.values():
+                array.flush()
+            done = end
+            record = {"rows": done, "seconds": time.perf_counter() - start}
+            write_atomic(path / _PROGRESS, json.dumps(record).encode())
+            progress.update(done)
+            stop_if_interrupted()
+        for name in _FILES:
+            os.replace(path / f"{name}.npy.partial", path / f"{name}.npy")
+        meta = {"spec": dataclasses.asdict(spec), "build_seconds": time.perf_counter() - start}
+        write_atomic(path / _META, (json.dumps(meta, indent=2) + "\n").encode())
+        (path / _PROGRESS).unlink(missing_ok=True)
 
 
 def _progress(path: Path) -> tuple[int, float]:

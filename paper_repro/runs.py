@@ -16,7 +16,9 @@ run leaves no stale lock behind and rerunning its command resumes it.
 
 Every file this package writes (histories, checkpoints, models, exports, tables, figures, the
 feature cache's records) goes through one writer, ``replace_atomic``: readers and crashes see the
-old file or the new one, never a half-written one.
+old file or the new one, never a half-written one. A writer that must not be cut at an
+arbitrary point by Ctrl-C (the feature cache's build) takes it between two of its steps
+(``deferred_interrupt``).
 
 Nothing here imports TensorFlow or Keras (nor the history schema, which imports this module for
 its writer): the tables and figures, made without TensorFlow, find histories with
@@ -31,7 +33,9 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,6 +210,47 @@ def lock_run(paths: RunPaths) -> Iterator[None]:
         for leftover in paths.root.glob(".*.partial*"):
             _remove(leftover)
         yield
+
+
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[Callable[[], None]]:
+    """Ctrl-C (SIGINT) during the block raises ``KeyboardInterrupt`` where the block calls the
+    function it is given, or when the block ends, instead of wherever the main thread is.
+
+    Python raises ``KeyboardInterrupt`` at the next bytecode the main thread runs. In a feature
+    cache build that is nearly always inside TensorFlow's bindings, which do not expect it. When
+    an iterator reaches the end of its split, its end-of-sequence error is made by Python code;
+    interrupted there, pybind11 fails with "MISMATCH of original and normalized active exception
+    types", a ``RuntimeError``: a traceback and exit status 1 instead of the "interrupted" line.
+    Elsewhere it leaves a tf.function's tracing or an iterator's making half done. Deferred, the
+    interrupt lands in this package's code, after the rows done are recorded.
+
+    The first Ctrl-C puts Python's handler back, so a second one interrupts at once, as outside
+    the block: a build waiting long for its next batch can still be stopped. Outside the main
+    thread, or where SIGINT has another handler than Python's own, the block runs unchanged.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield lambda: None
+        return
+    asked = []
+
+    def defer(signum: int, frame: object) -> None:
+        asked.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def stop_if_asked() -> None:
+        if asked:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, defer)
+    try:
+        yield stop_if_asked
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    stop_if_asked()
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:

@@ -21,6 +21,7 @@ import pytest
 from fake_datasets import register_cifar100_checksum, write_fake_cifar100
 
 from paper_repro import cli
+from paper_repro.arms import ARMS
 from paper_repro.history import load_history
 from paper_repro.model import caffe_layers, load_model
 
@@ -71,8 +72,7 @@ def test_both_caffemodel_formats_import_to_the_same_network(road):
 def test_the_weights_stand_in_for_pretraining(road):
     assert not (road / "runs" / "paper" / "pretrain-imagenet").exists()
     kept = sorted(p.name for p in (road / "figures" / "histories" / "paper").iterdir())
-    modes = ("full", "retrain", "retrain-random")
-    assert kept == sorted(f"{mode}-{d}.history.json" for d in TARGETS for mode in modes)
+    assert kept == sorted(f"{arm.experiment(d)}.history.json" for d in TARGETS for arm in ARMS)
 
 
 @pytest.mark.parametrize("dataset", TARGETS)
