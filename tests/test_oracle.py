@@ -64,9 +64,8 @@ def test_the_oracle_comes_after_the_full_run_it_reads_and_takes_no_weights():
         experiments.resolve("retrain-oracle-mnist", "smoke", ["target_mean=true"])
 
 
-def test_reproduce_trains_the_oracle_after_its_seeds_full_run_and_without_the_weights(
-    tmp_path, monkeypatch
-):
+def _record_training(monkeypatch) -> list[tuple[str, int, str | None]]:
+    """``reproduce``'s trainings, recorded as (experiment, seed, weights) instead of run."""
     trained = []
     monkeypatch.setattr(
         reproduce_module, "_train_and_keep",
@@ -74,6 +73,13 @@ def test_reproduce_trains_the_oracle_after_its_seeds_full_run_and_without_the_we
             (experiment, seed, options["weights"])
         ),
     )  # fmt: skip
+    return trained
+
+
+def test_reproduce_trains_the_oracle_after_its_seeds_full_run_and_without_the_weights(
+    tmp_path, monkeypatch
+):
+    trained = _record_training(monkeypatch)
     monkeypatch.setattr(reproduce_module.reports, "regenerate_tables", lambda *a, **k: [])
     monkeypatch.setattr(reproduce_module.reports, "regenerate_figures", lambda *a, **k: [])
     reproduce_module.reproduce("smoke", weights="caffenet.keras", seeds=(0, 1), out=tmp_path)
@@ -255,13 +261,7 @@ def test_the_study_gives_the_oracle_its_seeds_full_model_from_full_30_epochs(tmp
             model = run_directory(runs / owner, study.PRESET, experiment, seed) / MODEL_NAME
             model.parent.mkdir(parents=True, exist_ok=True)
             model.write_bytes(b"")
-    trained = []
-    monkeypatch.setattr(
-        reproduce_module, "_train_and_keep",
-        lambda experiment, preset, seed, kept, overrides, **options: trained.append(
-            (experiment, seed, options["weights"])
-        ),
-    )  # fmt: skip
+    trained = _record_training(monkeypatch)
     monkeypatch.setattr(reproduce_module, "regenerate_study", lambda out: [])
     reproduce_module.reproduce_study([cell], seeds=(0, 1), runs_dir=runs, out=tmp_path)
     weights = {(experiment, seed): w for experiment, seed, w in trained}
