@@ -75,7 +75,7 @@ def split_folder(
     present = classes if folder == train_folder else _visible_folders(folder)
     unknown = [name for name in present if name not in classes]
     if unknown:
-        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        more = _and_more(unknown)
         raise UserError(
             f"{folder / unknown[0]} is a class folder that the training split {train_folder} "
             f"lacks{more}: the model has no output for its images; remove it, or rename it as "
@@ -179,7 +179,7 @@ def _check_images(paths: list[str]) -> None:
         readable[indices[pixels > 0]] = True
     bad = [paths[i] for i in np.flatnonzero(~readable)]
     if bad:
-        more = f" (and {len(bad) - 1} more unreadable files)" if len(bad) > 1 else ""
+        more = _and_more(bad, " unreadable files")
         raise UserError(
             f"{bad[0]} is not a readable image (truncated, empty, or not a "
             f"{'/'.join(s.lstrip('.').upper() for s in IMAGE_SUFFIXES)} file){more}: replace or "
@@ -198,3 +198,8 @@ def _decode_file(path: tf.Tensor) -> tf.Tensor:
 
 def _read_image(example: dict) -> dict:
     return {**example, "image": _decode_file(example["image"])}
+
+
+def _and_more(found: list, what: str = "") -> str:
+    """A message's note on the items after the one it names: " (and N more WHAT)", or nothing."""
+    return f" (and {len(found) - 1} more{what})" if len(found) > 1 else ""
