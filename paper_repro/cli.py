@@ -14,8 +14,11 @@ commands share are declared in ``cli_options``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 from paper_repro import __version__
 from paper_repro.cli_options import (
@@ -32,6 +35,7 @@ from paper_repro.quiet_tensorflow import import_tensorflow
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -49,7 +53,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         choices=STRATEGIES,
         help="default: one device (batches prefetched to the GPU when there is one); mirrored: "
         "every local device; multi-worker: the machines of TF_CONFIG, each running this same "
-        "command (README, 'Many machines'); all with the run's global batch",
+        "command (docs/many-machines.md); all with the run's global batch",
     )
     p.add_argument(
         "--join-timeout",
@@ -125,7 +129,7 @@ def _list(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from paper_repro.experiments import PRESETS
-    from paper_repro.history import load_history
+    from paper_repro.reports.index import run_lines
     from paper_repro.runs import find_histories
 
     for preset, runs in PRESETS.items():
@@ -138,10 +142,8 @@ def _list(args: argparse.Namespace) -> None:
             )
     found = find_histories(args.runs_dir) if Path(args.runs_dir).is_dir() else []
     print(f"run directories under {Path(args.runs_dir).as_posix()}/: {'none' if not found else ''}")
-    for path in found:
-        history = load_history(path)
-        final = f", top-1 {history.final.top1:.2%}" if history.final else ""
-        print(f"  {path.parent}: {history.status}, {len(history.epochs)} epochs{final}")
+    for line in run_lines(found):
+        print(line)
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
@@ -201,7 +203,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     p = tensorflow_command(
         sub,
         "study",
-        "the transfer study's cells (issue 13, figures/study/PLAN.md), then its table",
+        "the transfer study's cells (figures/study/PLAN.md), then its table",
         shared,
     )
     p.add_argument(
@@ -424,18 +426,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[list[int]]:
+    """SIGTERM (``kill``, a scheduler ending a job) stops the command as Ctrl-C does, through
+    SIGINT's handler: where a step defers Ctrl-C (``runs.deferred_interrupt``) it defers SIGTERM
+    too, and everything written stays whole. Python's default for SIGTERM ends the process at
+    once, without a word. The list given to the block records the SIGTERMs received, so that
+    the last line says which signal stopped it. Outside the main thread nothing changes."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def terminate(signum: int, frame) -> None:
+        received.append(signum)
+        on_interrupt = signal.getsignal(signal.SIGINT)
+        if not callable(on_interrupt):  # SIGINT ignored (a background job) or the OS default
+            raise KeyboardInterrupt
+        on_interrupt(signal.SIGINT, frame)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if hasattr(args, "verbose"):  # a ``_tensorflow_command``
         import_tensorflow(args.verbose)
-    try:
-        args.handler(args)
-    except UserError as error:
-        print(f"paper-repro {args.command}: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    with _terminate_as_interrupt() as terminated:
+        try:
+            args.handler(args)
+        except UserError as error:
+            print(f"paper-repro {args.command}: error: {error}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        except KeyboardInterrupt:
+            stopped = "terminated (SIGTERM)" if terminated else "interrupted"
+            print(f"{stopped}: rerun the same command to resume", file=sys.stderr)
+            return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     return 0
 
 

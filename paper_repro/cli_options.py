@@ -11,10 +11,10 @@ import sys
 
 from paper_repro.experiments import PRESETS
 
-# The one preset every command defaults to: the CPU-sized analog that runs on the data shipped.
+# The preset train and reproduce default to: the CPU-sized analog that runs on MNIST and CIFAR-10.
 DEFAULT_PRESET = "mini"
 PRESET_HELP = (
-    f"{', '.join(PRESETS)} (default: {DEFAULT_PRESET}, for every command: the CPU-sized analog; "
+    f"{', '.join(PRESETS)} (default: {DEFAULT_PRESET}: the CPU-sized analog; "
     "paper for the paper's settings, on a GPU)"
 )
 DATA_DIR_HELP = "tfds data directory (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)"

@@ -12,6 +12,7 @@ exported SavedModel serves (``paper_repro.export``).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from paper_repro import runs
 from paper_repro.augment import (
     AugmentConfig,
     check_crops,
@@ -30,8 +32,15 @@ from paper_repro.augment import (
 from paper_repro.data import load_split
 from paper_repro.errors import UserError
 from paper_repro.history import load_history
-from paper_repro.model import FC8, caffe_layers, load_model, model_record
-from paper_repro.runs import RunPaths, model_file
+from paper_repro.model import (
+    FC8,
+    MODEL_RECORD,
+    alexnet_problem,
+    caffe_layers,
+    load_model,
+    model_record,
+)
+from paper_repro.runs import MODEL_NAME, RunPaths, model_file
 
 TOP_K = 5
 # Caffe's test-time geometry: resize 256, crop 227. A model of another input size without a run
@@ -229,18 +238,82 @@ def trained_on(config: Mapping, seed: int, class_names: Sequence[str] | None) ->
 def load_source(source: str | Path) -> Source:
     """The model of a run directory, with its history's config, seed and class names, or of a
     .keras file, with those its trainer recorded inside it (``model.save_model``): what
-    ``evaluate`` and ``export`` take, so neither needs the dataset to know them."""
+    ``evaluate`` and ``export`` take, so neither needs the dataset to know them.
+
+    A run is taken at rest only (``_check_run_at_rest``). Whether the model is a whole network
+    is the caller's check (``check_network``), once it has checked what else it was given.
+    """
+    paths = RunPaths(Path(source))
+    if paths.root.is_dir():
+        _check_run_at_rest(paths)
     path = model_file(source)
-    history = RunPaths(Path(source)).history
     model = load_model(path)
-    if Path(source).is_dir() and history.is_file():
-        record = load_history(history)
+    if path == paths.checkpoint:
+        _check_checkpoint(paths, model)
+    if paths.root.is_dir() and paths.history.is_file():
+        record = load_history(paths.history)
         return Source(model, record.config, record.seed, record.class_names)
-    record = model_record(path)
-    names = record.get("class_names")
-    return Source(
-        model, record.get("config", {}), record.get("seed", 0), tuple(names or ()) or None
+    config, seed, names = _recorded(path)
+    return Source(model, config, seed, names)
+
+
+def _check_run_at_rest(paths: RunPaths) -> None:
+    """Refuse a run that a process is training now: its checkpoint changes every epoch, and a
+    number or an export taken from it would be of no epoch the run will record."""
+    holder = runs.lock_holder(paths.lock)
+    if holder:
+        raise UserError(
+            f"{paths.root} is being trained now ({holder}, see {paths.lock}); wait for the run "
+            f"to finish (it then writes {MODEL_NAME}), or use a finished run"
+        )
+
+
+def _check_checkpoint(paths: RunPaths, model: keras.Model) -> None:
+    """An unfinished run's checkpoint is taken only when it holds the whole network, and says so.
+
+    A retraining on cached features checkpoints its classifier block alone: it becomes a whole
+    network again only when the run finishes.
+    """
+    problem = alexnet_problem(model)
+    if problem:
+        raise UserError(
+            f"{paths.root} has not finished and its {paths.checkpoint.name} is no whole network "
+            f"({problem}); rerun the `paper-repro train` command that started the run to finish "
+            f"it (it resumes and writes {MODEL_NAME}), then use the run again"
+        )
+    print(
+        f"{paths.root} has not finished: using its {paths.checkpoint.name}, the network after "
+        "its last finished epoch",
+        file=sys.stderr,
     )
+
+
+def _recorded(path: Path) -> tuple[dict, int, tuple[str, ...] | None]:
+    """The config, seed and class names a model file's record holds (``trained_on``'s layout);
+    ``({}, 0, None)`` for a file without one."""
+    record = model_record(path)
+    config, seed, names = record.get("config", {}), record.get("seed", 0), record.get("class_names")
+    names_ok = names is None or (
+        isinstance(names, list) and all(isinstance(name, str) for name in names)
+    )
+    if not (isinstance(config, dict) and type(seed) is int and names_ok):
+        raise UserError(
+            f"{path}: its member {MODEL_RECORD} is damaged (config must be an object, seed an "
+            f"integer, class_names a list of names; got {config!r:.60}, {seed!r:.20}, "
+            f"{names!r:.60}); copy or export the file again from its run directory"
+        )
+    return config, seed, tuple(names or ()) or None
+
+
+def check_network(model: keras.Model, source: str | Path) -> None:
+    """Refuse a model that is not a whole Table II network (``model.alexnet_problem``), naming
+    the file: the test cuts image views for its input and reads its fc8, the export serves it."""
+    problem = alexnet_problem(model)
+    if problem:
+        raise UserError(
+            f"{source}: model '{model.name}' is not a paper_repro AlexNet ({problem}); evaluate "
+            f"and export take a whole network, as a finished run's {MODEL_NAME}"
+        )
 
 
 def evaluate_source(
@@ -278,6 +351,7 @@ def evaluate_source(
         seed=seed,
         download=download,
     )
+    check_network(model, source)
     fc8 = caffe_layers(model)[FC8].kernel.shape
     if fc8[-1] != info.num_classes:
         raise UserError(

@@ -44,13 +44,13 @@ mini
     ``--seeds 0,1,2`` (about 33 minutes a further seed, before the fused update) gave the
     committed histories. Expected
     (test, multi-crop, seeds 0-2): full / retrain / control 98.68 / 88.74 / 95.19 on MNIST and
-    86.71 / 73.41 / 74.07 on CIFAR-10 classes 5-9. Results: README ("Results").
+    86.71 / 73.41 / 74.07 on CIFAR-10 classes 5-9. Results: figures/README.md.
 
 first-mini
-    ``paper-repro reproduce --preset first-mini`` -- mini as it was first run (2026-11-29,
-    README's "The first mini"), before the transfer study: dropout 0.5 when retraining, retraining
-    on random crops of the images. Two changes the scale forced, both measured before the preset
-    was fixed (on training loss, never on a test set), and kept by mini: CaffeNet's Gaussian
+    ``paper-repro reproduce --preset first-mini`` -- mini as it was first run
+    (figures/first-mini/README.md), before the transfer study: dropout 0.5 when retraining,
+    retraining on random crops of the images. Two changes the scale forced, both measured before the
+    preset was fixed (on training loss, never on a test set), and kept by mini: CaffeNet's Gaussian
     filler needs thousands of iterations before the loss leaves ln(classes) -- 3 epochs of 6,000
     MNIST images stayed at chance -- so it uses Caffe's ``xavier`` filler (83 % after 2 such
     epochs); and with it CaffeNet's pretraining lr 0.01 gives NaN in the first epoch, so it also
@@ -63,8 +63,9 @@ Controls
     network drawn by the preset's ``init`` filler with the run's seed, under a new classifier. It
     needs no pretrained weights (``--weights`` is not given to it) and its preprocessing mean is
     the target's own training mean, there being no source. Whatever retraining gains over it is
-    what the pretrained features bring: any transfer claim is read against it (issue 13: at
-    mini's 67 pixels, random frozen features alone gave a usable MNIST classifier).
+    what the pretrained features bring: any transfer claim is read against it
+    (figures/study/README.md: at mini's 67 pixels, random frozen features alone gave a usable MNIST
+    classifier).
 
 Oracle
     Every preset also has, for each target, ``retrain-oracle-DATASET``, the positive control
@@ -95,8 +96,8 @@ Selection rule
     folder instead (a sliced split name is refused there).
 
 study
-    ``paper-repro study CELL --seeds 0,1,2`` -- the transfer study's base (issue 13): first-mini
-    on validation splits (MNIST trains on ``train[:50000]``, CIFAR-10 on
+    ``paper-repro study CELL --seeds 0,1,2`` -- the transfer study's base (figures/study/README.md):
+    first-mini on validation splits (MNIST trains on ``train[:50000]``, CIFAR-10 on
     ``train[:45000]``; each reports accuracy on the rest of its training split). Its cells, one
     knob changed each, are in ``paper_repro/study.py``; its plan and selection rule, written
     before its first run, in figures/study/PLAN.md.
@@ -111,6 +112,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import math
 import numbers
 import types
@@ -144,7 +146,7 @@ MAX_SEED = 2**32 - 1  # numpy.random.seed's limit (keras.utils.set_random_seed)
 SHARED_SOURCE_SEED = 0
 # Presets that pretrain one source per seed, retraining with seed s starting from source s: at
 # mini's scale the transfer study found that retraining's spread across seeds follows the source
-# (README, "Transfer study"), which one shared source would hide. The paper preset keeps one
+# (figures/study/README.md), which one shared source would hide. The paper preset keeps one
 # (days of GPU each; ``--weights`` stands in for it with any preset).
 SOURCE_PER_SEED = frozenset({"mini", "first-mini", "smoke"})
 
@@ -241,8 +243,7 @@ class RunConfig:
                 f"{list(self.drop_iterations)} are two schedules: keep one (--set drop_epochs= "
                 "clears the epochs)"
             )
-        if any(step < 1 for step in self.drop_iterations or ()):
-            raise UserError(f"drop_iterations must be at least 1, got {list(self.drop_iterations)}")
+        self._check_drops()
         if not 0 <= self.warmup_epochs < math.inf:
             raise UserError(
                 f"warmup_epochs must be a finite number of epochs >= 0, got {self.warmup_epochs}"
@@ -257,6 +258,24 @@ class RunConfig:
                 "false): use --set test_crops=5 (or --set mirror=true)"
             )
         self._check_solver()
+
+    def _check_drops(self) -> None:
+        """The learning rate drops at increasing, finite points, each named once: a NaN or
+        infinite drop cannot be scheduled (a traceback in the first epoch); out of order, Keras'
+        piecewise schedule gives rates other than the step policy's, without a word; a drop
+        named twice falls twice at once, which a smaller gamma says plainly."""
+        for name, valid, unit in (
+            ("drop_epochs", lambda drop: 0 < drop < math.inf, "a finite number of epochs > 0"),
+            ("drop_iterations", lambda drop: drop >= 1, "an iteration >= 1"),
+        ):
+            drops = list(getattr(self, name) or ())
+            if all(map(valid, drops)) and all(a < b for a, b in itertools.pairwise(drops)):
+                continue
+            fixed = ",".join(f"{drop:g}" for drop in sorted(set(filter(valid, drops))))
+            raise UserError(
+                f"{name} must each be {unit}, in increasing order and named once, got {drops}: "
+                f"--set {name}={fixed or 'VALUES'}"
+            )
 
     def _check_random_rms(self) -> None:
         if self.features != "random":

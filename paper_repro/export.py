@@ -28,10 +28,13 @@ this package.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
+import shutil
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +42,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from paper_repro import runs
 from paper_repro.augment import AugmentConfig
 from paper_repro.errors import UserError
-from paper_repro.evaluate import TOP_K, load_source, resolve_geometry, trained_on, views_mean
+from paper_repro.evaluate import (
+    TOP_K,
+    check_network,
+    load_source,
+    resolve_geometry,
+    trained_on,
+    views_mean,
+)
 from paper_repro.model import save_model
 from paper_repro.runs import replace_atomic
 
@@ -151,15 +162,68 @@ def check_target(out: Path, force: bool, suffix: str | None) -> None:
 def _write_verified(
     out: Path, write: Callable[[Path], None], verify: Callable[[Path], float], what: str
 ) -> float:
-    """Write to a temporary sibling, verify it, then move it onto ``out``; return the max diff."""
+    """Write to a temporary sibling, verify it, then move it onto ``out``; return the max diff.
+
+    Interrupted (Ctrl-C, or SIGTERM, which the command line turns into one), the temporary is
+    removed and ``out`` stays as it was; one left by an export killed outright (SIGKILL, a power
+    cut) is removed by the next export of ``out``.
+    """
 
     def write_and_verify(path: Path) -> float:
         write(path)
         return verify(path)
 
-    diff = replace_atomic(out, write_and_verify)
+    with _exporting(out):
+        diff = replace_atomic(out, write_and_verify)
     print(f"{what} written to {out}; verified: max |reloaded - in-memory| = {diff:.2e}")
     return diff
+
+
+@contextlib.contextmanager
+def _exporting(out: Path) -> Iterator[None]:
+    """Held while an export writes ``out``; first removes the temporaries of exports of ``out``
+    that were killed mid-write, unless another export is writing in the same folder now.
+
+    A SavedModel's temporary is a hidden folder as large as the model, that nothing else would
+    ever remove. Every export holds a shared flock on the target's folder while it writes; the
+    removal takes it exclusive, which it gets only while no export writes there: a temporary it
+    removes belongs to no export that runs. In a folder not made yet there is nothing to remove,
+    and without ``fcntl`` (Windows) nothing is removed.
+    """
+    try:
+        folder = os.open(out.parent, os.O_RDONLY)
+    except OSError:  # no such folder yet, or unreadable: replace_atomic says what is wrong
+        folder = None
+    if runs.fcntl is None or folder is None:
+        yield
+        return
+    try:
+        try:
+            runs.fcntl.flock(folder, runs.fcntl.LOCK_EX | runs.fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass  # another export writes here now: its temporary may be one of these
+        else:
+            _remove_stale_temporaries(out)
+        runs.fcntl.flock(folder, runs.fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(folder)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Remove ``out``'s temporaries, named as ``runs.replace_atomic`` names them
+    (``.STEM.16-HEX.partial.SUFFIX``), saying so: no other target's, no other file."""
+    for path in sorted(out.parent.iterdir()):
+        if runs.is_temporary_of(path, out):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+            print(
+                f"removed {path}, the unfinished export of {out.name} that an interrupted export "
+                "left",
+                file=sys.stderr,
+            )
 
 
 def _max_diff(reloaded: np.ndarray, expected: np.ndarray, what: str) -> float:
@@ -350,6 +414,7 @@ def export_model(
     if fmt == "onnx":
         _require_onnx()
     loaded = load_source(source)
+    check_network(loaded.model, source)
     if fmt == "keras":
         save_keras(loaded.model, out, force=force, record=loaded.trained_on())
     elif fmt == "onnx":

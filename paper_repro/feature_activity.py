@@ -1,8 +1,8 @@
 """How much of a frozen feature block a retraining run's images reach: pool5's active values.
 
-The transfer study (issue 13) asks why retraining on a source's frozen features does worse than
-on random ones. A classifier can only use the pool5 values that are nonzero (ReLU, then max
-pooling): a feature block that is silent on the target's images leaves it little to learn from.
+The transfer study (figures/study/README.md) asks why retraining on a source's frozen features does
+worse than on random ones. A classifier can only use the pool5 values that are nonzero (ReLU, then
+max pooling): a feature block that is silent on the target's images leaves it little to learn from.
 This measures, on a finished run's validation (test-split) images, centre crop, as its per-epoch
 test sees them: how many pool5 values are active per image, and how many of the 256 channels are
 silent at every position on every image; and their root mean square, the scale of what the

@@ -10,11 +10,20 @@ The dataclasses below are the schema. One reader walks their fields and type hin
 constraints a type does not state (a range, a set of choices, a format) are declared on the field
 with ``Annotated``, so a new field is one line here and is read, validated and written with the
 rest.
+
+A key this version does not know, anywhere in a history (its ``config`` included), is refused,
+never dropped: it is a misspelt or hand-edited field, or a field (a setting) that a newer version
+added. Either way this version cannot say what it did to the numbers, and dropping it would make
+two runs that differ in it look the same to a resume, which would continue another run, and to a
+table, which would average them. The refusal names the key and the file and, where a newer
+version wrote the file, says so: that version reads it. Fields are only ever added, so an older
+file stays readable, a field it lacks read at its default.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import json
 import os
@@ -27,15 +36,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-from paper_repro import datasets
+from paper_repro import __version__, datasets
 from paper_repro.arms import STARTS
 from paper_repro.errors import UserError
-from paper_repro.experiments import CROPS, MODES
+from paper_repro.experiments import CROPS, MODES, RunConfig
 from paper_repro.runs import write_atomic
 
 SCHEMA = "paper_repro.history/1"
 STATUSES = ("running", "finished")
 _INF = float("inf")
+_TOO_DEEP = (
+    "nested too deeply to be a history (no field of one nests more than a few levels): the file "
+    "is damaged; restore it from a copy or move it out of the folder"
+)
 
 
 class HistoryError(UserError):
@@ -44,19 +57,31 @@ class HistoryError(UserError):
 
 @dataclass(frozen=True)
 class _Field:
-    """Where a value sits in a history file, so every error names the file and the field path."""
+    """Where a value sits in a history file, so every error names the file and the field path;
+    ``newer`` is the version that wrote the file where it is newer than this one."""
 
     source: str
     path: str = ""
+    newer: str | None = None
 
     def key(self, name: str) -> _Field:
-        return _Field(self.source, f"{self.path}.{name}" if self.path else name)
+        return dataclasses.replace(self, path=f"{self.path}.{name}" if self.path else name)
 
     def index(self, position: int) -> _Field:
-        return _Field(self.source, f"{self.path}[{position}]")
+        return dataclasses.replace(self, path=f"{self.path}[{position}]")
 
     def fail(self, problem: str) -> NoReturn:
         raise HistoryError(f"{self.source}: {self.path or 'the history'} {problem}")
+
+    def unknown(self, what: str, fix: str = "") -> NoReturn:
+        """Refuse a key (or a schema) this version does not know: where a newer version wrote
+        the file, say so, since that version reads it; otherwise add ``fix``."""
+        if self.newer:
+            fix = (
+                f"; paper_repro {self.newer} wrote this history, newer than this one"
+                f" ({__version__}): read it with paper_repro {self.newer} or later"
+            )
+        self.fail(what + fix)
 
 
 def _show(value: Any) -> str:
@@ -174,6 +199,34 @@ _READERS: dict[Any, Callable[[Any, _Field], Any]] = {
     Any: lambda value, where: value,
 }
 
+# The names the first histories gave three settings since renamed (``base_lr``, ``drop_epochs``,
+# ``gamma``), with their types: still read, and kept as recorded, so that those files stay valid.
+FORMER_SETTINGS = {"lr": float, "lr_drop_after_epoch": int, "lr_drop_factor": float}
+
+
+@functools.cache
+def _setting_types() -> dict[str, Any]:
+    """Every setting a history's ``config`` may hold, with its type: ``RunConfig``'s fields and
+    ``FORMER_SETTINGS``."""
+    return {**typing.get_type_hints(RunConfig), **FORMER_SETTINGS}
+
+
+def _settings(value: Mapping[str, Any], where: _Field) -> Mapping[str, Any]:
+    """A run's recorded settings (``RunConfig.to_dict``), each a setting this version knows, of
+    its type; kept as recorded (JSON arrays stay lists), the form a resume compares."""
+    known = _setting_types()
+    for name, setting in value.items():
+        if name not in known:
+            close = difflib.get_close_matches(str(name), list(known), n=3)
+            where.key(str(name)).unknown(
+                f"is not a setting paper_repro {__version__} knows"
+                + (f" (did you mean {', '.join(close)}?)" if close else ""),
+                "; a misspelt or hand-edited key: correct it, or restore the file from a copy",
+            )
+        _read(known[name], setting, where.key(name))
+    return value
+
+
 Fraction = Annotated[float, Number("a number in [0, 1]", lambda x: 0.0 <= x <= 1.0)]
 Seconds = Annotated[float, Number("a finite number >= 0", lambda x: 0.0 <= x < _INF)]
 Rate = Annotated[float, Number("a finite number > 0", lambda x: 0.0 < x < _INF)]
@@ -272,7 +325,7 @@ class History:
     dataset: str
     mode: Annotated[str, OneOf(MODES)]
     seed: int
-    config: dict[str, Any]
+    config: Annotated[dict[str, Any], _settings]
     provenance: Provenance
     epochs: tuple[EpochRecord, ...]
     final: FinalEvaluation | None  # set exactly when the run has finished
@@ -309,7 +362,10 @@ class History:
     @classmethod
     def from_dict(cls, data: Any, source: str = "<history>") -> History:
         """Validate a decoded history; errors read ``SOURCE: FIELD.PATH must be ..., got ...``."""
-        return _read_history(data, _Field(source))
+        try:
+            return _read_history(data, _Field(source))
+        except RecursionError:
+            raise HistoryError(f"{source}: {_TOO_DEEP}") from None
 
 
 def save_history(history: History, path: str | os.PathLike[str]) -> None:
@@ -335,6 +391,8 @@ def load_history(path: str | os.PathLike[str]) -> History:
         data = json.loads(text)
     except json.JSONDecodeError as error:
         raise HistoryError(f"{source}: not valid JSON ({error})") from None
+    except RecursionError:  # Python's decoder recurses once per nested array or object
+        raise HistoryError(f"{source}: {_TOO_DEEP}") from None
     return History.from_dict(data, source=source)
 
 
@@ -366,11 +424,28 @@ def _fields(record: type) -> tuple[tuple[str, Any, bool], ...]:
 
 def _read_history(data: Any, where: _Field) -> History:
     data = _mapping(data, where)
+    where = dataclasses.replace(where, newer=_newer_writer(data))
     if "schema" in data and data["schema"] != SCHEMA:
-        where.key("schema").fail(f"must be {_show(SCHEMA)}, got {_show(data['schema'])}")
+        where.key("schema").unknown(f"must be {_show(SCHEMA)}, got {_show(data['schema'])}")
     history = _read_record(History, data, where, header=("schema",))
     _check_together(history, where)
     return history
+
+
+def _newer_writer(data: Mapping[str, Any]) -> str | None:
+    """The package version that wrote a history, where it is newer than this one (its unknown
+    keys are then fields added since, not mistakes); None otherwise or where unreadable."""
+    provenance = data.get("provenance")
+    written = provenance.get("package_version") if isinstance(provenance, Mapping) else None
+    if not isinstance(written, str) or _release(written) <= _release(__version__):
+        return None
+    return written
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """A version's leading release numbers: "0.2.1rc1" -> (0, 2, 1); () for none."""
+    found = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in found.group().split(".")) if found else ()
 
 
 def _check_together(history: History, where: _Field) -> None:
@@ -443,7 +518,7 @@ def _object(
             where.key(key).fail("is missing")
     for key in value:
         if key not in keys:
-            where.key(str(key)).fail(f"is not a field of {SCHEMA} (known: {', '.join(keys)})")
+            where.key(str(key)).unknown(f"is not a field of {SCHEMA} (known: {', '.join(keys)})")
     return value
 
 

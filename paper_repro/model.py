@@ -68,6 +68,7 @@ _CONV_SPECS = (
 _FC_SPECS = (("fc6", 4096, 0.005, 1.0), ("fc7", 4096, 0.005, 1.0))
 _CONV_STD = 0.01
 _FC8_STD = 0.01
+_CAFFE_NAMES = (*(spec[0] for spec in _CONV_SPECS), *(spec[0] for spec in _FC_SPECS), FC8)
 _POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
 _NORM_AFTER = {"conv1": "norm1", "conv2": "norm2"}
 
@@ -381,11 +382,24 @@ def save_model(model: keras.Model, path: str | os.PathLike, record: Mapping | No
 
 
 def model_record(path: str | os.PathLike) -> dict:
-    """The record :func:`save_model` put in a ``.keras`` file; ``{}`` where it has none."""
-    with zipfile.ZipFile(path) as archive:
-        if MODEL_RECORD not in archive.namelist():
-            return {}
-        return json.loads(archive.read(MODEL_RECORD))
+    """The record :func:`save_model` put in a ``.keras`` file; ``{}`` where it has none.
+
+    A record that does not read as a JSON object is a damaged file, refused naming it: what the
+    model's outputs mean would otherwise be guessed.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if MODEL_RECORD not in archive.namelist():
+                return {}
+            record = json.loads(archive.read(MODEL_RECORD))
+    except (zipfile.BadZipFile, ValueError, RecursionError):  # JSON's errors are ValueErrors
+        record = None
+    if not isinstance(record, dict):
+        raise UserError(
+            f"{path}: its member {MODEL_RECORD} (what the model was trained on) is not a JSON "
+            "object; the file is damaged: copy or export it again from its run directory"
+        )
+    return record
 
 
 def load_model(path, *, compile: bool = False) -> keras.Model:
@@ -439,17 +453,51 @@ def reseed_dropout(model: keras.Model, epoch: int) -> None:
             generator.state.assign([layer_seed, epoch * DROPOUT_DRAWS_PER_EPOCH])
 
 
+def alexnet_problem(model: keras.Model) -> str | None:
+    """What makes ``model`` other than this package's whole Table II network, None if nothing.
+
+    The whole network takes square RGB images and holds the blocks preprocess, features and
+    classifier with Caffe's layers: what the trainer retrains from, and what evaluation and
+    export cut image views for. A classifier block alone (an unfinished retraining on cached
+    features checkpoints one: its input is pool5's features, not images) or any other Keras model
+    would fail deep inside them, or give numbers that mean nothing.
+    """
+    names = sorted(layer.name for layer in model.layers)
+    layers = caffe_layers(model)
+    inputs = _input_shapes(model)
+    if FEATURES not in names and FC8 in layers:
+        return (
+            f"it holds a classifier block alone, fc6 .. fc8 on pool5 features of shape "
+            f"{', '.join(map(str, inputs))}, not the whole network"
+        )
+    if not {PREPROCESS, FEATURES, CLASSIFIER} <= set(names):
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "") or "none"
+        return f"it needs the layers preprocess, features and classifier; it has {shown}"
+    missing = [name for name in _CAFFE_NAMES if name not in layers]
+    if missing:
+        return f"it lacks the layers {', '.join(missing)}"
+    size = inputs[0][0] if len(inputs) == 1 and len(inputs[0]) == 3 else None
+    if inputs != [(size, size, 3)] or size not in valid_image_sizes(size or 0):
+        return f"it takes inputs of shape {', '.join(map(str, inputs))}, not square RGB images"
+    return None
+
+
+def _input_shapes(model: keras.Model) -> list[tuple]:
+    """The shapes of one example of each input; none for a Sequential model never built."""
+    try:
+        return [tuple(tensor.shape[1:]) for tensor in model.inputs]
+    except AttributeError:  # Keras: "Sequential model ... has no defined inputs yet"
+        return []
+
+
 def describe(model: keras.Model) -> dict:
     """Arguments of ``build_alexnet`` that reproduce ``model``'s features and preprocessing.
 
-    Raises ``UserError`` for a model that is not this package's AlexNet.
+    Raises ``UserError`` for a model that is not this package's AlexNet (``alexnet_problem``).
     """
-    names = {layer.name for layer in model.layers}
-    if not {PREPROCESS, FEATURES, CLASSIFIER} <= names:
-        raise UserError(
-            f"model '{model.name}' is not a paper_repro AlexNet (it needs the layers preprocess, "
-            f"features and classifier; it has {sorted(names)})"
-        )
+    problem = alexnet_problem(model)
+    if problem:
+        raise UserError(f"model '{model.name}' is not a paper_repro AlexNet ({problem})")
     pre = model.get_layer(PREPROCESS)
     layers = caffe_layers(model)
     return {

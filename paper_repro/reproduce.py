@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from paper_repro import experiments, reports, study
+from paper_repro import experiments, reports, seeds, study
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 from paper_repro.history import load_history
@@ -205,7 +205,22 @@ def _train_and_keep(
     train(experiment, preset, weights=weights, runs_dir=runs_dir, seed=seed,
           overrides=[*overrides, *cache], **options)  # fmt: skip
     run = run_directory(runs_dir, preset, experiment, seed, cached)
-    write_atomic(kept / f"{run.name}{HISTORY_SUFFIX}", RunPaths(run).history.read_bytes())
+    target = kept / f"{run.name}{HISTORY_SUFFIX}"
+    _check_replaceable(target, RunPaths(run).history)
+    write_atomic(target, RunPaths(run).history.read_bytes())
+
+
+def _check_replaceable(kept: Path, trained: Path) -> None:
+    """A kept history is replaced only by the same run's (settings equal, wall times aside): a
+    run with other settings would overwrite the one the tables were made from, unseen."""
+    if not kept.is_file():
+        return
+    changed = seeds.differences(load_history(kept), load_history(trained))
+    if changed:
+        raise UserError(
+            f"{kept} keeps a run with other settings ({', '.join(changed)}) than {trained}; "
+            "both are kept: pass another --out for this run, or move the kept history away"
+        )
 
 
 def _distinct(seeds: Sequence[int]) -> list[int]:

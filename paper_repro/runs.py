@@ -30,12 +30,15 @@ loads it with its run's record, for the evaluation and the export.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import secrets
 import shutil
 import signal
 import socket
 import threading
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +62,8 @@ LOGS_NAME = "logs"
 LOCK_NAME = "run.lock"
 # Run-directory files a trained model is taken from, in order of preference.
 RUN_MODEL_FILES = (MODEL_NAME, CHECKPOINT_NAME)
+# The members every Keras 3 ``.keras`` archive holds.
+KERAS_MEMBERS = ("metadata.json", "config.json", "model.weights.h5")
 
 _Written = TypeVar("_Written")
 
@@ -129,6 +134,16 @@ def pretrained_model(
     return default
 
 
+def train_again(experiment: str, preset: str, seed: int, cached: bool = False) -> str:
+    """The hint for a run to train again: its own ``train`` command with ``--force``, the one
+    that trains it again when it says it has finished (also where ``reproduce`` trained it)."""
+    flags = f" --seed {seed}" + (" --cache-features" if cached else "")
+    return (
+        f"train it again with `paper-repro train {experiment} --preset {preset}{flags} --force` "
+        "(with the options it was trained with)"
+    )
+
+
 def model_file(source: str | os.PathLike) -> Path:
     """The model file of a run directory (final, else checkpoint) or a .keras file itself."""
     source = Path(source)
@@ -143,6 +158,27 @@ def model_file(source: str | os.PathLike) -> Path:
     if source.suffix != ".keras" or not source.is_file():
         raise UserError(f"{source} is neither a run directory nor a .keras file")
     return source
+
+
+def model_problem(path: Path) -> str | None:
+    """What makes ``path`` no whole ``.keras`` file (missing, truncated, not Keras' archive, a
+    member failing its checksum), said after the path; None when it is whole.
+
+    Read without Keras, in a fraction of the seconds a load takes: what a finished run is
+    checked with before it is skipped as finished. A truncated archive loses its central
+    directory, which Python's zipfile reads first; a damaged member fails its CRC.
+    """
+    if not path.is_file():
+        return "is missing"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            lacking = [name for name in KERAS_MEMBERS if name not in archive.namelist()]
+            if lacking:
+                return f"is not a Keras model (it lacks {', '.join(lacking)})"
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"is not a whole Keras model ({error})"
+    return f"is damaged (its {damaged} fails its checksum)" if damaged else None
 
 
 def find_histories(directory: str | os.PathLike[str]) -> list[Path]:
@@ -293,14 +329,70 @@ def replace_atomic(path: str | os.PathLike[str], write: Callable[[Path], _Writte
         with contextlib.suppress(OSError):
             _remove(temporary)
         if isinstance(error, OSError):
+            fix = disk_fix(error, target.parent, "write elsewhere")
             raise UserError(
                 f"cannot write {target} ({error.strerror or error}); the previous version, if "
-                "any, is unchanged: free some space or fix the permissions, then rerun the same "
-                "command"
+                f"any, is unchanged: {fix}, then rerun the same command"
             ) from error
         raise
     _fsync_directory(target.parent)
     return written
+
+
+def is_temporary_of(path: Path, target: Path) -> bool:
+    """Whether ``path`` is one of ``replace_atomic``'s temporaries for ``target``
+    (``.STEM.16-HEX.partial.SUFFIX`` beside it): no other target's, no other file."""
+    name = re.escape(f".{target.stem}.") + "[0-9a-f]{16}" + re.escape(f".partial{target.suffix}")
+    return path.parent == target.parent and re.fullmatch(name, path.name) is not None
+
+
+def lock_holder(lock: Path) -> str | None:
+    """Who holds a lock of ``hold_lock`` now (what its file says), None when no process does.
+
+    A shared flock, asked without waiting and let go at once, is refused exactly while another
+    process holds the exclusive one. Nothing is written, nor is a lock file made where there is
+    none. Without ``fcntl`` (Windows) nothing is locked, so nothing is held.
+    """
+    if fcntl is None or not lock.is_file():
+        return None
+    try:
+        with open(lock) as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return file.read().strip() or "another process"
+    except OSError:  # an unreadable lock file: whoever reads the run says what is wrong
+        return None
+    return None
+
+
+def disk_fix(error: OSError, directory: Path, elsewhere: str) -> str:
+    """What to do about ``error``, met writing in ``directory``, said by its cause;
+    ``elsewhere`` is how to write somewhere else instead ("use another --runs-dir").
+
+    A full disk, a denied permission and a read-only file system each have their fix; a file
+    where a directory is needed (NotADirectoryError, or FileExistsError from ``mkdir``) is
+    named, since the error names only the path that could not be made.
+    """
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"free some space, or {elsewhere}"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return f"fix the permissions, or {elsewhere}"
+    if error.errno == errno.EROFS:
+        return f"the file system is read-only: {elsewhere}"
+    blocker = _file_in_the_way(directory)
+    if error.errno in (errno.ENOTDIR, errno.EEXIST) and blocker is not None:
+        return f"{blocker} is a file, not a directory: move it away, or {elsewhere}"
+    return f"check that {directory} can be written, or {elsewhere}"
+
+
+def _file_in_the_way(directory: Path) -> Path | None:
+    """The nearest existing one of ``directory`` and its parents when it is no directory: the
+    file that stops ``directory`` being made."""
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
 
 
 def _remove(path: Path) -> None:

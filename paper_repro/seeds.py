@@ -8,16 +8,31 @@ before. A curve (Figure 5) is the per-epoch mean over the seeds with a min-max b
 epochs every seed has reached. A margin between two arms, read per seed (the transfer study), is
 shown with its 95 % Student-t interval. Nothing here imports TensorFlow, nor matplotlib, nor
 SciPy: the reports (``paper_repro.reports``) draw what this module computes.
+
+Only seeds of one experiment are summarized together (``check_alike``): runs that differ in a
+setting, or one run counted twice, are refused by name before any mean is taken.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from paper_repro import experiments
+from paper_repro.errors import UserError
 from paper_repro.history import History
+
+# Settings that say where and how a run's computation ran, not what it computed: the Caffe
+# augmentation of the same per-example keys on the host or inside the step, the same step with or
+# without XLA. Runs that differ only in them (or in their wall times, machines and paths, which are
+# no settings) are seeds of one experiment; every other setting changes the numbers.
+PLACEMENT = ("augment_on", "jit_compile")
+# A run as the reports name it: (its path relative to the histories directory, its history).
+Run = tuple[str, History]
 
 
 @dataclass(frozen=True)
@@ -142,3 +157,44 @@ def title(histories: Iterable[History]) -> str:
     """Figure 5's title line for several seeds; empty for one."""
     seeds = found(histories)
     return f"\nmean over seeds {', '.join(map(str, seeds))}, band min-max" if len(seeds) > 1 else ""
+
+
+def settings(history: History) -> dict[str, Any]:
+    """What a run's numbers depend on besides its seed: its experiment and its recorded settings
+    (those added since it was written at their defaults, which it had), ``PLACEMENT`` aside."""
+    recorded = experiments.recorded_settings(history.config, history.dataset, history.mode)
+    kept = {key: value for key, value in recorded.items() if key not in PLACEMENT}
+    return {"experiment": history.experiment, **kept}
+
+
+def differences(one: History, other: History) -> list[str]:
+    """``setting one's vs other's`` for each setting (``settings``) in which two runs differ."""
+    a, b = settings(one), settings(other)
+    return [
+        f"{key} {json.dumps(a.get(key))} vs {json.dumps(b.get(key))}"
+        for key in dict.fromkeys([*a, *b])
+        if a.get(key) != b.get(key)
+    ]
+
+
+def check_alike(runs: Sequence[Run], fix: str) -> None:
+    """Refuse runs that a mean over seeds would wrongly combine, naming two of them: runs that
+    differ in a setting (their mean would compare nothing: a table keeps one setting per row),
+    and one seed twice, which the mean would count twice however alike the two are (a copy, or
+    a run repeated elsewhere). ``fix`` says how to keep one setting's runs only."""
+    ordered = sorted(runs, key=lambda run: (run[1].seed, run[0]))  # the lowest seed first
+    (first, reference), seen = ordered[0], {}
+    for source, history in ordered:
+        changed = differences(reference, history)
+        if changed:
+            raise UserError(
+                f"{first} and {source} are runs of {reference.experiment} with different"
+                f" settings ({', '.join(changed)}), which a mean over seeds would mix; {fix}"
+            )
+        if history.seed in seen:
+            raise UserError(
+                f"{seen[history.seed]} and {source} are both seed {history.seed} of"
+                f" {history.experiment} with the same settings: one run twice, which a mean over"
+                " seeds would count twice; keep one of the two files"
+            )
+        seen[history.seed] = source

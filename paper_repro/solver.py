@@ -178,8 +178,8 @@ def epoch_schedule(
     layer wraps around to full batches and its step policy counts iterations, so the same drop
     written as a Caffe ``stepsize`` would be ``drop_epoch * N / batch``. The two agree wherever
     the batch divides the training set (MNIST 60,000 and CIFAR 50,000 by 80: every paper transfer
-    run); otherwise the drop comes up to ``drop_epoch`` steps later here (README, "Where this
-    differs from Caffe").
+    run); otherwise the drop comes up to ``drop_epoch`` steps later here
+    (docs/caffe-differences.md).
     """
     return step_schedule(base_lr, [round(e * steps_per_epoch) for e in drop_epochs], gamma)
 

@@ -1,6 +1,6 @@
-"""The transfer study (issue 13): what closes the first mini's gap between retraining and full
-training? Its cells as plain data, and what their histories say (per seed, per cell, and rule 1's
-verdicts); ``study_table`` writes its table and ``study_figure`` its figure.
+"""The transfer study (figures/study/README.md): what closes the first mini's gap between
+retraining and full training? Its cells as plain data, and what their histories say (per seed,
+per cell, and rule 1's verdicts); ``study_table`` writes its table and ``study_figure`` its figure.
 
 Commands (each resumable: finished runs are skipped, interrupted ones resumed)::
 
@@ -193,6 +193,10 @@ def run_order(name: str) -> list[str]:
 # What the histories say ----------------------------------------------------------------------
 
 HISTORIES = "histories"
+ONE_SETTING_HINT = (
+    "keep one setting's histories in the cell's folder (a quick try with --set belongs in another"
+    " --out)"
+)
 
 
 def centre_crop(history: History) -> float:
@@ -213,17 +217,25 @@ def criterion_c(history: History) -> bool | None:
 Measure = Callable[[History], Any]  # a run's value; None where it has none
 
 
-def _finished(directory: Path) -> Iterator[History]:
-    """A cell's finished histories."""
+def _finished(directory: Path) -> Iterator[seeds.Run]:
+    """A cell's finished histories, each with its path."""
     for path in find_histories(directory) if directory.is_dir() else ():
         history = load_history(path)
         if history.status == "finished":
-            yield history
+            yield str(path), history
 
 
 def finished(histories_dir: str | os.PathLike[str]) -> dict[str, list[History]]:
-    """Every cell's finished histories, kept under ``HISTORIES_DIR/CELL``."""
-    return {name: list(_finished(Path(histories_dir) / name)) for name in CELLS}
+    """Every cell's finished histories, kept under ``HISTORIES_DIR/CELL``: of each run, seeds
+    of one setting, each once (``seeds.check_alike``), since the table averages them."""
+    found = {}
+    for name in CELLS:
+        kept = list(_finished(Path(histories_dir) / name))
+        for experiment in dict.fromkeys(history.experiment for _, history in kept):
+            same = [run for run in kept if run[1].experiment == experiment]
+            seeds.check_alike(same, ONE_SETTING_HINT)
+        found[name] = [history for _, history in kept]
+    return found
 
 
 def _by_run(histories: Iterable[History], measure: Measure, trained_only: bool) -> dict:
@@ -250,7 +262,7 @@ def did_not_train(histories_dir: str | os.PathLike[str]) -> list[str]:
         f"{name} {history.experiment} seed {history.seed} ({history.epochs[-1].train_loss:.3f} "
         f">= ln {history.num_classes} = {math.log(history.num_classes):.3f})"
         for name in CELLS
-        for history in _finished(Path(histories_dir) / name)
+        for _, history in _finished(Path(histories_dir) / name)
         if _stalled(history)
     ]
 
@@ -314,20 +326,42 @@ class Verdict:
         return f"{verdict} ({self.margin * 100:+.2f} vs ±{self.threshold * 100:.2f})"
 
 
+def _retrainings(name: str) -> list[str]:
+    """The retraining runs rule 1 weighs for cell ``name``: every one it trains (every target's,
+    unless it retrains on some only), never just those that happen to have finished."""
+    runs = cell(name).runs
+    return [arms.RETRAIN.experiment(t) for t in TARGETS if arms.RETRAIN.experiment(t) in runs]
+
+
+def _per_seed(runs: Mapping[str, dict[int, float]], names: Sequence[str]) -> list[float]:
+    """The mean over the runs ``names`` per seed, on the seeds where every one of them finished."""
+    shared = set.intersection(*(set(runs.get(n, {})) for n in names)) if names else set()
+    return [sum(runs[n][s] for n in names) / len(names) for s in sorted(shared)]
+
+
 def verdict(found: Results, name: str) -> Verdict | None:
-    """Rule 1 for cell ``name`` (None until both it and the baseline have 2+ seeds)."""
-    runs, base = found[name], found[BASELINE]
-    names = [arms.RETRAIN.experiment(t) for t in TARGETS if arms.RETRAIN.experiment(t) in runs]
-
-    def per_seed(found: Mapping[str, dict[int, float]]) -> list[float]:
-        shared = set.intersection(*(set(found.get(n, {})) for n in names)) if names else set()
-        return [sum(found[n][s] for n in names) / len(names) for s in sorted(shared)]
-
-    mine, theirs = per_seed(runs), per_seed(base)
+    """Rule 1 for cell ``name`` (None until both it and the baseline have 2+ seeds on which
+    every retraining the cell trains finished)."""
+    names = _retrainings(name)
+    mine, theirs = _per_seed(found[name], names), _per_seed(found[BASELINE], names)
     if len(mine) < 2 or len(theirs) < 2:
         return None
     a, b = seeds.summarize(mine), seeds.summarize(theirs)
     return Verdict(a.mean, a.mean - b.mean, max(a.std, b.std))
+
+
+def lacking(found: Results, names: Iterable[str]) -> list[str]:
+    """What rule 1 still needs to weigh these cells: each of them (and the baseline) with fewer
+    than 2 seeds on which every retraining it is weighed on finished, and how many it has."""
+    needs = {}
+    for name in names:
+        runs = _retrainings(name)
+        for which in (name, BASELINE):
+            count = len(_per_seed(found[which], runs))
+            if count < 2:
+                seeds_with = f"{count} seed{'' if count == 1 else 's'} with"
+                needs[f"{which} has {seeds_with} {' and '.join(runs)} finished"] = None
+    return list(needs)
 
 
 # PLAN.md's knobs, each with the cells that set it otherwise than the baseline.
@@ -348,11 +382,19 @@ def is_knob(name: str) -> bool:
     return any(name in names for names in KNOBS.values())
 
 
+def undecided(found: Results, knob: str) -> list[str]:
+    """The cells of a knob that rule 1 cannot weigh yet (``verdict`` None)."""
+    return [name for name in KNOBS[knob] if verdict(found, name) is None]
+
+
 def chosen(found: Results) -> dict[str, str | None]:
-    """Rule 1 per knob: of its cells that rule 1 chooses, the one with the highest retrain mean;
-    None keeps the baseline's setting (also while its cells lack seeds)."""
+    """Rule 1 per knob whose cells it can all weigh: of those it chooses, the one with the
+    highest retrain mean; None keeps the baseline's setting. A knob with a cell rule 1 cannot
+    weigh yet is left out: that cell might be the one chosen."""
     choice = {}
     for knob, names in KNOBS.items():
+        if undecided(found, knob):
+            continue
         passing = [(v.mean, n) for n in names if (v := verdict(found, n)) and v.chosen]
         choice[knob] = max(passing)[1] if passing else None
     return choice
@@ -365,11 +407,16 @@ def chosen(found: Results) -> dict[str, str | None]:
 TOO_SLOW_FOR_MINI = ("crop",)
 
 
-def mini_cells(found: Results) -> list[str]:
-    """The cells the new mini takes: rule 1's choice per knob, but for the knobs rule 3 excludes.
-    Rule 2 then combines them (``combine``), if there are several."""
+def mini_cells(found: Results) -> list[str] | None:
+    """The cells the new mini takes: rule 1's choice per knob, but for the knobs rule 3 excludes;
+    None until rule 1 can weigh every other knob (``lacking`` says what it needs), since an
+    undecided knob would otherwise keep the baseline's setting unweighed. Rule 2 then combines
+    them (``combine``), if there are several."""
     choice = chosen(found)
-    return [name for knob, name in choice.items() if name and knob not in TOO_SLOW_FOR_MINI]
+    weighed = [knob for knob in KNOBS if knob not in TOO_SLOW_FOR_MINI]
+    if any(knob not in choice for knob in weighed):
+        return None
+    return [choice[knob] for knob in weighed if choice[knob]]
 
 
 def combine(names: Sequence[str]) -> Cell:

@@ -163,8 +163,14 @@ def build_gap_figure(histories_dir: str | os.PathLike[str]) -> Figure:
 
 def regenerate_study(out: str | os.PathLike[str]) -> list[Path]:
     """``OUT/table.md`` and, once some cell can be drawn, ``OUT/gap.png`` and ``.pdf``, from the
-    histories under ``OUT/histories``."""
+    histories under ``OUT/histories``. With none finished there, nothing is written: a table of
+    dashes would more likely come from a mistyped ``--out`` than from a study not yet begun."""
     histories = Path(out) / study.HISTORIES
+    if not any(study.finished(histories).values()):
+        raise UserError(
+            f"no finished study run under {histories}/CELL (cells: {', '.join(study.CELLS)});"
+            " `paper-repro study baseline` trains the first, or give the --out that holds them"
+        )
     paths = [study_table.write_table(histories, out)]
     if has_points(histories):
         paths += save_figure(build_gap_figure(histories), out, FIGURE_STEM)

@@ -69,11 +69,8 @@ def table(histories_dir: str | os.PathLike[str]) -> str:
         "guess's; counted in the means above as they are): " + ("; ".join(stalled) or "none") + ".",
     ]
     lines += ["", "Rule 1 per knob: " + "; ".join(_choices(found)) + "."]
-    lines += [
-        "",
-        f"Rule 3 (the 45-minute job) excludes: {', '.join(study.TOO_SLOW_FOR_MINI)}. The new mini "
-        f"takes: {', '.join(study.mini_cells(found)) or 'the baseline'}.",
-    ]
+    lines += ["", f"Rule 3 (the 45-minute job) excludes: {', '.join(study.TOO_SLOW_FOR_MINI)}. "
+              + _mini(found)]  # fmt: skip
     header = ("cell", "target", *(f"{m}, {p}" for m in MARGINS for p in PROTOCOLS))
     lines += ["", INTERVALS_CAPTION, "", markdown.table(header, _interval_rows(by_protocol))]
     converged = list(_convergence_rows(study.measured(finished, study.criterion_c)))
@@ -173,13 +170,31 @@ def _rule(found: study.Results, name: str) -> str:
 
 
 def _choices(found: study.Results) -> list[str]:
-    """``knob: what rule 1 takes`` for every knob: a cell, the baseline's, or not run yet."""
+    """``knob: what rule 1 takes`` for every knob: a cell, the baseline's, not run yet, or not
+    decided yet (and what it lacks) while only some of its cells can be weighed."""
     choice = study.chosen(found)
-    return [
-        f"{knob}: "
-        + (
-            choice[knob]
-            or ("the baseline's" if any(study.verdict(found, n) for n in names) else "not run yet")
-        )
-        for knob, names in study.KNOBS.items()
-    ]
+    return [f"{knob}: {_choice(found, knob, choice)}" for knob in study.KNOBS]
+
+
+def _choice(found: study.Results, knob: str, choice: Mapping[str, str | None]) -> str:
+    if knob in choice:
+        return choice[knob] or "the baseline's"
+    if not any(found[name] for name in study.KNOBS[knob]):
+        return "not run yet"
+    missing = "; ".join(study.lacking(found, study.undecided(found, knob)))
+    return f"not decided yet (rule 1 needs 2 seeds: {missing})"
+
+
+def _mini(found: study.Results) -> str:
+    """The verdict: the cells the new mini takes, written only once rule 1 can weigh every knob
+    rule 3 leaves; until then, what it lacks."""
+    taken = study.mini_cells(found)
+    if taken is not None:
+        return f"The new mini takes: {', '.join(taken) or 'the baseline'}."
+    knobs = [k for k in study.KNOBS if k not in study.TOO_SLOW_FOR_MINI]
+    cells = [name for knob in knobs for name in study.undecided(found, knob)]
+    missing = "; ".join(study.lacking(found, cells))
+    return (
+        "No verdict on the new mini until rule 1 can weigh every other knob (2 seeds of each cell"
+        f" and of the baseline): {missing}."
+    )

@@ -39,9 +39,10 @@ def _split(count: int = 12) -> tf.data.Dataset:
 
 def _spec(network, views: int = 10, dtype: str = "float32") -> cache.CacheSpec:
     return cache.CacheSpec(
-        dataset="random", split="train", classes=None, subset=None, subset_seed=None,
-        resize=AUGMENT.resize, crop=AUGMENT.crop, views=cache.training_views(AUGMENT, views),
-        dtype=dtype, weights=cache.features_digest(network),
+        dataset="random", content="random images", split="train", classes=None, subset=None,
+        subset_seed=None, resize=AUGMENT.resize, crop=AUGMENT.crop,
+        views=cache.training_views(AUGMENT, views), dtype=dtype,
+        weights=cache.features_digest(network),
     )  # fmt: skip
 
 

@@ -183,10 +183,10 @@ def test_train_and_reproduce_share_their_run_flags_with_their_own_preset_default
             ["epochs=1"],
         )
         assert args.force and args.cache_features and args.download
-    # One rule: every command defaults to the mini preset, and its help says so.
+    # One rule: train and reproduce default to the mini preset, and their help says so.
     assert train.preset == reproduce.preset == cli_options.DEFAULT_PRESET == "mini"
     for command in ("train", "reproduce"):
-        assert "default: mini, for every command" in " ".join(
+        assert "(default: mini: the CPU-sized analog" in " ".join(
             _help([command, *(["x"] if command == "train" else []), "--help"], capsys).split()
         )
 
@@ -237,15 +237,15 @@ def test_reproduce_runs_each_seed_and_gives_weights_only_to_pretrained_retrainin
         kept / "retrain-random-mnist-seed2.history.json"
     ).read_text() == "retrain-random-mnist 2"
     calls.clear()  # smoke, as mini: each seed's source, trained before its other runs
-    reproduce_module.reproduce("smoke", runs_dir=tmp_path / "again", out=tmp_path, seeds=[1, 2],
-                               verbose=0)  # fmt: skip
+    reproduce_module.reproduce("smoke", runs_dir=tmp_path / "again", out=tmp_path / "again",
+                               seeds=[1, 2], verbose=0)  # fmt: skip
     assert [(name, seed) for name, seed, _ in calls if name.startswith("pretrain")] == [
         ("pretrain-imagenet", 1), ("pretrain-imagenet", 2),
     ]  # fmt: skip
     assert [seed for _, seed, _ in calls] == [1] * 5 + [2] * 5
     calls.clear()  # paper: one source, seed 0's, for every seed
-    reproduce_module.reproduce("paper", runs_dir=tmp_path / "paper", out=tmp_path, seeds=[1, 2],
-                               verbose=0)  # fmt: skip
+    reproduce_module.reproduce("paper", runs_dir=tmp_path / "paper", out=tmp_path / "paper",
+                               seeds=[1, 2], verbose=0)  # fmt: skip
     assert calls[0] == ("pretrain-imagenet", 0, None)
     assert [call[0] for call in calls].count("pretrain-imagenet") == 1
 

@@ -179,7 +179,7 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     The last batch of an epoch is partial when the batch does not divide the data, where Caffe's
     data layer wraps around to the next pass and keeps every batch full: no difference for the
     paper's transfer runs (80 divides 60,000 and 50,000); 143 instead of 256 images once per
-    ILSVRC-12 epoch (README, "Where this differs from Caffe").
+    ILSVRC-12 epoch (docs/caffe-differences.md).
     """
     return math.ceil(num_examples / batch_size)
 

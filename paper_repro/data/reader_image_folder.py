@@ -16,11 +16,16 @@ image (reading a FIFO would wait for a writer forever).
 A folder may mix sizes and modes (grey, RGBA, palette, 16-bit, a 1x1 pixel): everything is
 decoded to 8-bit RGB at its native size. A file that does not decode (truncated, empty, not an
 image) is refused before training, in one line naming it (``_check_images``), not skipped.
+That check reads every file, and fingerprints its bytes on the way: the split's ``content``,
+which keys its feature caches, changes when a file is swapped, added, removed or moved.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +139,8 @@ def folder_source(
     root: Path, split: str, *, train_split: str = "train", split_option: str | None = None
 ) -> Source:
     """A folder's split (``split_folder``): its images listed, every one decoded once to check it
-    (``_check_images``), then read again, decoded, as the pipeline consumes them."""
+    and fingerprinted (``_check_images``), then read again, decoded, as the pipeline consumes
+    them."""
     located = split_folder(root, split, train_split=train_split, split_option=split_option)
     label_of = {name: label for label, name in enumerate(located.classes)}
     paths, labels = [], []
@@ -147,21 +153,22 @@ def folder_source(
             )
         paths += images
         labels += [label_of[name]] * len(images)
-    _check_images(paths)
+    content = _content(located, paths, _check_images(paths))
     label_array = np.asarray(labels, np.int64)
     dataset = tf.data.Dataset.from_tensor_slices(
         {"image": paths, "label": label_array, "index": np.arange(len(paths), dtype=np.int64)}
     ).map(_read_image, num_parallel_calls=tf.data.AUTOTUNE)
     info = SplitInfo(
-        str(located.folder), split, len(located.classes), located.classes, len(paths), None
+        str(located.folder), split, len(located.classes), located.classes, len(paths), None, content
     )
     return Source(dataset, info, functools.partial(np.copy, label_array))
 
 
-def _check_images(paths: list[str]) -> None:
+def _check_images(paths: list[str]) -> np.ndarray:
     """Refuse a folder holding a file that does not decode, naming it (truncated, empty, not an
     image at all), before any training: decoded in the pipeline, such a file would stop the run
-    with a TensorFlow error that does not say which file it was.
+    with a TensorFlow error that does not say which file it was. Returns each file's farmhash64
+    fingerprint (8 bytes a row), taken from the bytes read for the check: no second read.
 
     As tfds checks every example when it prepares a dataset, every image is decoded once here,
     in parallel, and dropped (``ignore_errors``); the indices that never come out are the bad
@@ -169,14 +176,19 @@ def _check_images(paths: list[str]) -> None:
     subset membership and its crops, so skipping would silently change the dataset. The cost is
     one extra decode of the folder per loaded split.
     """
+
+    def check(path: tf.Tensor, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        encoded = tf.io.read_file(path)
+        pixels = tf.reduce_prod(tf.shape(_decode(encoded))[:2])
+        return index, pixels, tf.fingerprint(encoded[tf.newaxis])[0]
+
     indexed = tf.data.Dataset.from_tensor_slices((paths, np.arange(len(paths), dtype=np.int64)))
-    decoded = indexed.map(
-        lambda path, index: (index, tf.reduce_prod(tf.shape(_decode_file(path))[:2])),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    ).ignore_errors()
+    decoded = indexed.map(check, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     readable = np.zeros(len(paths), bool)
-    for indices, pixels in decoded.batch(READ_BATCH).as_numpy_iterator():
+    fingerprints = np.zeros((len(paths), 8), np.uint8)
+    for indices, pixels, prints in decoded.batch(READ_BATCH).as_numpy_iterator():
         readable[indices[pixels > 0]] = True
+        fingerprints[indices] = prints
     bad = [paths[i] for i in np.flatnonzero(~readable)]
     if bad:
         more = _and_more(bad, " unreadable files")
@@ -185,19 +197,31 @@ def _check_images(paths: list[str]) -> None:
             f"{'/'.join(s.lstrip('.').upper() for s in IMAGE_SUFFIXES)} file){more}: replace or "
             "remove it"
         )
+    return fingerprints
 
 
-def _decode_file(path: tf.Tensor) -> tf.Tensor:
-    """Decode a JPEG/PNG/BMP/GIF file to uint8 RGB at its native size: ``channels=3`` copies
-    grey to 3 channels and drops alpha, palettes are expanded, 16-bit PNGs are scaled to 8 bits,
-    and an animated GIF gives its first frame."""
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+def _content(located: SplitFolder, paths: list[str], fingerprints: np.ndarray) -> str:
+    """``SplitInfo.content`` of a folder's split: a hash of the classes (which number the labels)
+    and of each image's path in the split folder (which names its class) with its bytes'
+    fingerprint. Dates are left out: a file touched, or restored from a backup, changes nothing."""
+    digest = hashlib.sha256(json.dumps(located.classes).encode())
+    for path, fingerprint in zip(paths, fingerprints, strict=True):
+        digest.update(os.path.relpath(path, located.folder).encode() + b"\0")
+        digest.update(fingerprint.tobytes())
+    return f"image folder {digest.hexdigest()}"
+
+
+def _decode(encoded: tf.Tensor) -> tf.Tensor:
+    """Decode a JPEG/PNG/BMP/GIF file's bytes to uint8 RGB at its native size: ``channels=3``
+    copies grey to 3 channels and drops alpha, palettes are expanded, 16-bit PNGs are scaled to
+    8 bits, and an animated GIF gives its first frame."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
 
 
 def _read_image(example: dict) -> dict:
-    return {**example, "image": _decode_file(example["image"])}
+    return {**example, "image": _decode(tf.io.read_file(example["image"]))}
 
 
 def _and_more(found: list, what: str = "") -> str:

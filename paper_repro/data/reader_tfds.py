@@ -58,6 +58,7 @@ def tfds_source(name: str, split: str, data_dir: str | None, download: bool) -> 
         class_names=tuple(builder.info.features[label_key].names),
         num_examples=int(raw.cardinality()),
         image_shape=(height, width, 3) if height and width else None,
+        content=f"tfds {builder.info.full_name} {split}",
     )
     dataset = raw.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
     return Source(dataset, info, functools.partial(_read_labels, raw))

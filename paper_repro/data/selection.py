@@ -7,6 +7,7 @@ subset keeps every example's crops, and a larger subset contains a smaller one.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -107,7 +108,9 @@ def _select(
         .map(lambda ex: {**ex, "label": tf.gather(relabel_t, ex["label"])})
         .apply(tf.data.experimental.assert_cardinality(int(keep.sum())))
     )
-    info = SplitInfo(info.name, info.split, len(names), names, int(keep.sum()), info.image_shape)
+    info = dataclasses.replace(
+        info, num_classes=len(names), class_names=names, num_examples=int(keep.sum())
+    )
     return dataset, info
 
 

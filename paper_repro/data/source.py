@@ -29,6 +29,10 @@ class SplitInfo:
     num_examples: int
     image_shape: tuple[int, int, int] | None
     """Native (height, width, 3) when every image has it; None when sizes vary."""
+    content: str
+    """What the whole split's examples are, for a feature cache's key: a tfds dataset's full name
+    (with its version) and split; an image folder's hash of its classes and of each image's path
+    and bytes. The images behind a folder's path can change; this says when they did."""
 
 
 @dataclass(frozen=True)

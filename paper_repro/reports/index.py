@@ -3,30 +3,36 @@
 A history is one run; the reports compare variants: an arm (``paper_repro.arms``) on a dataset in
 a preset, with ``-cached`` where the classifier trained on cached features. The index groups the
 histories by (preset, dataset, variant), one run per seed, refusing what would make a table
-ambiguous (two presets mixed unasked, two runs of one seed). What a group of runs says about
-itself beyond its numbers (its sources, where its seconds were measured, its mean curve) is here
-too, since every report names them the same way.
+ambiguous (two presets mixed unasked, runs of one variant with different settings, two runs of
+one seed: ``seeds.check_alike``). What a group of runs says about itself beyond its numbers (its
+sources, where its seconds were measured, its mean curve) is here too, since every report names
+them the same way; so is ``paper-repro list``'s line per run, which names a damaged history
+instead of refusing it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from paper_repro import arms, seeds
 from paper_repro.errors import UserError
-from paper_repro.history import History, load_history
+from paper_repro.history import History, HistoryError, load_history
 from paper_repro.runs import find_histories
 
 PRETRAIN = "pretrain"  # the variant of a pretraining run, which belongs to no arm
 NO_HISTORIES_HINT = (
     "`paper-repro reproduce --preset mini` (or `paper-repro train EXPERIMENT`) writes them"
 )
+ONE_SETTING_HINT = (
+    "keep one setting's runs under --histories (move the others to a folder of their own), or"
+    " reproduce each setting into its own --out"
+)
 
 # A variant's runs, one per seed in seed order, each as (path relative to the histories
 # directory, history); the index maps (preset, dataset, variant) to them.
-Run = tuple[str, History]
+Run = seeds.Run
 Runs = tuple[Run, ...]
 Index = dict[tuple[str, str, str], Runs]
 
@@ -46,8 +52,28 @@ def load_histories(directory: str | os.PathLike[str]) -> dict[str, History]:
     return {path.relative_to(root).as_posix(): load_history(path) for path in paths}
 
 
+def run_lines(paths: Iterable[Path]) -> Iterator[str]:
+    """``paper-repro list``'s line per run: its directory, status, epochs and final top-1, or
+    what is wrong with its history. A damaged history is named in its place and the others are
+    still listed, where stopping at the first would list none (a table refuses it instead: a
+    table without one of its runs would be wrong)."""
+    for path in paths:
+        try:
+            history = load_history(path)
+        except HistoryError as error:
+            yield f"  {path.parent}: not listed, its history cannot be read: {error}"
+            continue
+        final = f", top-1 {history.final.top1:.2%}" if history.final else ""
+        yield f"  {path.parent}: {history.status}, {len(history.epochs)} epochs{final}"
+
+
 def group(histories: Mapping[str, History], allow_mixed_presets: bool) -> Index:
-    """One run per (preset, dataset, variant, seed), refusing what would make a table ambiguous."""
+    """One run per (preset, dataset, variant, seed), refusing what would make a table ambiguous.
+
+    Runs of one variant with different settings are refused rather than shown as rows of their
+    own: a row is a preset and dataset beside the paper's numbers, and which of two settings is
+    "the" reproduction is the user's choice, made by keeping one setting's runs in the folder.
+    """
     if not histories:
         raise UserError(f"no run histories given; {NO_HISTORIES_HINT}")
     found = presets_of(histories)
@@ -63,15 +89,9 @@ def group(histories: Mapping[str, History], allow_mixed_presets: bool) -> Index:
     grouped: dict[tuple[str, str, str], list[Run]] = {}
     for source, history in sorted(histories.items()):
         key = (history.preset, history.dataset, variant(history))
-        runs = grouped.setdefault(key, [])
-        twin = next((s for s, h in runs if h.seed == history.seed), None)
-        if twin is not None:
-            raise UserError(
-                f"two {key[2]} histories for {history.dataset} in preset {history.preset}"
-                f" with seed {history.seed}: {twin} and {source}; keep one run per experiment"
-                " and seed"
-            )
-        runs.append((source, history))
+        grouped.setdefault(key, []).append((source, history))
+    for runs in grouped.values():
+        seeds.check_alike(runs, ONE_SETTING_HINT)
     return {key: tuple(sorted(runs, key=lambda r: r[1].seed)) for key, runs in grouped.items()}
 
 

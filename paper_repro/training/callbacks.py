@@ -20,7 +20,30 @@ from paper_repro.runs import RunPaths, replace_atomic
 
 
 class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the weights became NaN or infinite; the last good checkpoint is kept."""
+
+
+def non_finite_weights(model: keras.Model) -> list[str]:
+    """The weights of ``model`` holding a NaN or an infinity, by path: a step can make them so
+    while the loss it reports, computed before the step, is still finite."""
+    return [
+        weight.path
+        for weight in model.weights
+        if not bool(keras.ops.all(keras.ops.isfinite(weight.value)))
+    ]
+
+
+def diverged(what: str, paths: RunPaths) -> TrainingDiverged:
+    """The error that ends a diverged run: what became non-finite, what of the run is kept (for
+    inspection, and to resume from once the cause is found), and how to start it again."""
+    kept = (
+        f"{paths.checkpoint} keeps the last good epoch"
+        if paths.checkpoint.exists()
+        else "no epoch had finished, so no checkpoint was kept"
+    )
+    return TrainingDiverged(
+        f"{what}; {kept} (lower base_lr with --set base_lr=..., and --force to start again)"
+    )
 
 
 class PhaseTimer:
@@ -81,15 +104,10 @@ class RunRecorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
-            kept = (
-                f"{self.paths.checkpoint} keeps the last good epoch"
-                if self.paths.checkpoint.exists()
-                else "no epoch had finished, so nothing was kept"
-            )
-            raise TrainingDiverged(
+            raise diverged(
                 f"the training loss became {loss} in epoch {len(self.history.epochs) + 1}, "
-                f"batch {batch + 1}; {kept} (lower base_lr with --set base_lr=..., and --force "
-                "to start again)"
+                f"batch {batch + 1}",
+                self.paths,
             )
         if self.max_iterations and int(self.model.optimizer.iterations) >= self.max_iterations:
             self.model.stop_training = True
@@ -102,6 +120,7 @@ class RunRecorder(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
+        self._check_finite(epoch + 1, logs)
         record = EpochRecord(
             epoch=epoch + 1,
             lr=self._lr,
@@ -115,6 +134,22 @@ class RunRecorder(keras.callbacks.Callback):
         with self.timer("checkpoints"):
             save_history(self.history, self.paths.history)
             replace_atomic(self.paths.checkpoint, self.model.save)
+
+    def _check_finite(self, epoch: int, logs: dict) -> None:
+        """The state after the epoch's last step, before anything of it is written: its weights
+        and the test loss they give (the batch losses precede each step, so the last step's
+        result is seen here first)."""
+        for name in ("loss", "val_loss"):
+            value = float(logs.get(name, 0.0))
+            if not math.isfinite(value):
+                what = "training" if name == "loss" else "test"
+                raise diverged(f"the {what} loss became {value} in epoch {epoch}", self.paths)
+        broken = non_finite_weights(self.model)
+        if broken:
+            raise diverged(
+                f"the weights {', '.join(broken[:3])} became non-finite in epoch {epoch}",
+                self.paths,
+            )
 
 
 def tensorboard(log_dir: Path) -> keras.callbacks.TensorBoard:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import keras
+import tensorflow as tf
 
 from paper_repro import cluster as cluster_lib
+from paper_repro import data
 from paper_repro.experiments import RunConfig
 from paper_repro.history import History
 from paper_repro.runs import RunPaths
@@ -40,3 +44,16 @@ class Run:
 def say(verbose: int, message: str) -> None:
     if verbose:
         print(message, flush=True)
+
+
+def as_run_here(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings (``RunConfig.to_dict``) as this machine runs them: ``augment_on`` resolved
+    (``auto``: the GPU when there is one) and XLA (``jit_compile``) off without a GPU, where
+    runs are made deterministic and Keras keeps XLA off. Two runs are the same run when these
+    agree, however they were asked: a resume compares them, and the step compiles with them."""
+    gpu = bool(tf.config.list_physical_devices("GPU"))
+    return {
+        **settings,
+        "augment_on": data.resolve_placement(settings["augment_on"]),
+        "jit_compile": settings["jit_compile"] is True and gpu,
+    }

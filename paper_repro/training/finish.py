@@ -14,13 +14,22 @@ from paper_repro import model as model_lib
 from paper_repro.experiments import RunConfig
 from paper_repro.history import FinalEvaluation, History, save_history
 from paper_repro.runs import replace_atomic
+from paper_repro.training.callbacks import TrainingDiverged, non_finite_weights
 from paper_repro.training.context import Run, say
 
 
 def finish(run: Run, model: keras.Model, splits: data.ExperimentData, history: History) -> History:
     """Evaluate the trained network, save it, then mark the history finished and drop the
-    checkpoint: a run killed on the way finishes again from its last epoch."""
+    checkpoint: a run killed on the way finishes again from its last epoch. A network with a
+    non-finite weight is refused before any of that: no finished run reports its numbers."""
     config, paths = run.config, run.paths
+    broken = non_finite_weights(model)
+    if broken:  # resumed from a checkpoint written before every epoch was checked
+        raise TrainingDiverged(
+            f"the trained weights {', '.join(broken[:3])} are not finite: the run diverged, and "
+            f"its files are kept as they are (lower base_lr with --set base_lr=..., and --force "
+            "to start again)"
+        )
     start = time.perf_counter()
     scores = evaluate.evaluate(
         model, splits.test, crops=config.test_crops, augment=splits.augment, verbose=run.verbose

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import keras
 import tensorflow as tf
@@ -22,12 +21,14 @@ from paper_repro import model as model_lib
 from paper_repro import trainee as trainee_lib
 from paper_repro.augment import AUGMENT_LAYER
 from paper_repro.errors import UserError
-from paper_repro.history import History, save_history
-from paper_repro.model import CLASSIFIER
+from paper_repro.experiments import RunConfig
+from paper_repro.history import CacheRecord, History, save_history
+from paper_repro.model import CLASSIFIER, FEATURES
+from paper_repro.runs import MODEL_NAME, RunPaths
 from paper_repro.solver import paper_solver
 from paper_repro.training import network as network_lib
 from paper_repro.training.callbacks import RunRecorder, tensorboard
-from paper_repro.training.context import Run, say
+from paper_repro.training.context import Run, as_run_here, say
 from paper_repro.training.finish import finish
 
 
@@ -50,10 +51,11 @@ def fit(run: Run) -> History:
                 feeds = _feature_cache(run, network, splits)
         if run.previous is not None:
             with run.timer("model"):
-                trainee = _load_checkpoint(run.shared.checkpoint)
+                trainee = _load_checkpoint(run, splits, network)
             start_epoch = _epochs_done(
                 int(trainee.optimizer.iterations.numpy()), steps_per_epoch, config.max_iterations
             )
+            _check_behind_history(run, start_epoch)
             history = dataclasses.replace(run.previous, epochs=run.previous.epochs[:start_epoch])
             say(verbose, f"{run.shared.root}: resuming after epoch {start_epoch}")
         else:
@@ -61,13 +63,17 @@ def fit(run: Run) -> History:
                 network,
                 trainee_lib.CACHED if config.cache_features else config.mode,
                 paper_solver(config, steps_per_epoch),
-                jit_compile=config.jit_compile,
+                jit_compile=as_run_here(config.to_dict())["jit_compile"],
                 metrics=["accuracy"],
                 wrap=splits.training_model,
             )
             start_epoch = 0
             history = _new_history(run)
     _check_same_start(run.cluster, start_epoch)
+    if config.cache_features:
+        _check_same_caches(run, history, feeds.record)
+    if run.previous is None:
+        _replace_earlier_run(paths)
     if config.cache_features and history.cache is None:
         history = dataclasses.replace(history, cache=feeds.record)
     if history.class_names is None:  # also a run resumed from a history that predates them
@@ -152,14 +158,92 @@ def _epochs_done(iterations: int, steps_per_epoch: int, max_iterations: int | No
     return iterations // steps_per_epoch
 
 
-def _load_checkpoint(path: Path) -> keras.Model:
+def _load_checkpoint(
+    run: Run, splits: data.ExperimentData, network: keras.Model | None
+) -> keras.Model:
+    """The run's checkpoint, once it proves to be one of this run (``_checkpoint_problem``);
+    anything else is refused and left as it is."""
+    path = run.shared.checkpoint
     try:
-        return model_lib.load_model(path, compile=True)
+        trainee = model_lib.load_model(path, compile=True)
     except UserError:
+        problem = "is corrupted"
+    else:
+        problem = _checkpoint_problem(trainee, run.config, splits, network)
+    if problem:
         raise UserError(
-            f"{path}: the checkpoint is corrupted; it was left as it is: move it away to resume "
-            "from scratch, or rerun with --force"
-        ) from None
+            f"{path}: the checkpoint {problem}; it was left as it is: move it away to start the "
+            "run from scratch, or rerun with --force"
+        )
+    return trainee
+
+
+def _checkpoint_problem(
+    trainee: keras.Model,
+    config: RunConfig,
+    splits: data.ExperimentData,
+    network: keras.Model | None,
+) -> str | None:
+    """What makes a readable model no checkpoint of this run: a final model copied over it has
+    no optimizer state to resume; another run's has another shape, another class count, or
+    trains other layers. A cached run's is its classifier block alone (``network``'s)."""
+    if getattr(trainee, "optimizer", None) is None:
+        return f"holds no optimizer state to resume (a final {MODEL_NAME} copied over it?)"
+    if config.cache_features:
+        expected = network.get_layer(CLASSIFIER)
+        if [w.shape for w in trainee.weights] != [w.shape for w in expected.weights]:
+            return "is not the classifier block of this run's network"
+        return None
+    inner = _network(trainee)
+    try:
+        size = model_lib.describe(inner)["image_size"]
+    except UserError:
+        return "is not a paper_repro AlexNet"
+    classes = int(inner.output_shape[-1])
+    if (size, classes) != (config.crop, splits.num_classes):
+        return (
+            f"takes {size}x{size} images into {classes} classes, this run "
+            f"{config.crop}x{config.crop} images into {splits.num_classes}"
+        )
+    if config.mode == "retrain" and inner.get_layer(FEATURES).trainable:
+        return "trains its features, where this run retrains on frozen ones"
+    return None
+
+
+def _check_same_caches(run: Run, history: History, record: CacheRecord) -> None:
+    """A resumed cached run goes on from the feature caches it started on: the cache's name
+    covers the images' content and the network, so another name means that the data (an image
+    folder's files) or the features changed since, and the epochs to come would train on other
+    features than the recorded ones."""
+    if history.cache is None:  # a new run: its caches are recorded now
+        return
+    if (history.cache.train, history.cache.test) != (record.train, record.test):
+        raise UserError(
+            f"{run.shared.root} was trained on the feature caches {history.cache.train} and "
+            f"{history.cache.test}, but its data now gives {record.train} and {record.test} (its "
+            "images or features changed since it started): restore them to resume it, or use "
+            "--force to train it anew on the current data"
+        )
+
+
+def _check_behind_history(run: Run, start_epoch: int) -> None:
+    """The history is written before the checkpoint (``RunRecorder``), so it is never behind
+    its checkpoint: a checkpoint further on than its history is another run's."""
+    recorded = len(run.previous.epochs)
+    if start_epoch > recorded:
+        raise UserError(
+            f"{run.shared.checkpoint}: the checkpoint is {start_epoch} epochs in, but its "
+            f"history records {recorded}: it is another run's; it was left as it is: move it "
+            "away to start the run from scratch, or rerun with --force"
+        )
+
+
+def _replace_earlier_run(paths: RunPaths) -> None:
+    """Every check of a new run has passed: what an earlier run left (``--force``, or one
+    stopped before its first checkpoint) goes now, its history replaced by the new one next,
+    and not before, so that a refused ``--force`` loses nothing."""
+    for stale in (paths.checkpoint, paths.model):
+        stale.unlink(missing_ok=True)
 
 
 def _input_device(where: cluster_lib.Cluster) -> str | None:

@@ -16,13 +16,20 @@ from pathlib import Path
 
 import keras
 
-from paper_repro import arms, data, feature_activity
+from paper_repro import arms, data, experiments, feature_activity
 from paper_repro import model as model_lib
 from paper_repro import trainee as trainee_lib
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
+from paper_repro.history import load_history
 from paper_repro.model import FC8
-from paper_repro.runs import pretrained_model
+from paper_repro.runs import (
+    RunPaths,
+    model_problem,
+    pretrained_model,
+    run_directory,
+    train_again,
+)
 
 # Enough images to cover every class of the target, few enough to cost seconds at any size.
 RANDOM_RMS_IMAGES = 1_000
@@ -39,6 +46,8 @@ def weights_path(
                 "retraining on pretrained features needs them, and this experiment names no "
                 "pretraining run: pass --weights FILE.keras"
             )
+        if config.mode == "retrain" and not weights:
+            _check_source_run(config.pretrained, runs_dir, preset, seed)
         return pretrained_model(config, weights, runs_dir, preset, seed)
     if weights:
         raise UserError(
@@ -46,6 +55,25 @@ def weights_path(
             "(features=random), so it takes no weights; drop --weights"
         )
     return None
+
+
+def _check_source_run(source: str, runs_dir: str | os.PathLike, preset: str, seed: int) -> None:
+    """The run a retraining starts from, once it has a history: its model must be whole.
+
+    A source run whose model was deleted or damaged after it finished reports itself finished
+    when trained again without ``--force``: the hint names the command that does train it
+    again, rather than one that would send the user round in a loop.
+    """
+    source_seed = experiments.source_seed(preset, seed, source)
+    paths = RunPaths(run_directory(runs_dir, preset, source, source_seed))
+    problem = model_problem(paths.model)
+    if problem is None or not paths.history.is_file():
+        return  # whole, or never trained: ``pretrained_model`` says which command trains it
+    if paths.model.exists() or load_history(paths.history).status == "finished":
+        raise UserError(
+            f"this retraining starts from {paths.model}, which {problem}: "
+            f"{train_again(source, preset, source_seed)}"
+        )
 
 
 def source_model(path: Path, config: RunConfig) -> keras.Model:

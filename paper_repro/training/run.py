@@ -1,10 +1,15 @@
 """A run's life around its fit: settings resolved and checked, the run directory prepared and
-locked, a finished run skipped, an interrupted one resumed, or a new one started."""
+locked, a finished run skipped once its model is checked, an interrupted one resumed with the
+same settings and weights, or a new one started.
+
+Nothing of an earlier run is deleted here: a new run replaces the earlier one's files only once
+every check of its own has passed (``fit``), and a run refused in a directory that it made leaves
+no directory behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -14,14 +19,25 @@ import keras
 import tensorflow as tf
 
 from paper_repro import cluster as cluster_lib
-from paper_repro import experiments, provenance
+from paper_repro import evaluate, experiments, provenance
+from paper_repro import model as model_lib
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 from paper_repro.history import History, load_history
-from paper_repro.runs import RunPaths, lock_run, run_directory
+from paper_repro.runs import (
+    HISTORY_NAME,
+    LOCK_NAME,
+    MODEL_NAME,
+    RunPaths,
+    disk_fix,
+    lock_run,
+    model_problem,
+    run_directory,
+    train_again,
+)
 from paper_repro.training import network as network_lib
 from paper_repro.training.callbacks import PhaseTimer
-from paper_repro.training.context import Run, say
+from paper_repro.training.context import Run, as_run_here, say
 from paper_repro.training.fit import fit
 
 
@@ -55,21 +71,19 @@ def train(
     experiments.check_seed(seed)
     where = cluster_lib.connect(strategy, join_timeout)
     shared = RunPaths(run_directory(runs_dir, preset, experiment, seed, config.cache_features))
-    _prepare_directory(shared.root)
-    with _workspace(shared, where) as paths:
-        previous = _previous_history(shared, config, seed, force, owner=where.is_chief)
+    with _run_directory(shared.root), _workspace(shared, where) as paths:
+        previous = _previous_history(shared, config, seed, force)
         if previous is not None and previous.status == "finished":
+            again = train_again(experiment, preset, seed, config.cache_features)
+            _check_finished_model(shared, previous, again)
             say(verbose, f"{shared.root}: already finished (use --force to train it again)")
             return previous
         resuming = previous is not None and shared.checkpoint.exists()
         if resuming:
             timer.carry(previous.phases)
-        # A cached run checkpoints only its classifier: resuming it needs the features again.
-        weights_path = None
-        if not resuming or config.cache_features:
-            weights_path = network_lib.weights_path(config, weights, runs_dir, preset, seed)
-        if resuming and weights_path:
-            _check_same_weights(previous, weights_path)
+        weights_path = _start_weights(
+            config, weights, runs_dir, preset, seed, previous if resuming else None
+        )
         source = network_lib.source_model(weights_path, config) if weights_path else None
 
         keras.utils.set_random_seed(seed)
@@ -79,7 +93,6 @@ def train(
                 # Keras itself turns XLA off under op determinism; say so rather than warn
                 # obscurely.
                 say(verbose, "jit_compile: XLA stays off on the CPU, where runs are deterministic")
-                config = dataclasses.replace(config, jit_compile=False)
         keras.mixed_precision.set_dtype_policy(config.precision)
         try:
             return fit(
@@ -118,6 +131,32 @@ def _workspace(shared: RunPaths, where: cluster_lib.Cluster) -> Iterator[RunPath
         yield RunPaths(Path(own))
 
 
+@contextlib.contextmanager
+def _run_directory(root: Path) -> Iterator[None]:
+    """The run directory, created and proved writable for the block (``_prepare_directory``).
+
+    A run refused before it wrote anything (a missing weights file, a subset larger than its
+    split, Ctrl-C) removes the directories this process created for it, so that a mistake leaves
+    no directory holding only its lock; a directory that existed before, or that holds anything
+    else, stays.
+    """
+    created = []
+    for directory in (root, *root.parents):
+        if directory.exists():
+            break
+        created.append(directory)
+    try:
+        _prepare_directory(root)
+        yield
+    except BaseException:
+        if created and root.is_dir() and {p.name for p in root.iterdir()} <= {LOCK_NAME}:
+            with contextlib.suppress(OSError):  # another process may have come meanwhile
+                (root / LOCK_NAME).unlink(missing_ok=True)
+                for directory in created:
+                    directory.rmdir()
+        raise
+
+
 def _prepare_directory(root: Path) -> None:
     """Create the run directory and prove it writable before any work (a per-process probe
     name: two runs started together must not delete each other's probe)."""
@@ -128,17 +167,28 @@ def _prepare_directory(root: Path) -> None:
         probe.unlink()
     except OSError as error:
         raise UserError(
-            f"cannot write the run directory {root}: {error.strerror}; fix its permissions or "
-            "use another --runs-dir"
+            f"cannot write the run directory {root}: {error.strerror}; "
+            f"{disk_fix(error, root, 'use another --runs-dir')}"
         ) from None
 
 
-def _previous_history(paths: RunPaths, config: RunConfig, seed: int, force: bool, owner: bool):
-    """The run's history to resume, None to start anew; the ``owner`` of the run directory (the
-    one process that writes it) then removes what an earlier run left there."""
-    if force or not paths.history.exists():
-        for stale in (paths.history, paths.checkpoint, paths.model) if owner else ():
-            stale.unlink(missing_ok=True)
+def _previous_history(paths: RunPaths, config: RunConfig, seed: int, force: bool) -> History | None:
+    """The run's history to resume, None to start anew (``--force``, or a new run).
+
+    Nothing is removed here: a new run replaces the earlier files once all its checks have
+    passed (``fit``). A checkpoint or model without the history that says what it was trained
+    with is refused rather than silently replaced: only ``--force`` replaces it.
+    """
+    if force:
+        return None
+    if not paths.history.exists():
+        orphans = [path.name for path in (paths.checkpoint, paths.model) if path.exists()]
+        if orphans:
+            raise UserError(
+                f"{paths.root} holds {' and '.join(orphans)} but no {HISTORY_NAME}, the record "
+                "of what it was trained with, so it cannot be resumed: move them away to keep "
+                "them, or use --force to train the run anew (replacing them)"
+            )
         return None
     previous = load_history(paths.history)
     changed = settings_changed(previous, config, seed)
@@ -152,23 +202,92 @@ def _previous_history(paths: RunPaths, config: RunConfig, seed: int, force: bool
 
 def settings_changed(previous: History, config: RunConfig, seed: int) -> str | None:
     """What differs between the settings a history was trained with and ``config`` with
-    ``seed`` (``key: old -> new``, or ``seed``); None when it is the same run."""
-    recorded = experiments.recorded_settings(previous.config, config.dataset, config.mode)
-    changed = {
-        key: (recorded[key], value)
-        for key, value in config.to_dict().items()
-        if recorded[key] != value
-    }
+    ``seed`` (``key: old -> new``, or ``seed``); None when it is the same run.
+
+    Both sides are compared as this machine runs them (``context.as_run_here``): ``augment_on``
+    auto and host are one run on a CPU, and XLA asked for on a CPU is no XLA.
+    """
+    recorded = as_run_here(
+        experiments.recorded_settings(previous.config, config.dataset, config.mode)
+    )
+    asked = as_run_here(config.to_dict())
+    changed = {key: (recorded[key], new) for key, new in asked.items() if recorded[key] != new}
     if not changed and previous.seed == seed:
         return None
     what = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changed.items()))
     return what or "seed"
 
 
-def _check_same_weights(previous: History, weights_path: Path) -> None:
+def _check_finished_model(paths: RunPaths, history: History, again: str) -> None:
+    """A finished run is skipped only while its model is whole and its own: a missing,
+    truncated or foreign ``model.keras`` would otherwise be reported finished forever, and a
+    retraining from it would fail. The check reads the archive, not the model (a fraction of a
+    load's seconds); a model written with its record (``model.save_model``) must carry this
+    run's. ``again`` says how to train the run again."""
+    problem = model_problem(paths.model)
+    if problem is None:
+        record = _model_record(paths.model)
+        expected = evaluate.trained_on(history.config, history.seed, history.class_names)
+        if record is None or (record and record != expected):
+            problem = "is not this run's model (its record names another run)"
+    if problem:
+        raise UserError(f"{paths.root} has finished, but its {MODEL_NAME} {problem}: {again}")
+
+
+def _model_record(path: Path) -> dict | None:
+    """The record inside a model file, ``{}`` where it has none, None where it is unreadable."""
+    try:
+        return model_lib.model_record(path)
+    except (OSError, ValueError):  # a bad zip member, not JSON (json's error is a ValueError)
+        return None
+
+
+def _start_weights(
+    config: RunConfig,
+    weights: str | None,
+    runs_dir: str | os.PathLike,
+    preset: str,
+    seed: int,
+    resumed: History | None,
+) -> Path | None:
+    """The pretrained model the run starts from, None when it reads none.
+
+    A resumed run (``resumed``, its history) must start from the weights it started from, as it
+    was asked then: ``--weights`` given or left out is compared with what the history recorded,
+    also for a run that no longer reads them. Only a cached run reads them again (its
+    checkpoint holds its classifier alone); another resumed run reads its checkpoint, so a
+    source run's model since removed does not stop it.
+    """
+    reads_source = resumed is None or config.cache_features
+    try:
+        path = network_lib.weights_path(config, weights, runs_dir, preset, seed)
+    except UserError:
+        if reads_source or weights:
+            raise
+        return None
+    if resumed is not None:
+        _check_same_weights(resumed, path)
+    return path if reads_source else None
+
+
+def _check_same_weights(previous: History, weights_path: Path | None) -> None:
+    """A resume continues from the weights the run started from (by content), or is refused."""
     recorded = previous.provenance.weights
-    if recorded and recorded.sha256 != provenance.sha256(weights_path):
+    if recorded is None and weights_path is None:
+        return
+    if recorded is None:
         raise UserError(
-            f"{weights_path} changed since this run started from it ({recorded.path}); "
-            "use --force to start the run again"
+            f"this run started without pretrained weights, not from {weights_path}: drop "
+            "--weights to resume it, or use --force to start it again from them"
+        )
+    if weights_path is None:
+        raise UserError(
+            f"this run started from {recorded.path}: pass --weights {recorded.path} again to "
+            "resume it, or use --force to start it again"
+        )
+    if recorded.sha256 != provenance.sha256(weights_path):
+        was = "changed since" if str(weights_path) == recorded.path else "is not what"
+        raise UserError(
+            f"{weights_path} {was} this run started from ({recorded.path}): resume it with "
+            "those weights, or use --force to start the run again"
         )
