@@ -125,3 +125,31 @@ def caffenet_imports(tmp_path_factory):
             assert cli.main(["import-caffe", str(caffemodel), "--out", str(keras_file)]) == 0
         files[legacy] = (caffemodel, keras_file)
     return layers, files, printed.getvalue()
+
+
+# Under pytest-xdist (CI's `-n 2 --dist loadgroup`), the tests that share a fixture built once per
+# session or per module go to one worker, so that it is still built once: a module-scoped fixture
+# split over two workers would be built twice. Only this suite's fixtures count (pytest's own, such
+# as ``tmp_path_factory``, have no base id); ``tfds_dir`` only reads the environment.
+CHEAP_SHARED = {"tfds_dir"}
+
+
+def _shared_group(item: pytest.Item) -> str | None:
+    """The xdist group of a test: the first expensive session fixture it uses, else its module
+    when it uses a module-scoped fixture, else none (the test goes wherever a worker is free)."""
+    definitions = [d[-1] for d in item._fixtureinfo.name2fixturedefs.values()]
+    shared = [d for d in definitions if d.baseid and d.argname not in CHEAP_SHARED]
+    for scope in ("session", "package", "module"):
+        names = sorted(d.argname for d in shared if d.scope == scope)
+        if names:
+            return names[0] if scope != "module" else item.module.__name__
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):  # its marker exists only with it
+        return
+    for item in items:
+        group = _shared_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
