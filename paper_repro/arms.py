@@ -2,12 +2,12 @@
 and the oracle.
 
 An arm is one way of training a target's network. Its name is the prefix of its experiments
-(``retrain-random-mnist``), the study's arm, and Figure 5's variant (with ``-cached`` where its
+(``retrain-random-mnist``), the study's arm, and the reports' variant (with ``-cached`` where its
 classifier trained on cached features); its ``start`` is what a history records its network
-started from; its ``column`` heads its Table III column and its ``label`` names its Figure 5 line;
-its ``source`` is the experiment whose finished model it starts from. The experiments, the
-history, the tables, the figure and the study all read these declarations, so a new arm is one
-entry here (plus what builds its network).
+started from; its ``column`` heads its Table III column and, in plain words (``label``), names
+its Figure 5 line; its ``source`` is the experiment whose finished model it starts from. The
+experiments, the history, the tables, the figure and the study all read these declarations, so
+a new arm is one entry here (plus what builds its network).
 
 This module imports nothing from TensorFlow: the results layer reads it.
 """
@@ -39,14 +39,22 @@ class Arm:
     mode: str  # RunConfig.mode
     features: str  # RunConfig.features: what the frozen block is ("pretrained" also for full)
     start: str  # the history's start when the arm begins as its preset says (STARTS)
-    column: str  # Table III's column of its multi-crop accuracy
-    label: str  # Figure 5's legend, after the dataset's name
+    column: str  # Table III's column of its multi-crop accuracy; Figure 5's legend (``label``)
     linestyle: str | tuple  # Figure 5's line; its cached variant draws ``cached_linestyle``
     cached_linestyle: str | tuple
+    # Figure 5's legend for the arm's runs on cached features, in words a reader without the
+    # package's vocabulary follows: the classifier trained on features computed once, beforehand.
+    cached_label: str
     # The experiment whose finished model the arm starts from, ``{dataset}`` standing for its
     # target (RunConfig.pretrained); None for an arm that starts from no trained network.
     source: str | None = None
     keep_fc67: bool = True  # RunConfig.keep_fc67: the source's fc6/fc7 kept, or drawn fresh
+
+    @property
+    def label(self) -> str:
+        """Figure 5's legend after the dataset's name: the Table III column's words, so that the
+        figure and the table name an arm alike ("full training", "retraining, ...")."""
+        return self.column[0].lower() + self.column[1:]
 
     def experiment(self, dataset: str) -> str:
         return f"{self.name}-{dataset}"
@@ -56,14 +64,20 @@ class Arm:
         return self.source.format(dataset=dataset) if self.source else None
 
 
-FULL = Arm("full", "full", "pretrained", "scratch", "Full training", "full", "-", "-")
+# Full training trains its features, so none of its runs is on cached ones: its cached label and
+# style complete the declaration only.
+FULL = Arm(
+    "full", "full", "pretrained", "scratch", "Full training", "-", "-",
+    "full training on precomputed features",
+)  # fmt: skip
 RETRAIN = Arm(
-    "retrain", "retrain", "pretrained", "pretrained-features", "Retraining", "retrain", "--", "-.",
-    source="pretrain-imagenet",
+    "retrain", "retrain", "pretrained", "pretrained-features", "Retraining", "--", "-.",
+    "retraining on precomputed features", source="pretrain-imagenet",
 )  # fmt: skip
 CONTROL = Arm(
     "retrain-random", "retrain", "random", "random-features",
-    "Retraining, random features (control)", "retrain, random features (control)", ":", (0, (1, 4)),
+    "Retraining, random features (control)", ":", (0, (1, 4)),
+    "retraining, precomputed random features (control)",
 )  # fmt: skip
 # The positive control (figures/study/PLAN.md, "Features or optimiser?"): retraining's recipe on
 # the frozen block of the same seed's full training on the target, with that network's mean (the
@@ -71,8 +85,9 @@ CONTROL = Arm(
 # frozen block. It bounds what the recipe reaches on features known to fit the target.
 ORACLE = Arm(
     "retrain-oracle", "retrain", "oracle", "oracle-features",
-    "Retraining, oracle features (positive control)", "retrain, oracle features (positive control)",
-    (0, (3, 1, 1, 1, 1, 1)), (0, (8, 3)), source=FULL.experiment("{dataset}"), keep_fc67=False,
+    "Retraining, oracle features (positive control)", (0, (3, 1, 1, 1, 1, 1)), (0, (8, 3)),
+    "retraining, precomputed oracle features (positive control)",
+    source=FULL.experiment("{dataset}"), keep_fc67=False,
 )  # fmt: skip
 
 ARMS = (FULL, RETRAIN, CONTROL, ORACLE)  # Table III's and the study's order
@@ -100,6 +115,12 @@ def retraining_on(features: str) -> Arm:
 def variant(arm: Arm, cached: bool) -> str:
     """Figure 5's and the tables' name for an arm's runs, cached or on the images."""
     return arm.name + (CACHED if cached else "")
+
+
+def label(arm: Arm, cached: bool) -> str:
+    """The plain words for an arm's runs, cached or on the images: what a reader of Figure 5's
+    legend or of a table's sources sees where the code says ``variant``."""
+    return arm.cached_label if cached else arm.label
 
 
 def split_experiment(name: str) -> tuple[Arm, str] | None:

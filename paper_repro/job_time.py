@@ -4,12 +4,15 @@ Every run records its training steps per epoch, its final multi-crop evaluation 
 phase record (``history.PHASES``), the rest: data, model, feature cache, the test after every
 epoch, checkpoints, the final save, and its whole wall time. This table puts them side by side,
 one row per run and a last row for the job, so that what is not training can be seen and cut.
-No TensorFlow, no matplotlib: it reads histories only.
+A run is named as a reader knows it, by its experiment and seed (``run_name``), not by the file
+its history happens to be saved in; the time-to-accuracy table names runs the same way. No
+TensorFlow, no matplotlib: it reads histories only.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,9 +35,31 @@ COLUMNS = {
 }
 TABLE = "time_by_phase.md"
 CAPTION = (
-    "Wall seconds per phase of each run (from the histories' phase records; training steps "
-    "are the epochs' own times, the final evaluation its multi-crop test)."
+    "Wall seconds per phase of each run, named by its experiment and seed (from the histories'"
+    " phase records; training steps are the epochs' own times, the final evaluation its"
+    " multi-crop test)."
 )
+PRECOMPUTED = " (precomputed features)"  # a run whose classifier trained on cached features
+
+
+def run_name(history: History) -> str:
+    """A run as the time tables name it: ``retrain-mnist, seed 1``. Retraining on cached
+    features shares its experiment with retraining on the images, so it says so."""
+    return f"{history.experiment}{PRECOMPUTED if history.cache else ''}, seed {history.seed}"
+
+
+def run_names(histories: Mapping[str, History]) -> dict[str, str]:
+    """Each history's ``run_name``, with its preset where several are among them, and, should two
+    runs still share a name (the same run kept in two folders), with its file after it."""
+    several = len({h.preset for h in histories.values()}) > 1
+    names = {
+        source: run_name(h) + (f", preset {h.preset}" if several else "")
+        for source, h in histories.items()
+    }
+    taken = Counter(names.values())
+    return {
+        source: name if taken[name] == 1 else f"{name} ({source})" for source, name in names.items()
+    }
 
 
 def phase_seconds(history: History) -> dict[str, float] | None:
@@ -51,12 +76,15 @@ def phase_seconds(history: History) -> dict[str, float] | None:
 
 def time_by_phase(histories: Mapping[str, History]) -> str | None:
     """The Markdown table (seconds; the job's row also in percent of its total), or None when no
-    history has a phase record."""
-    rows = {name: phase_seconds(h) for name, h in sorted(histories.items())}
-    rows = {name: seconds for name, seconds in rows.items() if seconds is not None}
-    if not rows:
+    history has a phase record. A row per run, in the order of its name (experiment, then seed)."""
+    seconds = {source: phase_seconds(h) for source, h in histories.items()}
+    timed = {source: h for source, h in histories.items() if seconds[source] is not None}
+    if not timed:
         return None
-    job = {key: sum(seconds[key] for seconds in rows.values()) for key in [*COLUMNS, "total"]}
+    names = run_names(timed)
+    order = sorted(timed, key=lambda source: _order(timed[source], names[source]))
+    rows = {names[source]: seconds[source] for source in order}
+    job = {key: sum(run[key] for run in rows.values()) for key in [*COLUMNS, "total"]}
     header = ["run", *COLUMNS.values(), "total"]
     share = {key: 100 * value / job["total"] if job["total"] else 0.0 for key, value in job.items()}
     cells = [
@@ -66,6 +94,12 @@ def time_by_phase(histories: Mapping[str, History]) -> str | None:
     ]
     text = markdown.table(header, cells, "l" + "r" * (len(header) - 1))
     return f"{CAPTION}\n\n{text}\n"
+
+
+def _order(history: History, name: str) -> tuple[str, bool, int, str]:
+    """Experiment, then on the images before on cached features, then seed (as a number: seed 10
+    after seed 9), then the name (preset, file) to break what remains."""
+    return history.experiment, history.cache is not None, history.seed, name
 
 
 def _row(name: str, seconds: Mapping[str, float], unit: str = "") -> list[str]:

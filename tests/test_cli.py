@@ -65,7 +65,7 @@ def test_reproduce_smoke_puts_its_runs_in_the_table_and_figure(smoke_reproductio
     # Where the job's time went: a row per run, the training steps as the histories have them.
     phases = (root / "time_by_phase.md").read_text()
     steps = sum(e.wall_seconds for e in full.epochs)
-    assert "| full-mnist.history.json | " in phases and f"| {steps:,.1f} |" in phases
+    assert "| full-mnist, seed 0 | " in phases and f"| {steps:,.1f} |" in phases
 
 
 @pytest.mark.slow

@@ -193,10 +193,10 @@ def test_the_oracle_has_its_line_and_its_time_to_accuracy_column(tmp_path):
     histories["retrain-oracle-mnist.history.json"] = _oracle_history(histories)
     lines = {line.get_gid(): line for line in build_figure5(histories).axes[0].get_lines()}
     line = lines["retrain-oracle-mnist.history.json"]
-    assert line.get_label() == "MNIST retrain, oracle features (positive control)"
+    assert line.get_label() == "MNIST retraining, oracle features (positive control)"
     # Each variant its own line style (matplotlib names every dash pattern "--": read ours).
     assert STYLES["retrain-oracle"] == (
-        "retrain, oracle features (positive control)",
+        "retraining, oracle features (positive control)",
         arms.ORACLE.linestyle,
     )
     styles = [style for variant, (_, style) in STYLES.items() if variant != "full-cached"]

@@ -130,8 +130,6 @@ def test_table3_has_the_papers_columns_for_every_target(road):
         assert cells["Crops"] == ("5" if dataset == "mnist" else "10")
         assert {"Full training (paper)", "Retraining (paper)"} <= set(cells)
     table = (road / "figures" / "table3.md").read_text()
-    assert (
-        "| Dataset | Preset | Crops | Full training | Full training (paper) | Retraining |" in table
-    )
+    assert "| Dataset | Crops | Full training | Full training (paper) | Retraining |" in table
     # The pretraining row says what stood in for it.
     assert f"started from the weights {road / 'caffenet-v2.keras'} (sha256 " in table

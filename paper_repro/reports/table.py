@@ -5,6 +5,10 @@ function that computes its cell from one row's runs, so a header can never drift
 under it; a column may be a control's, shown only once some run of that control is among the
 histories. A cell is text with an optional note, rendered as a footnote (a dash where the text is
 empty), and, for a value measured once per seed, its spread, which only the CSV shows.
+
+What a reader meets first is short: a caption of what the table shows, then the tables, then the
+notes on how each number was computed, then the histories it came from. The preset is said once,
+above the tables; a Preset column appears only where several presets share a table.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from typing import Generic, Protocol, TypeVar
 
 from paper_repro import arms, datasets, markdown, seeds
 from paper_repro.history import History
-from paper_repro.reports.index import Index, arms_run, variant
+from paper_repro.reports.index import Index, arms_run
 from paper_repro.runs import write_atomic
+
+PRETRAINING = "pretraining"  # a pretraining run's words where an arm's label would be
 
 
 @dataclass(frozen=True)
@@ -62,10 +68,14 @@ class Column(Generic[R]):
     header: str
     cell: Callable[[R], Cell]
     control: arms.Arm | None = None  # a control's column: shown only once that control was run
+    # A key column names its row (left-aligned, leading): the CSV has it as a field of its own.
+    key: bool = False
 
 
-DATASET_COLUMN: Column = Column("Dataset", lambda row: Cell(datasets.display(row.dataset)))
-PRESET_COLUMN: Column = Column("Preset", lambda row: Cell(row.preset))
+DATASET_COLUMN: Column = Column(
+    "Dataset", lambda row: Cell(datasets.display(row.dataset)), key=True
+)
+PRESET_COLUMN: Column = Column("Preset", lambda row: Cell(row.preset), key=True)
 
 
 @dataclass(frozen=True)
@@ -81,19 +91,29 @@ class Section:
     name: str
     header: tuple[str, ...]
     rows: tuple[Row, ...]
+    keys: int  # the leading key columns (dataset, and the preset where several are shown)
 
     @property
     def align(self) -> str:
-        """Dataset and preset to the left, the values to the right (Markdown and LaTeX)."""
-        return "ll" + "r" * (len(self.header) - 2)
+        """Key columns to the left, the values to the right (Markdown and LaTeX)."""
+        return "l" * self.keys + "r" * (len(self.header) - self.keys)
 
 
 def section(
-    name: str, columns: Sequence[Column[R]], rows: Iterable[R], run: Collection[arms.Arm]
+    name: str,
+    columns: Sequence[Column[R]],
+    rows: Iterable[R],
+    run: Collection[arms.Arm],
+    presets: Sequence[str],
 ) -> Section:
-    """The section of these columns (a control's only where that arm is ``run``), a row per
-    item."""
-    shown = [column for column in columns if column.control in (None, *run)]
+    """The section of these columns, a row per item: a control's column only where that arm is
+    ``run``, the preset's only where several ``presets`` share the table (one preset is said
+    once above it, not repeated on every row)."""
+    shown = [
+        column
+        for column in columns
+        if column.control in (None, *run) and (column is not PRESET_COLUMN or len(presets) > 1)
+    ]
     return Section(
         name,
         tuple(column.header for column in shown),
@@ -101,19 +121,21 @@ def section(
             Row(row.dataset, row.preset, tuple(column.cell(row) for column in shown), row.sources)
             for row in rows
         ),
+        sum(column.key for column in shown),
     )
 
 
-def caption(
-    base: str,
-    index: Index,
-    histories: Mapping[str, History],
-    controls: Mapping[arms.Arm, str],
-) -> str:
-    """A table's caption, with each control's sentence where it was run, then the seeds'."""
+def caption(base: str, index: Index, controls: Mapping[arms.Arm, str]) -> str:
+    """A table's caption: what it shows, with each control's sentence where that control was
+    run. How the numbers were computed goes to the notes below the table (``notes``)."""
     run = arms_run(index)
-    said = "".join(text for arm, text in controls.items() if arm in run)
-    return base + said + seeds.caption(histories.values())
+    return base + "".join(text for arm, text in controls.items() if arm in run)
+
+
+def notes(histories: Mapping[str, History], *said: str) -> tuple[str, ...]:
+    """The notes under a table: each of ``said`` that is not empty, then the seeds' (what a
+    value over several seeds is), when there are several."""
+    return tuple(note.strip() for note in (*said, seeds.caption(histories.values())) if note)
 
 
 def write_all(out_dir: str | os.PathLike[str], files: Mapping[str, str]) -> list[Path]:
@@ -137,13 +159,20 @@ def _footnotes(sections: Sequence[Section]) -> dict[str, int]:
     return numbers
 
 
+def _what(history: History) -> str:
+    """A run's arm in the legend's plain words ("retraining on precomputed features")."""
+    arm = arms.of_run(history.mode, history.start)
+    return PRETRAINING if arm is None else arms.label(arm, bool(history.cache))
+
+
 def _source_lines(histories: Mapping[str, History]) -> list[tuple[str, str]]:
     """(path, description) of every history the table came from, in path order."""
     return [
         (
             source,
-            f"{variant(h)} {h.dataset}, experiment {h.experiment}, preset {h.preset},"
-            f" seed {h.seed}, {len(h.epochs)} epochs, {h.status}, device {h.provenance.device}",
+            f"{_what(h)}, {datasets.display(h.dataset)}, experiment {h.experiment}, preset"
+            f" {h.preset}, seed {h.seed}, {len(h.epochs)} epochs, {h.status}, device"
+            f" {h.provenance.device}",
         )
         for source, h in sorted(histories.items())
     ]
@@ -155,23 +184,27 @@ def render_markdown(
     histories: Mapping[str, History],
     title: str,
     caption: str,
+    notes: Sequence[str] = (),
 ) -> str:
-    """Title, caption, each section's table, the histories named, then the footnotes."""
-    notes = _footnotes(sections)
+    """Title, the short caption, each section's table, the notes, the histories named, then the
+    footnotes."""
+    footnotes = _footnotes(sections)
 
     def cell(value: Cell) -> str:
-        text = (value.text or "—") + (f"[^{notes[value.note]}]" if value.note else "")
+        text = (value.text or "—") + (f"[^{footnotes[value.note]}]" if value.note else "")
         return text.replace("|", "\\|")
 
     lines = [f"# {title}", "", caption, "", f"Preset: {', '.join(presets)}.", ""]
     for section in sections:
         rows = [[cell(c) for c in row.cells] for row in section.rows]
         lines += [markdown.table(section.header, rows, section.align), ""]
+    if notes:
+        lines += ["Notes:", "", *(f"- {note}" for note in notes), ""]
     lines.append("Histories (paths relative to the histories directory):")
     lines.append("")
     lines.extend(f"- `{source}`: {text}" for source, text in _source_lines(histories))
     lines.append("")
-    lines.extend(f"[^{number}]: {note}" for note, number in notes.items())
+    lines.extend(f"[^{number}]: {note}" for note, number in footnotes.items())
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
@@ -202,12 +235,14 @@ def render_latex(
     presets: Sequence[str],
     histories: Mapping[str, History],
     caption: str,
+    notes: Sequence[str] = (),
 ) -> str:
-    """Table III as a LaTeX table (booktabs), its notes as superscript footnotes."""
-    notes = _footnotes(sections)
+    """Table III as a LaTeX table (booktabs): the short caption, the tabulars, then in small type
+    the notes, the cells' superscript footnotes and the histories."""
+    footnotes = _footnotes(sections)
 
     def cell(value: Cell) -> str:
-        marker = rf"\textsuperscript{{{notes[value.note]}}}" if value.note else ""
+        marker = rf"\textsuperscript{{{footnotes[value.note]}}}" if value.note else ""
         return (_tex(value.text) or "---") + marker
 
     lines = [
@@ -229,7 +264,8 @@ def render_latex(
         lines.append(r"\medskip")
         lines.append("")
     lines.append(r"\footnotesize")
-    lines.extend(rf"\textsuperscript{{{n}}} {_tex(note)}\\" for note, n in notes.items())
+    lines.extend(rf"{_tex(note)}\\" for note in notes)
+    lines.extend(rf"\textsuperscript{{{n}}} {_tex(note)}\\" for note, n in footnotes.items())
     sources = "; ".join(
         rf"\texttt{{{_tex(source)}}} ({_tex(text)})" for source, text in _source_lines(histories)
     )
@@ -253,7 +289,8 @@ def render_csv(sections: Sequence[Section]) -> str:
     )  # fmt: skip
     for section in sections:
         for row in section.rows:
-            for column, value in zip(section.header[2:], row.cells[2:], strict=True):
+            values = zip(section.header[section.keys :], row.cells[section.keys :], strict=True)
+            for column, value in values:
                 sources = " ".join(row.sources)
                 writer.writerow(
                     (section.name, row.dataset, row.preset, column, value.text, value.note, sources,

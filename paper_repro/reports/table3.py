@@ -1,18 +1,21 @@
-"""Table III of the paper, reproduced: a transfer section (a row per preset and dataset: full
-training, retraining and, once one was run, each control, beside the paper's numbers) and a
-pretraining section (a row per pretraining run), each declared as its columns.
+"""Table III of the paper, reproduced: a transfer section (a row per preset and dataset run: full
+training, retraining and, once one was run, each control, beside the paper's numbers and the
+state of the art it cites, named) and a pretraining section (a row per pretraining run), each
+declared as its columns. A paper dataset without runs gets no row of dashes: a note says it was
+not run.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from paper_repro import arms, datasets
 from paper_repro.history import FinalEvaluation, History
+from paper_repro.job_time import run_name
 from paper_repro.reports.index import (
     PRETRAIN,
     Index,
@@ -32,6 +35,7 @@ from paper_repro.reports.table import (
     Cell,
     Column,
     caption,
+    notes,
     render_csv,
     render_latex,
     render_markdown,
@@ -45,31 +49,35 @@ PAPER_PRETRAIN_TOP1 = 59.23
 PAPER_PRETRAIN_TOP5 = 83.58
 TITLE = "Table III (reproduced)"
 CAPTION = (
-    "Table III, reproduced: test accuracy (%) after training. Reproduced values are the multi-crop"
-    " top-1 accuracy of each run's final evaluation (crops column; the paper uses 10 crops, 5 for"
-    " MNIST). The paper states two further results only in words: the epochs full training needs"
-    " to reach the center-crop test accuracy that retraining has after one epoch (about 8 for"
-    " CIFAR-10, about 10 for CIFAR-100), and that retraining is much faster; the wall-clock ratio"
-    " is the total training seconds of the full run over those of the retrain run. A dash in a"
-    " paper column: the paper gives no value."
-)
-CACHED_CAPTION = (
-    " Where a dataset's retraining ran on cached features only, its retraining and control values"
-    " are those runs' (the classifier trained on stored pool5 values of fixed crops, its training"
-    " seconds including the caches' build; the final evaluation on the images)."
+    "Test accuracy (%) after training: the multi-crop top-1 of each run's final evaluation,"
+    " beside the paper's Table III."
 )
 CONTROL_CAPTIONS = {
     arms.CONTROL: (
-        " The control column retrains the same classifier on frozen, untrained (randomly"
-        " initialised) features: what retraining gains over it is what the pretrained features"
-        " bring."
+        " The control column retrains the same classifier on frozen, untrained features: what"
+        " retraining gains over it is what the pretrained features bring."
     ),
     arms.ORACLE: (
-        " The oracle column (a positive control) retrains the same classifier, drawn fresh, on the"
-        " frozen features of the same seed's full training on the target, with its mean: what the"
-        " recipe reaches on features known to fit the target."
+        " The oracle column (a positive control) retrains it, drawn fresh, on the frozen features"
+        " of the same seed's full training on the target: what the recipe reaches on features"
+        " known to fit the target."
     ),
 }
+# How the columns were computed, under the tables, in the columns' order.
+NOTES = (
+    "Crops: the test views averaged (the paper: 10, and 5 for MNIST, which is not mirrored).",
+    "Epochs to match: the first epoch at which full training reaches the centre-crop test"
+    " accuracy that retraining has after one epoch; the paper gives it in words only.",
+    "Wall-clock full / retrain: the total training seconds of full training over those of"
+    " retraining (the paper says only that retraining is much faster).",
+    "A dash in a paper column: the paper gives no value.",
+)
+CACHED_NOTE = (
+    "Where a dataset's retraining ran on cached features only, its retraining and control values"
+    " are those runs' (the classifier trained on stored pool5 values of fixed crops, computed"
+    " once beforehand, its training seconds including their computation; the final evaluation"
+    " on the images)."
+)
 OLDER = "kept only by histories written since the centre crop was recorded"
 
 
@@ -84,19 +92,25 @@ def write_table3(
     the tables name those paths as their sources.
     """
     index = group(histories, allow_mixed_presets)
-    run = arms_run(index)
+    run, presets = arms_run(index), presets_of(histories)
+    transfer = list(_transfer_rows(index))
     sections = (
-        section("transfer", TRANSFER_COLUMNS, _transfer_rows(index), run),
-        section("pretrain", PRETRAIN_COLUMNS, _pretrain_rows(index), run),
+        section("transfer", TRANSFER_COLUMNS, transfer, run, presets),
+        section("pretrain", PRETRAIN_COLUMNS, _pretrain_rows(index), run, presets),
     )
-    presets = presets_of(histories)
-    cached = CACHED_CAPTION if cached_only(index) else ""
-    text = caption(CAPTION + cached, index, histories, CONTROL_CAPTIONS)
+    text = caption(CAPTION, index, CONTROL_CAPTIONS)
+    said = notes(
+        histories,
+        *NOTES,
+        CACHED_NOTE if cached_only(index) else "",
+        _not_run_note(transfer),
+        _references_note(transfer),
+    )
     return write_all(
         out_dir,
         {
-            "table3.md": render_markdown(sections, presets, histories, TITLE, text),
-            "table3.tex": render_latex(sections, presets, histories, text),
+            "table3.md": render_markdown(sections, presets, histories, TITLE, text, said),
+            "table3.tex": render_latex(sections, presets, histories, text, said),
             "table3.csv": render_csv(sections),
         },
     )
@@ -131,12 +145,34 @@ class _Transfer:
 
 
 def _transfer_rows(index: Index) -> Iterator[_Transfer]:
-    """A row per preset and dataset: every paper dataset, plus any other dataset that was run."""
+    """A row per preset and dataset with a transfer run, the paper's datasets in its order: a
+    row of dashes for a dataset never run would only hide the rows that say something."""
     for preset in sorted({key[0] for key in index}):
         run = {d for p, d, variant in index if p == preset and variant != PRETRAIN}
-        for dataset in sorted(run | set(datasets.PAPER_TARGETS), key=datasets.order):
+        for dataset in sorted(run, key=datasets.order):
             runs = {arm: shown(index, preset, dataset, arm) for arm in arms.ARMS}
             yield _Transfer(preset, dataset, runs)
+
+
+def _not_run_note(rows: Sequence[_Transfer]) -> str:
+    """The paper's datasets left out for want of runs, with the paper's values, so that the
+    reader still sees what the paper reports there; empty when every one was run."""
+    run = {row.dataset for row in rows}
+    missing = [
+        f"{datasets.display(name)} (the paper: full training {paper.full:.2f}, retraining"
+        f" {paper.retrain:.2f})"
+        for name in datasets.PAPER_TARGETS
+        if name not in run and (paper := datasets.paper_row(name))
+    ]
+    return f"Not run here, so not shown: {'; '.join(missing)}." if missing else ""
+
+
+def _references_note(rows: Sequence[_Transfer]) -> str:
+    """The publications behind the state-of-the-art values shown, named in full."""
+    cited = {row.paper.citation: None for row in rows if row.paper}
+    if not cited:
+        return ""
+    return "State of the art, as the paper cites it: " + "; ".join(r.full for r in cited) + "."
 
 
 def _final_column(arm: arms.Arm) -> Column[_Transfer]:
@@ -159,10 +195,9 @@ def _absent(runs: Runs | None, variant: str, dataset: str, preset: str) -> str:
     compare with the others')."""
     if not runs:
         return f"no {variant} history for {dataset} in preset {preset}"
-    running = [(source, h) for source, h in runs if h.final is None]
+    running = [h for _, h in runs if h.final is None]
     if running:
-        source, history = running[0]
-        return f"{source} is still running ({len(history.epochs)} epochs recorded)"
+        return f"{run_name(running[0])} is still running ({len(running[0].epochs)} epochs recorded)"
     return ""
 
 
@@ -189,9 +224,9 @@ def _epochs_to_match_cell(row: _Transfer) -> Cell:
         runs = row.runs[arm]
         if not runs:
             return Cell(note=_absent(runs, arm.name, row.dataset, row.preset))
-        empty = next((source for source, h in runs if not h.epochs), None)
+        empty = next((h for _, h in runs if not h.epochs), None)
         if empty is not None:
-            return Cell(note=f"{empty} has no epochs yet")
+            return Cell(note=f"{run_name(empty)} has no epochs yet")
     target = statistics.fmean(h.epochs[0].test_accuracy for _, h in row.retrain)
     curve = accuracy_curve(row.full)
     reached = next(
@@ -218,7 +253,7 @@ def _wall_ratio_cell(row: _Transfer) -> Cell:
         return Cell(note=absent)
     retrain_seconds = statistics.fmean(_train_seconds(h) for _, h in retrain)
     if retrain_seconds == 0:
-        return Cell(note=f"{retrain[0][0]} records no training time")
+        return Cell(note=f"{run_name(retrain[0][1])} records no training time")
     ratio = statistics.fmean(_train_seconds(h) for _, h in full) / retrain_seconds
     return Cell(f"{ratio:.2f}", mixed_note(full, retrain))
 
@@ -234,7 +269,8 @@ TRANSFER_COLUMNS: tuple[Column[_Transfer], ...] = (
     _final_column(arms.CONTROL),
     _final_column(arms.ORACLE),
     _paper_column(
-        "State of the art (cited)", lambda paper: f"{paper.state_of_the_art:.2f} {paper.citation}"
+        "State of the art (as cited)",
+        lambda paper: f"{paper.state_of_the_art:.2f}, {paper.citation.short}",
     ),
     Column("Epochs for full training to match retraining's epoch 1", _epochs_to_match_cell),
     _paper_column(
@@ -325,6 +361,7 @@ PRETRAIN_COLUMNS: tuple[Column[_Pretraining], ...] = (
     Column(
         "Pretraining dataset",
         lambda row: Cell(datasets.display(row.dataset)) if row.runs else Cell(note=row.missing),
+        key=True,
     ),
     PRESET_COLUMN,
     Column("Crops", lambda row: _crops_cell(row.runs)),

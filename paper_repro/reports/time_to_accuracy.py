@@ -1,8 +1,9 @@
 """The paper's "retraining is much faster", measured: the seconds each mode needs to reach one
 accuracy, a row per preset and dataset with at least two modes run, declared as its columns.
 
-Seconds from different machines or code versions are never compared silently: the caption says
-where they were measured, and where that is several places each time names its own.
+Seconds from different machines or code versions are never compared silently: the notes say
+where they were measured, and where that is several places each time names its own. A run is
+named by its experiment and seed (``job_time.run_name``), as in the time-by-phase table.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from paper_repro import arms, datasets, seeds
 from paper_repro.history import History
+from paper_repro.job_time import run_name
 from paper_repro.reports.index import (
     Index,
     Runs,
@@ -32,6 +34,7 @@ from paper_repro.reports.table import (
     Cell,
     Column,
     caption,
+    notes,
     render_csv,
     render_markdown,
     section,
@@ -45,13 +48,16 @@ CACHED = arms.variant(arms.RETRAIN, True)
 COMPARED = (FULL, RETRAIN, CACHED)  # the modes whose times choose the target
 TITLE = "Time to accuracy (reproduced)"
 CAPTION = (
-    "Time to accuracy: the wall-clock seconds each mode needs before its center-crop test"
-    " accuracy first reaches the target, and the epoch where it does. Seconds are the runs' own"
-    " training seconds per epoch, summed (per-epoch testing excluded, as in Table III); cached"
-    " retraining adds the time its feature caches took to build, also when a run reused them."
-    " Pretraining is excluded: both retraining modes start from the same pretrained network."
-    " The target is the highest accuracy that every mode shown reaches (its lowest best epoch),"
-    " unless one was given."
+    "Time to accuracy: the wall-clock seconds each mode needs before its centre-crop test accuracy"
+    " first reaches the target, and the epoch where it does."
+)
+NOTES = (
+    "Seconds are the runs' own training seconds per epoch, summed (per-epoch testing excluded, as"
+    " in Table III); cached retraining adds the time its feature caches took to build, also when"
+    " a run reused them. Pretraining is excluded: both retraining modes start from the same"
+    " pretrained network.",
+    "The target is the highest accuracy that every mode shown reaches (its lowest best epoch),"
+    " unless one was given.",
 )
 CONTROL_CAPTIONS = {
     arms.CONTROL: (
@@ -80,26 +86,28 @@ def write_time_to_accuracy(
     timed = {*COMPARED, *controls}
     where = places(*(_with_epochs(runs) for (_, _, v), runs in index.items() if v in timed))
     rows = _timed_rows(index, target, mixed=len(where) > 1)
-    table = section("time_to_accuracy", COLUMNS, rows, arms_run(index))
-    text = caption(CAPTION, index, histories, CONTROL_CAPTIONS) + _places_caption(where)
     presets = presets_of(histories)
+    table = section("time_to_accuracy", COLUMNS, rows, arms_run(index), presets)
+    text = caption(CAPTION, index, CONTROL_CAPTIONS)
+    said = notes(histories, *NOTES, _places_note(where))
     return write_all(
         out_dir,
         {
-            "time_to_accuracy.md": render_markdown([table], presets, histories, TITLE, text),
+            "time_to_accuracy.md": render_markdown([table], presets, histories, TITLE, text, said),
             "time_to_accuracy.csv": render_csv([table]),
         },
     )
 
 
-def _places_caption(places: Sequence[str]) -> str:
-    """The caption's word on where the seconds were measured: one place, named, or several,
-    each time then footnoted with its own (seconds of different machines or code versions are
-    not compared silently)."""
+def _places_note(places: Sequence[str]) -> str:
+    """Where the seconds were measured: one place, named, or several, each time then footnoted
+    with its own (seconds of different machines or code versions are not compared silently)."""
+    if not places:
+        return ""
     if len(places) == 1:
-        return f" Every time was measured at {places[0]}."
+        return f"Every time was measured at {places[0]}."
     return (
-        f" The times come from {len(places)} different machines or code versions, so they compare"
+        f"The times come from {len(places)} different machines or code versions, so they compare"
         " the places as well as the modes: each time's footnote names where it was measured, and"
         " a ratio of times from different places says so."
     )
@@ -177,8 +185,8 @@ def _time_column(header: str, variant: str, control: arms.Arm | None = None) -> 
         if not runs:
             return Cell()
         missed = [
-            f"{source} does not reach the target in {len(h.epochs)} epochs"
-            for (source, h), time in zip(runs, times, strict=True)
+            f"{run_name(h)} does not reach the target in {len(h.epochs)} epochs"
+            for (_, h), time in zip(runs, times, strict=True)
             if time is None
         ]
         timed = tuple(run for run, time in zip(runs, times, strict=True) if time is not None)
