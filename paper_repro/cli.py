@@ -2,7 +2,10 @@
 
 Subcommands only parse their arguments and call one library function; the work lives in the
 modules. Imports happen inside the handlers so that ``--help`` and the TensorFlow-free commands
-(tables, figures, list) start fast. A ``UserError`` becomes one line on stderr and exit status 2.
+(tables, figures, list, settings) start fast. A ``UserError`` becomes one line on stderr and exit
+status 2, as an argparse refusal does (``cli_options.Parser``). A command's ``check`` resolves its
+settings and seeds before TensorFlow is imported, so that a mistyped setting, experiment or seed
+costs a fraction of a second, not the seconds TensorFlow takes to load.
 
 Output, as Keras' own ``verbose`` levels: progress bars on a terminal, one line per epoch and per
 evaluation when stdout is a file or a pipe (a log stays readable and small), nothing with
@@ -15,23 +18,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 
-from paper_repro import __version__
+from paper_repro import __version__, experiments
 from paper_repro.cli_options import (
     DATA_DIR_HELP,
+    DEFAULT_PRESET,
+    Parser,
     finished_runs_options,
     progress,
     run_options,
+    settings_epilog,
     shared_run_options,
     tensorflow_command,
 )
 from paper_repro.errors import UserError
 from paper_repro.experiments import CROPS, JOIN_TIMEOUT, STRATEGIES
 from paper_repro.quiet_tensorflow import import_tensorflow
+from paper_repro.seeds import check_seeds
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -44,6 +52,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         "train one experiment of the paper (full, retrain, pretrain)",
         run_options(which="the run"),
+        epilog=settings_epilog(),
     )
     p.add_argument("experiment", help="e.g. retrain-cifar10; `paper-repro list` shows them all")
     p.add_argument("--weights", help="pretrained model to retrain from: a run dir or a .keras")
@@ -64,7 +73,18 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         f"({JOIN_TIMEOUT:g})",
     )
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to the run")
-    p.set_defaults(handler=_train)
+    p.set_defaults(handler=_train, check=_check_train)
+
+
+def _train_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set`` pairs, with ``--cache-features`` as the setting it stands for."""
+    return [*args.overrides, *(["cache_features=true"] if args.cache_features else [])]
+
+
+def _check_train(args: argparse.Namespace) -> None:
+    """The run's settings and seed, as ``train`` resolves them, before TensorFlow loads."""
+    experiments.resolve(args.experiment, args.preset, _train_overrides(args))
+    experiments.check_seed(0 if args.seed is None else args.seed)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -77,7 +97,7 @@ def _train(args: argparse.Namespace) -> None:
         data_dir=args.data_dir,
         runs_dir=args.runs_dir,
         seed=0 if args.seed is None else args.seed,
-        overrides=[*args.overrides, *(["cache_features=true"] if args.cache_features else [])],
+        overrides=_train_overrides(args),
         force=args.force,
         strategy=args.strategy,
         tensorboard=args.tensorboard,
@@ -120,30 +140,80 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _add_list(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("list", help="experiments, presets and existing runs")
+    p = sub.add_parser("list", help="existing runs, then every preset's experiments")
     p.add_argument("--runs-dir", default="runs", help="where to look for runs (default: runs)")
     p.set_defaults(handler=_list)
 
 
 def _list(args: argparse.Namespace) -> None:
+    """The runs first, what a user looks for most; then the experiments there are to run."""
     from pathlib import Path
 
-    from paper_repro.experiments import PRESETS
     from paper_repro.reports.index import run_lines
     from paper_repro.runs import find_histories
 
-    for preset, runs in PRESETS.items():
-        print(f"preset {preset}:")
-        for name, config in runs.items():
-            subset = f", {config.train_subset} images" if config.train_subset else ""
-            print(
-                f"  {name:<22} {config.dataset:<13} {config.mode:<8} {config.epochs:>3} epochs, "
-                f"crop {config.crop}{subset}"
-            )
     found = find_histories(args.runs_dir) if Path(args.runs_dir).is_dir() else []
-    print(f"run directories under {Path(args.runs_dir).as_posix()}/: {'none' if not found else ''}")
+    print(f"run directories under {Path(args.runs_dir).as_posix()}/:{'' if found else ' none'}")
     for line in run_lines(found):
         print(line)
+    print("experiments, by preset (`paper-repro train EXPERIMENT --preset PRESET` runs one):")
+    for line in _experiment_lines():
+        print(line)
+
+
+def _experiment_lines() -> list[str]:
+    """A line per experiment of every preset: dataset, mode, epochs, crop and subset."""
+    width = max(len(name) for runs in experiments.PRESETS.values() for name in runs)
+    lines = []
+    for preset, runs in experiments.PRESETS.items():
+        lines.append(f"preset {preset}:")
+        for name, config in runs.items():
+            subset = f", {config.train_subset} images" if config.train_subset else ""
+            lines.append(
+                f"  {name:<{width}} {config.dataset:<13} {config.mode:<8} {config.epochs:>3} "
+                f"epochs, crop {config.crop}{subset}"
+            )
+    return lines
+
+
+def _add_settings(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("settings", help="every --set key of a run: its type, default and meaning")
+    p.add_argument(
+        "experiment",
+        nargs="?",
+        help="show this experiment's values in --preset instead of the defaults, e.g. "
+        "retrain-cifar10",
+    )
+    p.add_argument(
+        "--preset", default=DEFAULT_PRESET, help=f"EXPERIMENT's preset (default: {DEFAULT_PRESET})"
+    )
+    p.set_defaults(handler=_settings)
+
+
+def _settings(args: argparse.Namespace) -> None:
+    """``RunConfig``'s fields as ``--set`` takes them: the one list of what a run can change."""
+    experiments.preset_runs(args.preset)  # an unknown --preset is refused either way
+    config = experiments.resolve(args.experiment, args.preset) if args.experiment else None
+    where = f"{args.experiment} in preset {args.preset}" if config else "default"
+    print(
+        "settings of a run: --set KEY=VALUE on train, reproduce and study; --set KEY=none "
+        "clears one that can be none, --set drop_epochs= the drops"
+    )
+    if config is None:
+        print(
+            "defaults: the paper's transfer runs' (each preset changes some: `paper-repro "
+            "settings EXPERIMENT --preset PRESET` shows a run's)"
+        )
+    table = experiments.settings_table(config)
+    rows = [(key, value, f"{kind} - {meaning}") for key, kind, value, meaning in table]
+    for line in _aligned([("key", where, "type - meaning"), *rows]):
+        print(line)
+
+
+def _aligned(rows: list[tuple[str, str, str]]) -> list[str]:
+    """Rows of three columns, the first two padded to their widest."""
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows]
 
 
 def _add_reproduce(sub: argparse._SubParsersAction) -> None:
@@ -152,6 +222,7 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
         "reproduce",
         "every experiment of a preset, then Table III + Fig. 5",
         run_options(which="every run of the preset"),
+        epilog=settings_epilog(),
     )
     p.add_argument(
         "--out",
@@ -170,11 +241,18 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
         metavar="N,N,...",
         help="run every transfer experiment once per seed, e.g. 0,1,2 (tables: mean ± std)",
     )
-    p.set_defaults(handler=_reproduce)
+    p.set_defaults(handler=_reproduce, check=_check_reproduce)
+
+
+def _check_reproduce(args: argparse.Namespace) -> None:
+    """The seeds, and every run's settings in the preset, before TensorFlow loads."""
+    _seeds(args.seed, args.seeds)
+    for name in experiments.dependency_order(args.preset):
+        experiments.resolve(name, args.preset, args.overrides)
 
 
 def _reproduce(args: argparse.Namespace) -> None:
-    from paper_repro.reproduce import reproduce
+    from paper_repro.reproduce import reproduce, summary
 
     paths = reproduce(
         args.preset,
@@ -189,7 +267,8 @@ def _reproduce(args: argparse.Namespace) -> None:
         download=args.download,
         verbose=progress(args),
     )
-    _print_paths(paths)
+    for line in summary(paths, args.out, args.preset):
+        print(line)
 
 
 def _add_study(sub: argparse._SubParsersAction) -> None:
@@ -205,6 +284,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "study",
         "the transfer study's cells (figures/study/PLAN.md), then its table",
         shared,
+        epilog=settings_epilog(),
     )
     p.add_argument(
         "cells",
@@ -218,7 +298,17 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         default="figures/study",
         help="histories, table.md and gap.png (default: figures/study)",
     )
-    p.set_defaults(handler=_study)
+    p.set_defaults(handler=_study, check=_check_study)
+
+
+def _check_study(args: argparse.Namespace) -> None:
+    """The seeds, the cells and every run's settings in them, before TensorFlow loads."""
+    from paper_repro import study
+
+    _seeds(None, args.seeds)
+    for name in args.cells:
+        for experiment, overrides in study.cell(name).runs.items():
+            experiments.resolve(experiment, study.PRESET, [*overrides, *args.overrides])
 
 
 def _study(args: argparse.Namespace) -> None:
@@ -252,7 +342,7 @@ def _seeds(seed: int | None, seeds: str | None) -> list[int]:
     parts = [part.strip() for part in seeds.split(",")]
     if not all(part.isdigit() for part in parts):
         raise UserError(f"--seeds {seeds}: expected a comma list of seeds >= 0, such as 0,1,2")
-    return [int(part) for part in parts]
+    return check_seeds([int(part) for part in parts])
 
 
 def _add_feature_activity(sub: argparse._SubParsersAction) -> None:
@@ -404,7 +494,7 @@ def _import_caffe(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="paper-repro",
         description="Reproduce Table III and Figure 5 of the CaffeNet retraining paper.",
     )
@@ -414,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_train,
         _add_evaluate,
         _add_list,
+        _add_settings,
         _add_reproduce,
         _add_study,
         _add_feature_activity,
@@ -454,10 +545,12 @@ def _terminate_as_interrupt() -> Iterator[list[int]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if hasattr(args, "verbose"):  # a ``_tensorflow_command``
-        import_tensorflow(args.verbose)
     with _terminate_as_interrupt() as terminated:
         try:
+            if hasattr(args, "check"):  # settings and seeds first: a mistake costs no import
+                args.check(args)
+            if hasattr(args, "verbose"):  # a ``tensorflow_command``
+                import_tensorflow(args.verbose)
             args.handler(args)
         except UserError as error:
             print(f"paper-repro {args.command}: error: {error}", file=sys.stderr)
@@ -466,7 +559,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             stopped = "terminated (SIGTERM)" if terminated else "interrupted"
             print(f"{stopped}: rerun the same command to resume", file=sys.stderr)
             return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
+        except BrokenPipeError:  # the reader left (``paper-repro list | head``): not an error
+            _silence_stdout()
     return 0
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing what is left of it at exit does not raise
+    a second BrokenPipeError (the recipe of Python's signal documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

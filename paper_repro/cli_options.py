@@ -7,9 +7,13 @@ the ``raise`` statements of the command-line modules as messages).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
 import sys
+from collections.abc import Sequence
+from typing import NoReturn
 
-from paper_repro.experiments import PRESETS
+from paper_repro.experiments import PRESETS, RunConfig
 
 # The preset train and reproduce default to: the CPU-sized analog that runs on MNIST and CIFAR-10.
 DEFAULT_PRESET = "mini"
@@ -18,6 +22,47 @@ PRESET_HELP = (
     "paper for the paper's settings, on a GPU)"
 )
 DATA_DIR_HELP = "tfds data directory (default: $TFDS_DATA_DIR, else ~/tensorflow_datasets)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with each refusal in one line: ``paper-repro CMD: error: ...; see ...``.
+
+    argparse prints its usage lines before the error, a dozen for ``train``, which push the one
+    line that says what was wrong away from the prompt; the hint names the help that has them.
+    Subcommands are made with this class too (argparse's default for ``add_subparsers``).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace=None) -> argparse.Namespace:
+        """As argparse's, but an unknown flag is refused by the command it was given to (its
+        prog and help), with the flags it resembles, not by ``paper-repro`` itself."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = self._command(parsed)
+            close = _close_flags(extras, command)
+            command.error(f"unrecognized arguments: {' '.join(extras)}{close}")
+        return parsed
+
+    def _command(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The subcommand's parser that ``parsed`` went through, else this one."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action.choices.get(getattr(parsed, action.dest, None), self)
+        return self
+
+
+def _close_flags(extras: Sequence[str], parser: argparse.ArgumentParser) -> str:
+    """`` (did you mean --seeds?)`` for unknown flags that resemble the parser's."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    close = [
+        match
+        for extra in extras
+        if extra.startswith("--")
+        for match in difflib.get_close_matches(extra.partition("=")[0], flags, n=1)
+    ]
+    return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
 def log_options() -> argparse.ArgumentParser:
@@ -36,11 +81,22 @@ def log_options() -> argparse.ArgumentParser:
 
 
 def tensorflow_command(
-    sub: argparse._SubParsersAction, name: str, about: str, *parents: argparse.ArgumentParser
+    sub: argparse._SubParsersAction,
+    name: str,
+    about: str,
+    *parents: argparse.ArgumentParser,
+    epilog: str | None = None,
 ) -> argparse.ArgumentParser:
     """A subcommand that runs TensorFlow: it takes ``--quiet`` and ``--verbose`` (``main``
     imports TensorFlow for it, quietly unless ``--verbose``)."""
-    return sub.add_parser(name, parents=[log_options(), *parents], help=about)
+    return sub.add_parser(name, parents=[log_options(), *parents], help=about, epilog=epilog)
+
+
+def settings_epilog() -> str:
+    """The end of a training command's ``--help``: every ``--set`` key, named where the flag is
+    read, and the command that says what each one takes."""
+    keys = ", ".join(field.name for field in dataclasses.fields(RunConfig))
+    return f"--set keys: {keys}. `paper-repro settings` gives each one's type, default and meaning."
 
 
 def progress(args: argparse.Namespace) -> int:
@@ -66,7 +122,8 @@ def shared_run_options(
     p.add_argument("--runs-dir", default=runs_dir, help=f"{runs_dir_help} (default: {runs_dir})")
     p.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-        help=f"change a setting of {which}",
+        help=f"change a setting of {which}; `paper-repro settings` lists every key with its "
+        "type, default and meaning",
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="train again, also when finished")
     p.add_argument(

@@ -29,7 +29,7 @@ from paper_repro.augment import (
     resize_uint8,
     view_offsets,
 )
-from paper_repro.data import load_split
+from paper_repro.data import SplitInfo, load_split
 from paper_repro.errors import UserError
 from paper_repro.history import load_history
 from paper_repro.model import (
@@ -316,6 +316,28 @@ def check_network(model: keras.Model, source: str | Path) -> None:
         )
 
 
+def _check_classes(
+    source: str, dataset: str, trained: Sequence[str] | None, info: SplitInfo
+) -> None:
+    """Refuse test images whose classes are not the model's, in its order: with as many classes
+    under other names (MNIST's digits for a CIFAR-10 model) or in another order, output ``k``
+    would be scored against another class's label, a number that means nothing. A model that
+    recorded no class names is taken as it is (fc8's size is then all there is to check)."""
+    if not trained or tuple(trained) == tuple(info.class_names):
+        return
+    raise UserError(
+        f"{source} was trained on {_classes(trained)} but {dataset} {info.split} has "
+        f"{_classes(info.class_names)}; evaluate on images of the model's classes in its order, "
+        "or leave --dataset out for the run's own"
+    )
+
+
+def _classes(names: Sequence[str]) -> str:
+    """``5 classes (airplane, automobile, bird, ...)``: enough to tell two class lists apart."""
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"{len(names)} classes ({shown})"
+
+
 def evaluate_source(
     source: str,
     *,
@@ -358,5 +380,6 @@ def evaluate_source(
             f"{source}: layer fc8 has shape {tuple(fc8)} but {dataset} has {info.num_classes} "
             "classes; evaluate on the dataset the model was trained for"
         )
+    _check_classes(source, dataset, loaded.class_names, info)
     augment, crops = resolve_geometry(int(model.input_shape[1]), config, crops)
     return evaluate(model, test, crops=crops, augment=augment, verbose=verbose)

@@ -112,6 +112,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import math
 import numbers
@@ -139,6 +140,18 @@ _RETRAIN_ONLY = {"random": "untrained features", "oracle": "the features of a fu
 CROPS = (1, 5, 10)  # test views: centre; corners and centre; those and their mirrors
 CACHE_DTYPES = ("float32", "float16")
 STRATEGIES = ("default", "mirrored", "multi-worker")  # tf.distribute, by name
+# The settings that take one of a few values: checked by ``RunConfig`` and listed by
+# ``paper-repro settings`` from this one table.
+CHOICES: dict[str, tuple] = {
+    "mode": MODES,
+    "augment_on": PLACEMENTS,
+    "precision": PRECISIONS,
+    "init": INITS,
+    "test_crops": CROPS,
+    "cache_views": CROPS,
+    "cache_dtype": CACHE_DTYPES,
+    "features": FEATURE_SOURCES,
+}
 JOIN_TIMEOUT = 300.0  # seconds for every worker of a cluster to start (launchers take minutes)
 MAX_SEED = 2**32 - 1  # numpy.random.seed's limit (keras.utils.set_random_seed)
 # Retraining with any seed starts from the pretraining run with this seed, one source for every
@@ -203,14 +216,8 @@ class RunConfig:
     cache_dtype: str = "float32"
 
     def __post_init__(self):
-        _check_choice("mode", self.mode, MODES)
-        _check_choice("augment_on", self.augment_on, PLACEMENTS)
-        _check_choice("precision", self.precision, PRECISIONS)
-        _check_choice("init", self.init, INITS)
-        _check_choice("test_crops", self.test_crops, CROPS)
-        _check_choice("cache_views", self.cache_views, CROPS)
-        _check_choice("cache_dtype", self.cache_dtype, CACHE_DTYPES)
-        _check_choice("features", self.features, FEATURE_SOURCES)
+        for name, choices in CHOICES.items():
+            _check_choice(name, getattr(self, name), choices)
         if self.features in _RETRAIN_ONLY and self.mode != "retrain":
             raise UserError(
                 f"features={self.features} freezes {_RETRAIN_ONLY[self.features]} under a new "
@@ -235,7 +242,8 @@ class RunConfig:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_iterations is not None and self.max_iterations < 1:
             raise UserError(
-                f"max_iterations must be at least 1 (or none), got {self.max_iterations}"
+                f"max_iterations must be at least 1, got {self.max_iterations}: --set "
+                "max_iterations=N, or --set max_iterations=none to run every epoch"
             )
         if self.drop_iterations is not None and self.drop_epochs:
             raise UserError(
@@ -311,6 +319,120 @@ class RunConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self).items()}
 
 
+# What each ``RunConfig`` field means, for ``paper-repro settings`` (its type and default come from
+# the field itself). A test holds it to the fields: a new field needs its line here.
+MEANINGS: dict[str, str] = {
+    "dataset": "a tfds name (mnist, cifar10, cifar100, imagenet2012) or an image folder",
+    "mode": "full trains every layer from scratch, retrain freezes conv1 .. pool5; set by the "
+    "experiment",
+    "epochs": "training epochs",
+    "batch_size": "images per training step (the global batch, over every device)",
+    "base_lr": "the learning rate before any drop",
+    "drop_epochs": "epochs after which the learning rate is multiplied by gamma",
+    "drop_iterations": "iterations at which it drops instead (BVLC's CaffeNet solver)",
+    "max_iterations": "stop after this many iterations, within the last epoch if need be",
+    "gamma": "the factor of each learning-rate drop",
+    "warmup_epochs": "a linear learning-rate warm-up over this many epochs (0: none)",
+    "momentum": "SGD momentum",
+    "weight_decay": "L2 weight decay, as Caffe's",
+    "resize": "images are resized to this square size first",
+    "crop": "the network's input size: random crops in training, test views at test",
+    "mirror": "random horizontal flips in training (false for digits)",
+    "test_crops": "test views: the centre; corners and centre; those and their mirrors",
+    "train_split": "the split trained on (tfds slicing such as train[:90%]; a folder's sub-folder)",
+    "test_split": "the split the accuracies are measured on",
+    "classes": "keep these class numbers, relabelled in this order (e.g. 5,6,7,8,9)",
+    "train_subset": "a class-balanced subset of this many training images",
+    "test_subset": "a class-balanced subset of this many test images",
+    "groups": "grouped convolutions of conv2, conv4 and conv5 (CaffeNet's 2; 1: none)",
+    "dropout": "the dropout rate of fc6 and fc7",
+    "init": "the weight filler, as Caffe's",
+    "keep_fc67": "retraining: fc6 and fc7 copied from the source (false: drawn fresh)",
+    "target_mean": "retraining on pretrained features: subtract the target's mean pixel instead "
+    "of the source's",
+    "pretrained": "the experiment whose finished model the run starts from; set by the experiment",
+    "features": "a retraining's frozen block: a pretrained network's, an untrained one's (the "
+    "control) or the full run's (the oracle); set by the experiment",
+    "random_rms": "the control's untrained pool5 brought to this root mean square",
+    "augment_on": "where the augmentation runs (auto: the GPU if there is one)",
+    "precision": "the dtype policy: mixed precision is for a GPU",
+    "jit_compile": "XLA for the training step (stays off on the CPU, where runs are deterministic)",
+    "cache_features": "retraining: train the classifier on pool5 values computed once per view "
+    "(as --cache-features)",
+    "cache_views": "the feature cache's fixed views per image",
+    "cache_dtype": "the feature cache's dtype",
+}
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    """``RunConfig``'s field types, evaluated once (its annotations are strings)."""
+    return typing.get_type_hints(RunConfig)
+
+
+def _optional(hint) -> bool:
+    args = typing.get_args(hint)
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    return union and type(None) in args
+
+
+def _plain(hint):
+    """``hint`` without its ``| None``."""
+    if not _optional(hint):
+        return hint
+    return next(a for a in typing.get_args(hint) if a is not type(None))
+
+
+def setting_type(key: str, none: bool = True) -> str:
+    """What ``--set KEY=...`` accepts, in words: the listing's type and the refusal's "expected"
+    say it alike (``none``: with the ``or none`` of an optional setting, which a refusal says as
+    how to clear it instead)."""
+    hint = _hints()[key]
+    plain = _plain(hint)
+    if key in CHOICES:
+        kind = "one of " + ", ".join(map(str, CHOICES[key]))
+    elif typing.get_origin(plain) is tuple:
+        kind = f"{typing.get_args(plain)[0].__name__}s, comma-separated"
+    else:
+        kind = {bool: "bool (true or false)", str: "text"}.get(plain, plain.__name__)
+    return f"{kind}, or none" if none and _optional(hint) else kind
+
+
+def setting_text(value: Any) -> str:
+    """A setting's value as ``--set`` takes it back: ``none``, ``true``, ``20,25``."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ",".join(map(setting_text, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def clearing(key: str) -> str:
+    """How to clear a setting that can be empty (``--set classes=none``); empty for the others."""
+    hint = _hints()[key]
+    if _optional(hint):
+        return f"--set {key}=none clears it"
+    return f"--set {key}= clears it" if typing.get_origin(hint) is tuple else ""
+
+
+def settings_table(config: RunConfig | None = None) -> list[tuple[str, str, str, str]]:
+    """``(key, type, value, meaning)`` for every field: ``config``'s values, else the defaults
+    (the paper's transfer runs'); a field every experiment sets itself shows as such."""
+    rows = []
+    for field in dataclasses.fields(RunConfig):
+        if config is not None:
+            value = setting_text(getattr(config, field.name))
+        elif field.default is dataclasses.MISSING:
+            value = "(the experiment's)"
+        else:
+            value = setting_text(field.default)
+        kind, meaning = setting_type(field.name), MEANINGS[field.name]
+        rows.append((field.name, kind, value or "(empty)", meaning))
+    return rows
+
+
 def recorded_settings(recorded: Mapping[str, Any], dataset: str, mode: str) -> dict:
     """A run's settings as a history recorded them (``RunConfig.to_dict``), with any field added
     since at its default, which it had then (fields are only ever added)."""
@@ -346,7 +468,9 @@ def source_seed(preset: str, seed: int, source: str) -> int:
 
 def _check_choice(name: str, value, choices: Iterable) -> None:
     if value not in choices:
-        raise UserError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        names = [str(choice) for choice in choices]
+        close = _did_you_mean(str(value), names, n=1)
+        raise UserError(f"{name} must be one of {', '.join(names)}; got {value!r}{close}")
 
 
 def _paper() -> dict[str, RunConfig]:
@@ -426,8 +550,13 @@ PRESETS: dict[str, dict[str, RunConfig]] = {
 }
 
 
-def _did_you_mean(value: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(value, list(choices), n=3)
+def _did_you_mean(value: str, choices: Iterable[str], n: int = 3) -> str:
+    """The ``n`` closest spellings, else the names that contain ``value`` (``lr``: ``base_lr``)."""
+    names = list(choices)
+    close = (
+        difflib.get_close_matches(value, names, n=n)
+        or [name for name in names if value and value in name][:n]
+    )
     return f" (did you mean {', '.join(close)}?)" if close else ""
 
 
@@ -459,36 +588,56 @@ def apply_overrides(config: RunConfig, overrides: Iterable[str]) -> RunConfig:
     changes = {}
     for item in overrides:
         key, sep, text = item.partition("=")
-        key = key.strip()
+        key, text = key.strip(), text.strip()
         if not sep:
-            raise UserError(f"--set takes key=value, got '{item}'")
+            hint = (
+                f": give {key} a value{_example(key, getattr(config, key))}"
+                if key in fields
+                else "; `paper-repro settings` lists the keys"
+            )
+            raise UserError(f"--set takes key=value, got '{item}'{hint}")
         if key not in fields:
             raise UserError(
-                f"unknown --set key '{key}'{_did_you_mean(key, fields)}; keys: {', '.join(fields)}"
+                f"unknown --set key '{key}'{_did_you_mean(key, fields)}; `paper-repro settings` "
+                "lists every key with its type, default and meaning"
             )
-        changes[key] = _parse(key, text.strip(), typing.get_type_hints(RunConfig)[key])
+        try:
+            changes[key] = _parse(text, _hints()[key])
+        except ValueError:
+            raise UserError(_refusal(key, text, getattr(config, key))) from None
     return dataclasses.replace(config, **changes)
 
 
-def _parse(key: str, text: str, hint):
-    """Parse ``text`` as ``hint`` (int, float, bool, str, tuples of numbers, optional of those)."""
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+def _parse(text: str, hint):
+    """Parse ``text`` as ``hint`` (int, float, bool, str, tuples of numbers, optional of those);
+    a ``ValueError`` where it does not."""
+    if _optional(hint):
         if text.lower() in ("none", "null", ""):
             return None
-        hint = next(a for a in args if a is not type(None))
-        args = typing.get_args(hint)
-    try:
-        if typing.get_origin(hint) is tuple:
-            return tuple(args[0](part) for part in text.split(",") if part.strip())
-        if hint is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        return hint(text)
-    except ValueError:
-        name = getattr(hint, "__name__", str(hint))
-        raise UserError(f"--set {key}={text}: expected {name}") from None
+        hint = _plain(hint)
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return tuple(args[0](part) for part in text.split(",") if part.strip())
+    if hint is bool:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(text)
+        return text.lower() in ("true", "1", "yes")
+    return hint(text)
+
+
+def _refusal(key: str, text: str, current: Any) -> str:
+    """Why ``--set key=text`` does not parse: the type expected, an example (the run's own
+    value), how to clear it."""
+    clear = clearing(key)
+    kind = setting_type(key, none=not clear)
+    example = _example(key, current)
+    return f"--set {key}={text}: expected {kind}{example}" + (f"; {clear}" if clear else "")
+
+
+def _example(key: str, value: Any) -> str:
+    """``, such as --set key=VALUE`` where ``value`` (the run's) makes an example."""
+    usable = value not in (None, ())
+    return f", such as --set {key}={setting_text(value)}" if usable else ""
 
 
 def dependency_order(preset: str) -> list[str]:

@@ -6,16 +6,18 @@ both, so that training never imports the figures (made without TensorFlow) nor t
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from paper_repro import experiments, reports, seeds, study
+from paper_repro import arms, datasets, experiments, reports, seeds, study
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
 from paper_repro.history import load_history
 from paper_repro.runs import HISTORY_SUFFIX, RunPaths, run_directory, write_atomic
+from paper_repro.seeds import check_seeds
 from paper_repro.study_figure import regenerate_study
 from paper_repro.training import settings_changed, train
 
@@ -50,14 +52,14 @@ def reproduce(
     run directory's name (seed kept) next to the table and figure made from them, so the three
     can be committed together.
     """
-    seeds = _distinct(seeds)
+    seeds = check_seeds(seeds)
     overrides = list(overrides)
     configs = {
         name: experiments.resolve(name, preset, overrides)
         for name in experiments.dependency_order(preset)
     }
     runs = _plan(preset, configs, seeds, skip_pretraining=bool(weights))
-    kept = Path(out) / "histories" / preset
+    kept = _kept(out, preset)
     for number, (name, seed) in enumerate(runs, 1):
         if verbose:
             print(f"[{number}/{len(runs)}] {name} ({preset}, seed {seed})", flush=True)
@@ -69,6 +71,49 @@ def reproduce(
             runs_dir=runs_dir, data_dir=data_dir, force=force, download=download, verbose=verbose,
         )  # fmt: skip
     return [*reports.regenerate_tables(kept, out), *reports.regenerate_figures(kept, out)]
+
+
+def _kept(out: str | os.PathLike, preset: str) -> Path:
+    """Where ``reproduce`` keeps a preset's histories, beside the tables made from them."""
+    return Path(out) / "histories" / preset
+
+
+def summary(paths: Sequence[Path], out: str | os.PathLike, preset: str) -> list[str]:
+    """``reproduce``'s last lines: Table III's transfer rows as its CSV holds them (the numbers a
+    user ran it for, without opening a file), then the files written and the histories behind
+    them. Read back from what the tables wrote, so the lines can never differ from them."""
+    table = next((path for path in paths if path.name == "table3.csv"), None)
+    rows = list(_table3_lines(table)) if table else []
+    heading = [f"Table III, multi-crop test top-1 (%), {table.with_suffix('.md')}:"] if rows else []
+    return [*heading, *rows, *_written(paths, _kept(out, preset))]
+
+
+def _table3_lines(table: Path) -> Iterator[str]:
+    """A line per dataset and preset with a result: each arm's value (a dash for one not
+    finished; a control never run is left out, as the table leaves its column out), then the
+    paper's."""
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    with table.open(encoding="utf-8", newline="") as file:
+        for row in csv.DictReader(file):
+            if row["section"] == "transfer":
+                cells.setdefault((row["dataset"], row["preset"]), {})[row["column"]] = row["value"]
+    for (dataset, preset), values in cells.items():
+        shown = [(arm.name, values[arm.column]) for arm in arms.ARMS if arm.column in values]
+        if not any(value for _, value in shown):
+            continue
+        found = ", ".join(f"{name} {value or '—'}" for name, value in shown)
+        paper = datasets.paper_row(dataset)
+        said = f"; the paper: full {paper.full:.2f}, retrain {paper.retrain:.2f}" if paper else ""
+        yield f"  {datasets.display(dataset)} ({preset}): {found}{said}"
+
+
+def _written(paths: Sequence[Path], kept: Path) -> list[str]:
+    """A line per folder written to, naming its files, then where the histories are kept."""
+    folders: dict[Path, list[str]] = {}
+    for path in paths:
+        folders.setdefault(path.parent, []).append(path.name)
+    lines = [f"wrote {folder}/: {', '.join(names)}" for folder, names in folders.items()]
+    return [*lines, f"the histories they were made from: {kept}/"]
 
 
 def _plan(
@@ -114,7 +159,7 @@ def reproduce_study(
     seeds behind; rerunning resumes it. ``overrides`` apply to every run after the
     cell's own (for trying the pipeline at a tiny size; such runs do not belong in the table).
     """
-    seeds, extra = _distinct(seeds), list(overrides)
+    seeds, extra = check_seeds(seeds), list(overrides)
     for name in cells:
         _check_sources(name, cells, seeds, runs_dir)
     for name in cells:
@@ -221,15 +266,3 @@ def _check_replaceable(kept: Path, trained: Path) -> None:
             f"{kept} keeps a run with other settings ({', '.join(changed)}) than {trained}; "
             "both are kept: pass another --out for this run, or move the kept history away"
         )
-
-
-def _distinct(seeds: Sequence[int]) -> list[int]:
-    """The seeds, each valid and named once, checked before any run starts."""
-    if not seeds:
-        raise UserError("no seed given: pass --seeds as a comma list such as 0,1,2")
-    for seed in seeds:
-        experiments.check_seed(seed)
-    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
-    if repeated:
-        raise UserError(f"--seeds {','.join(map(str, seeds))} repeats {repeated}: name each once")
-    return list(seeds)

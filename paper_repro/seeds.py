@@ -198,3 +198,16 @@ def check_alike(runs: Sequence[Run], fix: str) -> None:
                 " seeds would count twice; keep one of the two files"
             )
         seen[history.seed] = source
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """A study's or reproduction's seeds: at least one, each valid (``experiments.check_seed``)
+    and named once (a seed twice would train one run twice and count it twice in a mean)."""
+    if not seeds:
+        raise UserError("no seed given: pass --seeds as a comma list such as 0,1,2")
+    for seed in seeds:
+        experiments.check_seed(seed)
+    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+    if repeated:
+        raise UserError(f"--seeds {','.join(map(str, seeds))} repeats {repeated}: name each once")
+    return list(seeds)

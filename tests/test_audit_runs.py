@@ -252,7 +252,7 @@ def _foreign_model(folder: Path) -> Path:
     ("extra", "problem"),
     [
         pytest.param(
-            lambda tmp: ["--set", "test_subset=100000"], "subset_size 100000", id="subset"
+            lambda tmp: ["--set", "test_subset=100000"], "--set test_subset 100000", id="subset"
         ),
         pytest.param(lambda tmp: ["--weights", str(tmp / "no.keras")], "no such", id="no weights"),
         pytest.param(
@@ -293,7 +293,7 @@ def test_files_of_a_run_without_its_history_are_not_deleted_silently(finished, c
     ("extra", "problem"),
     [
         pytest.param(["--weights", "no-such.keras"], "no such model file", id="no weights"),
-        pytest.param(["--set", "test_subset=100000"], "subset_size 100000", id="subset"),
+        pytest.param(["--set", "test_subset=100000"], "--set test_subset 100000", id="subset"),
         pytest.param(
             ["--set", "dataset=./no/such/folder"], "does not exist", id="no such image folder"
         ),

@@ -142,7 +142,7 @@ def test_list_shows_presets_and_runs(smoke_reproduction, capsys):
 def test_list_names_the_default_runs_directory_as_a_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli.main(["list"]) == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "run directories under runs/: none"
+    assert capsys.readouterr().out.splitlines()[0] == "run directories under runs/: none"
 
 
 def test_regenerate_without_histories_says_which_command_makes_them(tmp_path, capsys):

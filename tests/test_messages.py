@@ -56,7 +56,7 @@ REACHED_BY = {
     "model.py": (*RUN_COMMANDS, "evaluate", "export"),
     "reproduce.py": ("reproduce", "study"),
     "runs.py": RUN_COMMANDS,
-    "seeds.py": (),
+    "seeds.py": ("reproduce", "study"),
     "solver.py": RUN_COMMANDS,
     "fused_update.py": RUN_COMMANDS,
     "feature_activity.py": ("feature-activity",),

@@ -85,11 +85,13 @@ def load_experiment_data(
         download=download,
     )
     train, train_info = load_split(
-        config.dataset, config.train_split, subset_size=config.train_subset, **common
-    )
+        config.dataset, config.train_split, subset_size=config.train_subset,
+        setting_names=("--set classes", "--set train_subset"), **common,
+    )  # fmt: skip
     test, test_info = load_split(
-        config.dataset, config.test_split, subset_size=config.test_subset, **common
-    )
+        config.dataset, config.test_split, subset_size=config.test_subset,
+        setting_names=("--set classes", "--set test_subset"), **common,
+    )  # fmt: skip
     augment = AugmentConfig(config.resize, config.crop, config.mirror)
     placement = resolve_placement(config.augment_on)
     return ExperimentData(

@@ -33,6 +33,7 @@ def load_split(
     subset_size: int | None = None,
     seed: int = 0,
     download: bool = False,
+    setting_names: tuple[str, str] = ("class_subset", "subset_size"),
 ) -> tuple[tf.data.Dataset, SplitInfo]:
     """One split of a tfds image-classification dataset or of an image folder.
 
@@ -49,8 +50,10 @@ def load_split(
     are those of ``train_split``, the split the model trains on, in every split, and a folder of
     class folders alone, ``FOLDER/<class>/``, is ``train_split`` and has no other split.
     ``split_option`` is how the user names another split (``--split NAME``), for the message that
-    refuses a split the folder lacks. ``data_dir`` defaults to ``$TFDS_DATA_DIR``. Nothing is
-    downloaded unless ``download`` is true.
+    refuses a split the folder lacks; ``setting_names``, how the user names ``class_subset`` and
+    ``subset_size`` (``classes`` and ``train_subset`` for a run's ``--set``), for the messages
+    that refuse them. ``data_dir`` defaults to ``$TFDS_DATA_DIR``. Nothing is downloaded unless
+    ``download`` is true.
     """
     check_seed(seed)
     folder = _image_folder(name_or_folder)
@@ -58,7 +61,7 @@ def load_split(
         source = tfds_source(name_or_folder, split, data_dir, download)
     else:
         source = folder_source(folder, split, train_split=train_split, split_option=split_option)
-    return _select(source, class_subset, subset_size, seed)
+    return _select(source, class_subset, subset_size, seed, setting_names)
 
 
 def check_split(
@@ -83,7 +86,11 @@ def _image_folder(name_or_folder: str) -> Path | None:
 
 
 def _select(
-    source: Source, class_subset: Sequence[int] | None, subset_size: int | None, seed: int
+    source: Source,
+    class_subset: Sequence[int] | None,
+    subset_size: int | None,
+    seed: int,
+    setting_names: tuple[str, str],
 ) -> tuple[tf.data.Dataset, SplitInfo]:
     """Apply class_subset (relabelled) then subset_size, as a filter on the example index."""
     info = source.info
@@ -92,7 +99,7 @@ def _select(
     if class_subset is None:
         relabel, names = np.arange(info.num_classes, dtype=np.int64), info.class_names
     else:
-        _check_class_subset(class_subset, info)
+        _check_class_subset(class_subset, info, setting_names[0])
         relabel = np.full(info.num_classes, -1, np.int64)
         relabel[list(class_subset)] = np.arange(len(class_subset))
         names = tuple(info.class_names[c] for c in class_subset)
@@ -101,7 +108,8 @@ def _select(
     keep = new_labels >= 0
     if subset_size is not None:
         keep = np.zeros_like(keep)
-        keep[balanced_subset(new_labels, len(names), subset_size, seed)] = True
+        chosen = balanced_subset(new_labels, len(names), subset_size, seed, setting_names[1])
+        keep[chosen] = True
     keep_t, relabel_t = tf.constant(keep), tf.constant(relabel)
     dataset = (
         source.dataset.filter(lambda ex: tf.gather(keep_t, ex["index"]))
@@ -114,39 +122,44 @@ def _select(
     return dataset, info
 
 
-def _check_class_subset(class_subset: Sequence[int], info: SplitInfo) -> None:
+def _check_class_subset(class_subset: Sequence[int], info: SplitInfo, name: str) -> None:
     chosen = list(class_subset)
     valid = all(isinstance(c, int | np.integer) and not isinstance(c, bool) for c in chosen)
     if not valid or any(not 0 <= c < info.num_classes for c in chosen):
         raise UserError(
-            f"class_subset {chosen} must hold class numbers in 0..{info.num_classes - 1} "
-            f"({info.name} has {info.num_classes} classes)"
+            f"{name} {chosen} must hold class numbers in 0..{info.num_classes - 1} "
+            f"({info.name} has {info.num_classes} classes); {name}=none keeps every class"
         )
     if len(set(chosen)) != len(chosen) or len(chosen) < 2:
-        raise UserError(f"class_subset {chosen} must name at least 2 different classes")
+        raise UserError(
+            f"{name} {chosen} must name at least 2 different classes; {name}=none keeps every class"
+        )
 
 
-def balanced_subset(labels: np.ndarray, num_classes: int, size: int, seed: int) -> np.ndarray:
+def balanced_subset(
+    labels: np.ndarray, num_classes: int, size: int, seed: int, name: str = "subset_size"
+) -> np.ndarray:
     """Sorted indices of ``size`` examples, ``size // k`` per class (the first ``size % k`` get one
     more), labels ``< 0`` excluded. Within a class, examples are ranked by a hash of
     ``(seed, index)``: the choice is random-looking yet stable, and nested across sizes."""
     counts = np.bincount(labels[labels >= 0], minlength=num_classes)
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < num_classes:
         raise UserError(
-            f"subset_size must be an integer of at least the number of classes ({num_classes}) "
-            f"so that every class is represented, got {size!r}"
+            f"{name} must be an integer of at least the number of classes ({num_classes}) "
+            f"so that every class is represented, got {size!r}; {name}=none takes every image"
         )
     quotas = size // num_classes + (np.arange(num_classes) < size % num_classes)
     short = np.flatnonzero(counts < quotas)
     if short.size:
         # An image folder's test split may lack a class of its training split's.
         fix = (
-            f"lower subset_size to at most {counts.min() * num_classes}"
+            f"lower {name} to at most {counts.min() * num_classes}, or {name}=none takes every "
+            "image"
             if counts.min()
             else "a class-balanced subset needs every class; take the whole split"
         )
         raise UserError(
-            f"subset_size {size} needs {quotas[short[0]]} examples of class {short[0]} but it has "
+            f"{name} {size} needs {quotas[short[0]]} examples of class {short[0]} but it has "
             f"only {counts[short[0]]}; {fix}"
         )
     ranks = hash64(seed, "subset", tf.range(len(labels), dtype=tf.int64)).numpy()

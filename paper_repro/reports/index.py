@@ -19,7 +19,7 @@ from pathlib import Path
 from paper_repro import arms, seeds
 from paper_repro.errors import UserError
 from paper_repro.history import History, HistoryError, load_history
-from paper_repro.runs import find_histories
+from paper_repro.runs import HISTORY_NAME, find_histories
 
 PRETRAIN = "pretrain"  # the variant of a pretraining run, which belongs to no arm
 NO_HISTORIES_HINT = (
@@ -53,18 +53,25 @@ def load_histories(directory: str | os.PathLike[str]) -> dict[str, History]:
 
 
 def run_lines(paths: Iterable[Path]) -> Iterator[str]:
-    """``paper-repro list``'s line per run: its directory, status, epochs and final top-1, or
-    what is wrong with its history. A damaged history is named in its place and the others are
-    still listed, where stopping at the first would list none (a table refuses it instead: a
-    table without one of its runs would be wrong)."""
+    """``paper-repro list``'s line per run: its directory, status, epochs and final top-1, then
+    the dataset and preset it ran (a directory's name need not say: ``--set dataset=...`` and
+    ``--runs-dir`` change them), or what is wrong with its history. A damaged history is named
+    in its place and the others are still listed, where stopping at the first would list none (a
+    table refuses it instead: a table without one of its runs would be wrong). A run is named
+    by its directory, a kept history (``RUN.history.json``) by its file, as several share one
+    folder."""
     for path in paths:
+        run = path.parent if path.name == HISTORY_NAME else path
         try:
             history = load_history(path)
         except HistoryError as error:
-            yield f"  {path.parent}: not listed, its history cannot be read: {error}"
+            yield f"  {run}: not listed, its history cannot be read: {error}"
             continue
         final = f", top-1 {history.final.top1:.2%}" if history.final else ""
-        yield f"  {path.parent}: {history.status}, {len(history.epochs)} epochs{final}"
+        yield (
+            f"  {run}: {history.status}, {len(history.epochs)} epochs{final}; "
+            f"{history.dataset}, preset {history.preset}"
+        )
 
 
 def group(histories: Mapping[str, History], allow_mixed_presets: bool) -> Index:
