@@ -146,10 +146,8 @@ def _shared_group(item: pytest.Item) -> str | None:
     return None
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.pluginmanager.hasplugin("xdist"):  # its marker exists only with it
-        return
-    for item in items:
-        group = _shared_group(item)
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Marked as it is collected: xdist reads the groups in its collection_modifyitems hook."""
+    group = _shared_group(item)
+    if group:
+        item.add_marker(pytest.mark.xdist_group(group))
