@@ -238,7 +238,7 @@ def _model_record(path: Path) -> dict | None:
     """The record inside a model file, ``{}`` where it has none, None where it is unreadable."""
     try:
         return model_lib.model_record(path)
-    except (OSError, ValueError):  # a bad zip member, not JSON (json's error is a ValueError)
+    except (OSError, UserError):  # unreadable, or a record model_record refuses as damaged
         return None
 
 
