@@ -552,6 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if hasattr(args, "verbose"):  # a ``tensorflow_command``
                 import_tensorflow(args.verbose)
             args.handler(args)
+            sys.stdout.flush()  # a pipe's buffer: its reader may have left before it was written
         except UserError as error:
             print(f"paper-repro {args.command}: error: {error}", file=sys.stderr)
             return EXIT_USER_ERROR

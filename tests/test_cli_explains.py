@@ -231,10 +231,12 @@ def test_list_into_a_pipe_closed_early_is_no_error(tmp_path):
     """``paper-repro list | head -1``: the reader leaving early is not a failure of list."""
     read, write = os.pipe()
     os.close(read)  # the reader has gone before list writes a line
+    # Buffered, as a pipe's stdout is by default: the lines then reach the pipe at exit.
+    buffered = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     try:
         lister = subprocess.run(
             [sys.executable, "-m", "paper_repro.cli", "list", "--runs-dir", str(tmp_path)],
-            stdout=write, stderr=subprocess.PIPE, text=True, cwd=REPO,
+            stdout=write, stderr=subprocess.PIPE, text=True, cwd=REPO, env=buffered,
         )  # fmt: skip
     finally:
         os.close(write)
