@@ -512,3 +512,32 @@ def test_imagenet_without_manual_files_says_what_to_download_and_where(tmp_path,
 def test_non_image_dataset_is_refused(tmp_path):
     with pytest.raises(UserError, match="'imdb_reviews' is not an image classification dataset"):
         data.load_split("imdb_reviews", "train", data_dir=str(tmp_path))
+
+
+def test_a_dataset_prepared_again_has_its_labels_read_again(tmp_path, monkeypatch):
+    """A split's labels are read once per process, not once per run: the files they came from
+    vouch for them, so a dataset prepared again from other images is read again."""
+    import shutil
+
+    from fake_datasets import register_cifar100_checksum, write_fake_cifar100
+
+    manual = tmp_path / "downloads" / "manual"
+
+    def prepared_labels(fine: tuple[int, ...]) -> list[int]:
+        truth = write_fake_cifar100(manual, fine=fine, train=2, test=1)
+        register_cifar100_checksum(monkeypatch, manual / "cifar-100-binary.tar.gz")
+        dataset, info = data.load_split(
+            "cifar100", "train", data_dir=str(tmp_path), download=True, class_subset=fine
+        )
+        assert info.num_examples == 2 * len(fine)
+        found = []
+        for example in dataset.as_numpy_iterator():
+            fine_label = truth[example["image"].tobytes()][1]
+            assert example["label"] == fine.index(fine_label)
+            found.append(fine_label)
+        return sorted(set(found))
+
+    assert prepared_labels((3, 42)) == [3, 42]
+    shutil.rmtree(tmp_path / "cifar100")
+    shutil.rmtree(tmp_path / "downloads" / "extracted")  # tfds' own, which it would reuse
+    assert prepared_labels((5, 7, 9)) == [5, 7, 9]

@@ -155,13 +155,13 @@ def folder_source(
         labels += [label_of[name]] * len(images)
     content = _content(located, paths, _check_images(paths))
     label_array = np.asarray(labels, np.int64)
-    dataset = tf.data.Dataset.from_tensor_slices(
+    listed = tf.data.Dataset.from_tensor_slices(
         {"image": paths, "label": label_array, "index": np.arange(len(paths), dtype=np.int64)}
-    ).map(_read_image, num_parallel_calls=tf.data.AUTOTUNE)
+    )
     info = SplitInfo(
         str(located.folder), split, len(located.classes), located.classes, len(paths), None, content
     )
-    return Source(dataset, info, functools.partial(np.copy, label_array))
+    return Source(listed, _read_image, info, functools.partial(np.copy, label_array))
 
 
 def _check_images(paths: list[str]) -> np.ndarray:

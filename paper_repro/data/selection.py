@@ -92,10 +92,11 @@ def _select(
     seed: int,
     setting_names: tuple[str, str],
 ) -> tuple[tf.data.Dataset, SplitInfo]:
-    """Apply class_subset (relabelled) then subset_size, as a filter on the example index."""
+    """Apply class_subset (relabelled) then subset_size, as a filter on the example index, then
+    decode what is kept."""
     info = source.info
     if class_subset is None and subset_size is None:
-        return source.dataset, info
+        return _decoded(source.encoded, source), info
     if class_subset is None:
         relabel, names = np.arange(info.num_classes, dtype=np.int64), info.class_names
     else:
@@ -111,15 +112,28 @@ def _select(
         chosen = balanced_subset(new_labels, len(names), subset_size, seed, setting_names[1])
         keep[chosen] = True
     keep_t, relabel_t = tf.constant(keep), tf.constant(relabel)
-    dataset = (
-        source.dataset.filter(lambda ex: tf.gather(keep_t, ex["index"]))
-        .map(lambda ex: {**ex, "label": tf.gather(relabel_t, ex["label"])})
+
+    def kept_of(batch: dict) -> dict:
+        kept = tf.gather(keep_t, batch["index"])
+        relabelled = {**batch, "label": tf.gather(relabel_t, batch["label"])}
+        return {key: tf.boolean_mask(value, kept) for key, value in relabelled.items()}
+
+    # Filtered a batch at a time: a pass over MNIST's 60,000 records for a small subset takes
+    # 0.8 s so, 3 s one example at a time.
+    kept = (
+        source.encoded.batch(READ_BATCH)
+        .map(kept_of)
+        .unbatch()
         .apply(tf.data.experimental.assert_cardinality(int(keep.sum())))
     )
     info = dataclasses.replace(
         info, num_classes=len(names), class_names=names, num_examples=int(keep.sum())
     )
-    return dataset, info
+    return _decoded(kept, source), info
+
+
+def _decoded(encoded: tf.data.Dataset, source: Source) -> tf.data.Dataset:
+    return encoded.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _check_class_subset(class_subset: Sequence[int], info: SplitInfo, name: str) -> None:

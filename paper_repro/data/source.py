@@ -37,8 +37,13 @@ class SplitInfo:
 
 @dataclass(frozen=True)
 class Source:
-    """A whole split before selection; ``labels()`` reads every label (one pass, no pixels)."""
+    """A whole split before selection; ``labels()`` reads every label (one pass, no pixels).
 
-    dataset: tf.data.Dataset
+    ``encoded`` holds each example's image still encoded (a tfds record's bytes, a file's path)
+    and ``decode`` makes it pixels: selection filters first and decodes only what it keeps, so
+    a 12,000-image subset of MNIST's 60,000 decodes 12,000 images, not 60,000."""
+
+    encoded: tf.data.Dataset
+    decode: Callable[[dict], dict]
     info: SplitInfo
     labels: Callable[[], np.ndarray]
