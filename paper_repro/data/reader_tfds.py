@@ -33,17 +33,7 @@ def tfds_source(name: str, split: str, data_dir: str | None, download: bool) -> 
         if not download:
             raise UserError(_not_prepared_message(builder, data_dir))
         _prepare(builder, data_dir)
-    # Images are read encoded and decoded by our own map: a label pass (for subsets) then decodes
-    # nothing, and its labels come from the very records the pixels do (also under tfds' mocks).
-    try:
-        raw = builder.as_dataset(
-            split=split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()}
-        )
-    except ValueError as error:
-        raise UserError(f"{name}: {str(error).splitlines()[0]}") from None
-    raw = raw.enumerate().map(
-        lambda i, ex: {"image": ex[image_key], "label": ex[label_key], "index": i}
-    )
+    raw = _encoded(builder, name, split, image_key, label_key)
     feature = builder.info.features[image_key]
 
     def decode(example: dict) -> dict:
@@ -60,7 +50,8 @@ def tfds_source(name: str, split: str, data_dir: str | None, download: bool) -> 
         image_shape=(height, width, 3) if height and width else None,
         content=f"tfds {builder.info.full_name} {split}",
     )
-    return Source(raw, decode, info, functools.partial(_labels, raw, builder, split))
+    labels = functools.partial(_labels, raw, _split_files(builder, split))
+    return Source(raw, decode, info, labels)
 
 
 def _tfds_dir(data_dir: str | None) -> str:
@@ -167,13 +158,38 @@ def _to_rgb(image: tf.Tensor) -> tf.Tensor:
     return image[..., :3] if channels == 4 else image
 
 
-# A split's labels, read once per process: a pass over MNIST's 60,000 records costs about 2.5 s,
-# and ``reproduce`` loads the same splits for every run.
+# A split is opened once per process and its labels read once: tfds keeps a small dataset's
+# records in memory after its first pass (its auto-caching, under 250 MiB: MNIST, CIFAR), which a
+# dataset opened anew pays again (about 2.5 s for MNIST's training split), and ``reproduce`` and
+# the tests load the same splits for every run. Keyed by ``_split_files``.
+_ENCODED: dict[tuple, tf.data.Dataset] = {}
 _LABELS: dict[tuple, np.ndarray] = {}
 
 
-def _labels(raw: tf.data.Dataset, builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
+def _encoded(
+    builder: tfds.core.DatasetBuilder, name: str, split: str, image_key: str, label_key: str
+) -> tf.data.Dataset:
+    """The split's examples, images encoded: our own map decodes them after selection, a label
+    pass decodes nothing, and labels come from the very records the pixels do (also under
+    tfds' mocks)."""
     key = _split_files(builder, split)
+    if key in _ENCODED:
+        return _ENCODED[key]
+    try:
+        raw = builder.as_dataset(
+            split=split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()}
+        )
+    except ValueError as error:
+        raise UserError(f"{name}: {str(error).splitlines()[0]}") from None
+    raw = raw.enumerate().map(
+        lambda i, ex: {"image": ex[image_key], "label": ex[label_key], "index": i}
+    )
+    if key is not None:
+        _ENCODED[key] = raw
+    return raw
+
+
+def _labels(raw: tf.data.Dataset, key: tuple | None) -> np.ndarray:
     if key is None or key not in _LABELS:
         batches = raw.map(lambda ex: ex["label"]).batch(READ_BATCH).as_numpy_iterator()
         labels = np.concatenate(list(batches)).astype(np.int64)
@@ -184,7 +200,7 @@ def _labels(raw: tf.data.Dataset, builder: tfds.core.DatasetBuilder, split: str)
 
 
 def _split_files(builder: tfds.core.DatasetBuilder, split: str) -> tuple | None:
-    """What a split's labels are read from, for ``_labels``' key: the split and each record
+    """What a split is read from, the key of what is kept of it: the split and each record
     file's path, size and modification time (a dataset prepared again is read again); None
     where the files are not there to vouch for it (tfds' mocks generate examples)."""
     try:
