@@ -41,7 +41,7 @@ from paper_repro import data
 from paper_repro.augment import AugmentConfig, crop_views, example_keys, view_offsets
 from paper_repro.errors import UserError
 from paper_repro.history import CacheRecord
-from paper_repro.model import FEATURES, PREPROCESS
+from paper_repro.model import FEATURES, POOL5, PREPROCESS
 from paper_repro.runs import deferred_interrupt, hold_lock, write_atomic
 
 CACHE_DIR_NAME = "feature-cache"
@@ -93,11 +93,15 @@ def training_views(augment: AugmentConfig, views: int) -> tuple[tuple[int, int, 
 
 
 def features_digest(network: keras.Model) -> str:
-    """sha256 of what the cached values depend on in the model: preprocess + features."""
+    """sha256 of what the cached values depend on in the model: preprocess + features, their
+    weights and where the features end (pool5 and relu5 share their weights)."""
     digest = hashlib.sha256()
-    preprocess = network.get_layer(PREPROCESS)
+    preprocess, features = network.get_layer(PREPROCESS), network.get_layer(FEATURES)
     digest.update(json.dumps(preprocess.get_config(), sort_keys=True, default=str).encode())
-    for weight in [*preprocess.get_weights(), *network.get_layer(FEATURES).get_weights()]:
+    end = features.layers[-1].name
+    if end != POOL5:  # pool5's caches keep the keys they had before relu5 was an end
+        digest.update(end.encode())
+    for weight in [*preprocess.get_weights(), *features.get_weights()]:
         digest.update(np.ascontiguousarray(weight).tobytes())
     return digest.hexdigest()
 

@@ -135,6 +135,9 @@ INITS = ("gaussian", "xavier")  # Caffe's weight fillers (model._filler)
 # network's (the control, drawn by ``init`` with the run's seed), or those of the full training
 # on the target with the run's seed (the oracle). A full run's features stay "pretrained".
 FEATURE_SOURCES = ("pretrained", "random", "oracle")
+# Where a retraining's frozen block ends: at pool5, as in the paper, or one step before, at relu5,
+# whose values keep conv5's spatial layout (3x3x256 at 67 pixels, pool5's layout at 131).
+FEATURE_ENDS = ("pool5", "relu5")
 # The frozen blocks only a retraining has, in words.
 _RETRAIN_ONLY = {"random": "untrained features", "oracle": "the features of a full training"}
 CROPS = (1, 5, 10)  # test views: centre; corners and centre; those and their mirrors
@@ -151,6 +154,7 @@ CHOICES: dict[str, tuple] = {
     "cache_views": CROPS,
     "cache_dtype": CACHE_DTYPES,
     "features": FEATURE_SOURCES,
+    "features_end": FEATURE_ENDS,
 }
 JOIN_TIMEOUT = 300.0  # seconds for every worker of a cluster to start (launchers take minutes)
 MAX_SEED = 2**32 - 1  # numpy.random.seed's limit (keras.utils.set_random_seed)
@@ -202,6 +206,7 @@ class RunConfig:
     target_mean: bool = False
     pretrained: str | None = None  # the experiment it starts from (arms.Arm.source)
     features: str = "pretrained"  # retrain runs: FEATURE_SOURCES
+    features_end: str = "pool5"  # retrain runs: FEATURE_ENDS
     # The control (features=random) at a trained block's scale: its untrained pool5 brought to
     # this root mean square on the first RANDOM_RMS_IMAGES training images (training/network.py).
     # Xavier's untrained pool5 is 13-23, a trained source's 0.7-1.4
@@ -226,6 +231,8 @@ class RunConfig:
             )
         if self.random_rms is not None:
             self._check_random_rms()
+        if self.features_end != "pool5":
+            self._check_features_end()
         if self.target_mean and (self.mode != "retrain" or self.features != "pretrained"):
             raise UserError(
                 "target_mean replaces a pretrained network's mean when retraining on its "
@@ -283,6 +290,18 @@ class RunConfig:
             raise UserError(
                 f"{name} must each be {unit}, in increasing order and named once, got {drops}: "
                 f"--set {name}={fixed or 'VALUES'}"
+            )
+
+    def _check_features_end(self) -> None:
+        if self.mode != "retrain":
+            raise UserError(
+                f"features_end={self.features_end} ends a retraining's frozen block early; this "
+                f"run's mode is {self.mode}, which freezes nothing: drop --set features_end"
+            )
+        if self.keep_fc67 and self.features == "pretrained":
+            raise UserError(
+                f"features_end={self.features_end} gives fc6 another input than the source's "
+                "fc6 was trained on, so fc6 and fc7 cannot be kept: add --set keep_fc67=false"
             )
 
     def _check_random_rms(self) -> None:
@@ -353,6 +372,8 @@ MEANINGS: dict[str, str] = {
     "pretrained": "the experiment whose finished model the run starts from; set by the experiment",
     "features": "a retraining's frozen block: a pretrained network's, an untrained one's (the "
     "control) or the full run's (the oracle); set by the experiment",
+    "features_end": "retraining: the frozen block ends at pool5 or, keeping conv5's spatial "
+    "layout, at relu5",
     "random_rms": "the control's untrained pool5 brought to this root mean square",
     "augment_on": "where the augmentation runs (auto: the GPU if there is one)",
     "precision": "the dtype policy: mixed precision is for a GPU",

@@ -53,6 +53,7 @@ PREPROCESS = "preprocess"
 FEATURES = "features"
 CLASSIFIER = "classifier"
 FC8 = "fc8"
+POOL5 = "pool5"
 DROPOUT_DRAWS_PER_EPOCH = 2**20  # reserved per epoch by ``reseed_dropout``: one per layer and step
 
 # (name, filters, kernel, stride, Caffe's padding, grouped, bias init) as in CaffeNet's
@@ -69,7 +70,7 @@ _FC_SPECS = (("fc6", 4096, 0.005, 1.0), ("fc7", 4096, 0.005, 1.0))
 _CONV_STD = 0.01
 _FC8_STD = 0.01
 _CAFFE_NAMES = (*(spec[0] for spec in _CONV_SPECS), *(spec[0] for spec in _FC_SPECS), FC8)
-_POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": "pool5"}
+_POOL_AFTER = {"conv1": "pool1", "conv2": "pool2", "conv5": POOL5}
 _NORM_AFTER = {"conv1": "norm1", "conv2": "norm2"}
 
 
@@ -285,7 +286,9 @@ def _filler(init: str, std: float, seed: int | None) -> keras.initializers.Initi
     return keras.initializers.RandomNormal(stddev=std, seed=seed)
 
 
-def _features_block(image_size: int, groups: int, init: str, seed: int | None) -> keras.Model:
+def _features_block(
+    image_size: int, groups: int, init: str, seed: int | None, pool5: bool = True
+) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="data")
     x = inputs
     for i, (name, filters, kernel, stride, pad, grouped, bias) in enumerate(_CONV_SPECS):
@@ -300,7 +303,7 @@ def _features_block(image_size: int, groups: int, init: str, seed: int | None) -
             name=name,
         )(x)
         x = keras.layers.ReLU(name=name.replace("conv", "relu"))(x)
-        if name in _POOL_AFTER:
+        if name in _POOL_AFTER and (pool5 or _POOL_AFTER[name] != POOL5):
             x = keras.layers.MaxPooling2D(3, strides=2, name=_POOL_AFTER[name])(x)
         if name in _NORM_AFTER:
             x = LocalResponseNormalization(name=_NORM_AFTER[name])(x)
@@ -341,6 +344,7 @@ def build_alexnet(
     dropout: float = 0.5,
     init: str = "gaussian",
     seed: int | None = None,
+    pool5: bool = True,
     name: str = "alexnet",
 ) -> keras.Model:
     """The Table II network with Caffe's initialisation, taking raw RGB images in 0..255.
@@ -356,11 +360,13 @@ def build_alexnet(
         init: ``gaussian`` (CaffeNet's: std 0.01, 0.005 for fc6/fc7) or ``xavier`` (Caffe's
             xavier filler); biases are CaffeNet's constants either way.
         seed: makes initial weights and dropout masks reproducible.
+        pool5: false ends the features at relu5, so that the classifier reads conv5's spatial
+            layout (3x3x256 at 67 pixels instead of pool5's 1x1x256); the weights are the same.
     """
     _check_build_args(num_classes, image_size, groups)
     if init not in INITS:
         raise UserError(f"init must be one of {', '.join(INITS)}, got {init!r}")
-    features = _features_block(image_size, groups, init, seed)
+    features = _features_block(image_size, groups, init, seed, pool5)
     classifier = _classifier_block(features.output.shape[1:], num_classes, dropout, init, seed)
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = CaffePreprocessing(mean=mean, bgr=bgr, mean_image=mean_image, name=PREPROCESS)(inputs)
@@ -507,6 +513,7 @@ def describe(model: keras.Model) -> dict:
         "bgr": pre.bgr,
         "mean_image": pre.mean_image,
         "dropout": float(layers["drop6"].rate),
+        "pool5": any(layer.name == POOL5 for layer in model.get_layer(FEATURES).layers),
     }
 
 
@@ -519,6 +526,7 @@ def replace_classifier(
     seed: int | None = None,
     dropout: float | None = None,
     mean: Sequence[float] | None = None,
+    pool5: bool | None = None,
 ) -> keras.Model:
     """A new model with ``model``'s preprocessing and features and a classifier for N classes.
 
@@ -529,10 +537,14 @@ def replace_classifier(
     the new classifier's rate (default: the source's); ``mean`` replaces the source's
     preprocessing mean (and its mean image, if any) with a per-channel mean of RGB images, such
     as the target's own (reversed here for a BGR network such as an imported CaffeNet).
+    ``pool5`` false ends the new features at relu5 (``build_alexnet``; default: as the source's);
+    fc6 then reads another layout than the source's, so ``keep_fc67`` must be false.
     """
     geometry = describe(model)
     if dropout is not None:
         geometry["dropout"] = dropout
+    if pool5 is not None:
+        geometry["pool5"] = pool5
     if mean is not None:
         mean = tuple(mean)[::-1] if geometry["bgr"] else tuple(mean)
         geometry.update(mean=mean, mean_image=False)

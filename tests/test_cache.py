@@ -14,7 +14,14 @@ from conftest import TINY
 from paper_repro import cache, data, experiments
 from paper_repro.augment import AugmentConfig, crop_views
 from paper_repro.evaluate import evaluate
-from paper_repro.model import CLASSIFIER, FEATURES, PREPROCESS, build_alexnet, caffe_layers
+from paper_repro.model import (
+    CLASSIFIER,
+    FEATURES,
+    PREPROCESS,
+    build_alexnet,
+    caffe_layers,
+    replace_classifier,
+)
 from paper_repro.training import train
 from paper_repro.training.callbacks import RunRecorder
 
@@ -92,6 +99,17 @@ def test_a_built_cache_is_reused_and_other_weights_get_their_own(tmp_path, netwo
     monkeypatch.undo()
     other = build_alexnet(10, 67, init="xavier", seed=2)
     assert _build(tmp_path, other, _spec(other)).path != first.path
+
+
+def test_features_ending_at_relu5_get_a_cache_of_their_own(tmp_path, network):
+    """Same weights, another end of the block: relu5's 3x3x256 values, not pool5's 1x1x256."""
+    relu5 = replace_classifier(network, 10, keep_fc67=False, pool5=False)
+    pooled, unpooled = _build(tmp_path, network), _build(tmp_path, relu5, _spec(relu5))
+    assert unpooled.path != pooled.path
+    assert unpooled.features.shape[-3:] == (3, 3, 256) and pooled.features.shape[-3:] == (1, 1, 256)
+    np.testing.assert_array_equal(
+        np.max(unpooled.features, axis=(-3, -2), keepdims=True), pooled.features
+    )
 
 
 def test_an_interrupted_build_resumes_to_the_same_cache(tmp_path, network, monkeypatch):

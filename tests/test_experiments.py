@@ -81,6 +81,12 @@ def test_overrides_are_parsed_by_field_type():
         ("crop=300", "crop 300 is larger than resize 76"),
         ("mode=finetune", "mode must be one of pretrain, full, retrain"),
         ("random_rms=1", "random_rms rescales the untrained features .* features are pretrained"),
+        (
+            "features_end=relu5",
+            "features_end=relu5 ends a retraining's frozen block early; .*"
+            "mode is full, which freezes nothing: drop --set features_end",
+        ),
+        ("features_end=conv4", "features_end must be one of pool5, relu5"),
     ],
 )
 def test_bad_overrides_are_refused(override, message):
@@ -134,3 +140,14 @@ def test_every_retraining_has_its_random_features_control():
         resolve("full-mnist", "smoke", ["features=random"])
     with pytest.raises(UserError, match="features must be one of pretrained, random"):
         resolve("retrain-mnist", "smoke", ["features=imagenet"])
+
+
+def test_a_retraining_ending_at_relu5_draws_fc6_and_fc7_anew():
+    """relu5 hands fc6 another input than the source's fc6 was trained on: keeping fc6 and fc7
+    is refused with the setting that fixes it; the control and the oracle draw them anyway."""
+    with pytest.raises(UserError, match=r"cannot be kept: add --set keep_fc67=false$"):
+        resolve("retrain-mnist", "smoke", ["features_end=relu5"])
+    fresh = resolve("retrain-mnist", "smoke", ["features_end=relu5", "keep_fc67=false"])
+    assert fresh.features_end == "relu5" and not fresh.keep_fc67
+    for experiment in ("retrain-random-mnist", "retrain-oracle-mnist"):
+        assert resolve(experiment, "smoke", ["features_end=relu5"]).features_end == "relu5"

@@ -286,3 +286,28 @@ def test_reseed_dropout_relies_on_this_keras_seed_generator_layout():
     np.testing.assert_array_equal(layer(ones, training=True).numpy(), first)
     model_lib.reseed_dropout(model, 3)
     assert not np.array_equal(layer(ones, training=True).numpy(), first)
+
+
+def test_features_can_end_at_relu5_with_the_same_weights_and_conv5s_layout():
+    """The geometry cell: at 67 pixels relu5 keeps 3x3x256 values where pool5 keeps 1x1x256;
+    a retraining on them copies the source's conv1 .. conv5 and draws fc6, fc7 and fc8 anew."""
+    source = build_alexnet(7, QUICK, seed=4)
+    assert model_lib.describe(source)["pool5"]
+    target = replace_classifier(source, 4, seed=5, keep_fc67=False, pool5=False)
+    assert tuple(target.get_layer("features").output.shape[1:]) == (3, 3, 256)
+    assert tuple(source.get_layer("features").output.shape[1:]) == (1, 1, 256)
+    assert not model_lib.describe(target)["pool5"]
+    assert caffe_layers(target)["fc6"].kernel.shape == (3 * 3 * 256, 4096)
+    for name in ("conv1", "conv5"):
+        for a, b in zip(
+            caffe_layers(source)[name].get_weights(),
+            caffe_layers(target)[name].get_weights(),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
+    # Its values are conv5's, unpooled: pooling them gives the source's pool5 exactly.
+    images = np.random.default_rng(0).integers(0, 256, (2, QUICK, QUICK, 3)).astype("uint8")
+    pre = source.get_layer(PREPROCESS)(images)
+    relu5 = target.get_layer("features")(pre).numpy()
+    pool5 = source.get_layer("features")(pre).numpy()
+    np.testing.assert_array_equal(relu5.max(axis=(1, 2), keepdims=True), pool5)

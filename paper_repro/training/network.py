@@ -105,6 +105,7 @@ def initial_model(
             dropout=config.dropout,
             init=config.init,
             seed=seed,
+            pool5=config.features_end == "pool5",
         )
         trainee_lib.for_mode(network, config.mode)
         if config.random_rms is not None:
@@ -127,6 +128,7 @@ def initial_model(
         seed=seed,
         dropout=config.dropout,
         mean=splits.channel_mean if config.target_mean else None,
+        pool5=config.features_end == "pool5",
     )
     return trainee_lib.for_mode(new, config.mode)
 
