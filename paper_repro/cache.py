@@ -148,8 +148,9 @@ class FeatureCache:
         """Every image's first view in order: the centre crop of a test cache built with 1 view."""
         positions = tf.data.Dataset.range(self.num_examples).batch(batch_size)
         return data.finish_pipeline(
-            data.shard_batches(positions, shard).map(
-                lambda rows: self._read(rows, tf.zeros_like(rows))
+            data.read_batches(
+                data.shard_batches(positions, shard),
+                lambda rows: self._read(rows, tf.zeros_like(rows)),
             )
         )
 
@@ -163,7 +164,7 @@ class FeatureCache:
             return self._read(rows, tf.math.floormod(keys, self.num_views))
 
         batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
-        return data.shard_batches(batches, shard).map(read)
+        return data.read_batches(data.shard_batches(batches, shard), read)
 
     def _read(self, rows: tf.Tensor, views: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         def gather(rows: np.ndarray, views: np.ndarray):

@@ -14,7 +14,9 @@ compiled once per machine, TensorFlow version and source, with the flags TensorF
 headers ask for (``tf.sysconfig``), into ``$PAPER_REPRO_CACHE`` (default
 ``~/.cache/paper_repro``). Where it cannot be built or loaded (say, no C++ compiler), the three
 kernels serve, with the same results, and one logged line says why. It runs on the CPU only, and
-not inside XLA, which has no use for it: XLA fuses the three kernels itself.
+not inside XLA, which has no use for it: XLA fuses the three kernels itself. Fewer passes are not
+faster on every CPU: ``update_choice`` measures the two on the machine and the solver takes the
+faster.
 """
 
 from __future__ import annotations
@@ -77,7 +79,14 @@ def kernel():
     return library.paper_repro_caffe_momentum
 
 
+def source_digest() -> str:
+    """What the kernel's speed depends on in this package: its source and compile flags."""
+    text = "\0".join([SOURCE.read_text(), *COMPILE_FLAGS])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def cache_dir() -> Path:
+    """Where the built kernel (and ``update_choice``'s measurements) are kept."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "paper_repro"
     return Path(os.environ.get("PAPER_REPRO_CACHE", default))
 

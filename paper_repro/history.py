@@ -316,6 +316,20 @@ class ClusterRecord:
     devices_per_worker: Count
 
 
+# The kernels that can update a decayed weight, all with the same bits (``CaffeSGD.kernels``).
+UPDATE_KERNELS = ("caffe", "tensorflow", "keras")
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """Which kernel updated the run's decayed weights (``paper_repro.update_choice``), as the
+    last process that trained it chose, and what choosing cost, in seconds summed over its
+    processes: 0 where the choice was read from the machine's cache or forced."""
+
+    kernel: Annotated[str, OneOf(UPDATE_KERNELS)]
+    choice_seconds: Seconds
+
+
 @dataclass(frozen=True)
 class History:
     """A run's whole record. Training extends it with ``dataclasses.replace`` and saves it."""
@@ -344,6 +358,8 @@ class History:
     # finished: whether its training loss had flattened before the first learning-rate drop.
     # None while running, before it was recorded, and where too few epochs precede the drop.
     converged: bool | None = None
+    # The solver's update kernel; None before it was recorded (the package's own, where built).
+    update: UpdateRecord | None = None
 
     @property
     def num_classes(self) -> int | None:

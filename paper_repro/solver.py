@@ -12,7 +12,8 @@ and the bias learning-rate multiplier are added here, in ``update_step``, the on
 leaves for a per-variable update rule. The decay is in the optimizer rather than in kernel
 regularizers so that exported models carry no training-only terms and the reported loss is the
 data loss, as Caffe reports it. On the CPU a weight's decay and momentum step run as one kernel
-of the package's own (``fused_update``), bit for bit the element-wise update (``_kernel``).
+of the package's own (``fused_update``) or as TensorFlow's, whichever is faster on the machine
+(``update_choice`` measures it), bit for bit the element-wise update either way (``_kernel``).
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ class CaffeSGD(keras.optimizers.SGD):
         super().__init__(learning_rate=learning_rate, momentum=momentum, name=name, **kwargs)
         self.coupled_weight_decay = float(coupled_weight_decay)
         self.bias_lr_mult = float(bias_lr_mult)
+        # The kernel that updates decayed weights where more than one can (``kernels``): the
+        # machine's, not the model's, so it is set per process (``update_choice.choose``) and
+        # never saved with the optimizer. Until then, the package's own.
+        self.update_kernel = "caffe"
 
     def build(self, variables):
         super().build(variables)
@@ -91,8 +96,8 @@ class CaffeSGD(keras.optimizers.SGD):
         else:
             self._fused_momentum_step(gradient, variable, learning_rate)
 
-    def _kernel(self, variable) -> str:
-        """Which kernels update ``variable``, all with the same bits (tests/test_solver.py):
+    def kernels(self, variable) -> tuple[str, ...]:
+        """The kernels that can update ``variable``, all with the same bits (tests/test_solver.py):
 
         - ``"caffe"``: this package's kernel, decay and momentum in one pass
           (``fused_update``), for a float32 variable on the CPU outside XLA;
@@ -107,8 +112,14 @@ class CaffeSGD(keras.optimizers.SGD):
             and not self.nesterov
             and not tf.distribute.has_strategy()
         ):
-            return "keras"
-        return "caffe" if fused_update.usable(variable) else "tensorflow"
+            return ("keras",)
+        return ("caffe", "tensorflow") if fused_update.usable(variable) else ("tensorflow",)
+
+    def _kernel(self, variable) -> str:
+        """The kernel that updates ``variable``: ``update_kernel`` where it can, else the one
+        that can (inside XLA, say, the package's kernel cannot)."""
+        kernels = self.kernels(variable)
+        return self.update_kernel if self.update_kernel in kernels else kernels[0]
 
     def _all_reduce_sum_gradients(self, grads_and_vars):
         """The gradients summed over replicas: with one replica (no tf.distribute strategy), the

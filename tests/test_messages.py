@@ -59,6 +59,7 @@ REACHED_BY = {
     "seeds.py": ("reproduce", "study"),
     "solver.py": RUN_COMMANDS,
     "fused_update.py": RUN_COMMANDS,
+    "update_choice.py": RUN_COMMANDS,
     "feature_activity.py": ("feature-activity",),
     "probe.py": ("probe",),
     "run_features.py": ("feature-activity", "probe"),

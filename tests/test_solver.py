@@ -210,6 +210,26 @@ def test_the_caffe_kernel_serves_float32_variables_on_the_cpu_outside_xla():
     assert seen == {"eager": True, "graph": True, "xla": False, "bfloat16": False}
 
 
+def test_the_chosen_kernel_updates_where_it_can_and_the_other_where_it_cannot():
+    """``update_kernel`` (``update_choice``'s choice) picks between the kernels with the same
+    bits; inside XLA, where the package's cannot run, TensorFlow's serves whatever the choice."""
+    _fused_kernel_or_skip()
+    weight = tf.Variable(tf.zeros((3, 2)))
+    optimizer = CaffeSGD(0.01)
+    assert optimizer.kernels(weight) == ("caffe", "tensorflow")
+    seen = {}
+
+    def probe(name):
+        seen[name] = optimizer._kernel(weight)
+
+    for choice in ("caffe", "tensorflow"):
+        optimizer.update_kernel = choice
+        probe(f"{choice}, eager")
+        tf.function(lambda c=choice: probe(f"{c}, xla"), jit_compile=True)()
+    assert seen == {"caffe, eager": "caffe", "caffe, xla": "tensorflow",
+                    "tensorflow, eager": "tensorflow", "tensorflow, xla": "tensorflow"}  # fmt: skip
+
+
 def test_under_xla_the_update_takes_tensorflows_kernels_and_is_the_same_to_rounding(monkeypatch):
     """XLA has no kernel of this package's: a step compiled with XLA takes TensorFlow's
     (forced, the package's kernel fails to compile there), and XLA's fusions leave the same

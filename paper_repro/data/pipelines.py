@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -212,10 +214,10 @@ def _epoch_batches(dataset: tf.data.Dataset, batch_size: int, seed: int, in_memo
         arrays = {k: tf.constant(v) for k, v in _materialise(dataset, count).items()}
 
         def in_memory(epoch: int) -> tf.data.Dataset:
-            return (
-                tf.data.Dataset.from_tensor_slices(epoch_order(count, seed, epoch))
-                .batch(batch_size)
-                .map(lambda idx: {k: tf.gather(v, idx) for k, v in arrays.items()})
+            positions = tf.data.Dataset.from_tensor_slices(epoch_order(count, seed, epoch))
+            return read_batches(
+                positions.batch(batch_size),
+                lambda idx: {k: tf.gather(v, idx) for k, v in arrays.items()},
             )
 
         return in_memory
@@ -248,16 +250,31 @@ def _materialise(dataset: tf.data.Dataset, count: int) -> dict[str, np.ndarray]:
     return out
 
 
+def read_batches(batches: tf.data.Dataset, read: Callable[..., Any]) -> tf.data.Dataset:
+    """``read`` of every element of ``batches`` (a batch's positions: its images gathered from
+    memory, its features from a memory-mapped cache), several at once and in order.
+
+    How many reads run at once is tf.data's to tune (AUTOTUNE) from the times it measures, on
+    whatever CPU this is: enough to keep the step fed, without taking the cores the step
+    computes on; in order whatever the pipeline's options."""
+    return batches.map(read, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
 def prefetch_to(dataset: tf.data.Dataset, device: str | None) -> tf.data.Dataset:
-    """The next batches copied to ``device`` (a GPU) while the current step runs; unchanged
-    for ``None``. tf.data requires this to be the pipeline's last transformation."""
+    """The next batches copied to ``device`` (a GPU) while the current step runs, as many as
+    tf.data finds it needs; unchanged for ``None``. tf.data requires this to be the pipeline's
+    last transformation."""
     if device is None:
         return dataset
-    return dataset.apply(tf.data.experimental.prefetch_to_device(device, buffer_size=2))
+    return dataset.apply(tf.data.experimental.prefetch_to_device(device))
 
 
 def finish_pipeline(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Deterministic order and prefetching: the end of every pipeline that feeds a model."""
+    """Deterministic order and prefetching: the end of every pipeline that feeds a model.
+
+    While the step trains on one batch the next ones are made (``tests/test_pipelines_feed.py``);
+    how many are kept ready is tuned by tf.data (AUTOTUNE) from the producer's and the
+    consumer's measured times, so no batch count is tuned to one CPU."""
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

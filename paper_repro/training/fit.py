@@ -15,7 +15,7 @@ import math
 import keras
 import tensorflow as tf
 
-from paper_repro import cache, data, provenance
+from paper_repro import cache, data, provenance, update_choice
 from paper_repro import cluster as cluster_lib
 from paper_repro import model as model_lib
 from paper_repro import trainee as trainee_lib
@@ -69,6 +69,10 @@ def fit(run: Run) -> History:
             )
             start_epoch = 0
             history = _new_history(run)
+        # Inside the scope: under a tf.distribute strategy Keras' own update serves.
+        update = update_choice.choose(
+            trainee.optimizer, trainee.trainable_variables, config.batch_size
+        )
     _check_same_start(run.cluster, start_epoch)
     if config.cache_features:
         _check_same_caches(run, history, feeds.record)
@@ -80,6 +84,7 @@ def fit(run: Run) -> History:
         history = dataclasses.replace(history, class_names=splits.train_info.class_names)
     if history.cluster != run.cluster.record():
         history = dataclasses.replace(history, cluster=run.cluster.record())
+    history = dataclasses.replace(history, update=update_choice.record(update, history.update))
     save_history(history, paths.history)
 
     recorder = RunRecorder(paths, history, run.timer, config.max_iterations)
