@@ -64,6 +64,8 @@ def choose(optimizer: CaffeSGD, variables: Sequence[keras.Variable], batch: int)
     setting = os.environ.get(ENV) or "auto"
     if setting not in SETTINGS:
         raise UserError(f"{ENV} must be one of {', '.join(SETTINGS)}, got {setting!r}")
+    # Under mixed precision Keras wraps the solver to scale the loss; the solver updates.
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     decayed = decayed_weights(variables)
     shapes = tuple(tuple(int(n) for n in v.shape) for v in decayed)
     kernels = optimizer.kernels(decayed[0].value) if decayed else ("tensorflow",)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from paper_repro import data
@@ -17,6 +18,14 @@ from paper_repro.cache import FeatureCache
 from paper_repro.data.pipelines import read_batches
 
 PATIENCE_S = 30.0  # a bound, not a timing: the wait ends as soon as the batch is made
+
+
+@pytest.fixture
+def determinism():
+    """TensorFlow's op determinism, which every run turns on (``training/run.py``): it changes
+    how tf.data runs Python functions, so the pipelines are tested under it. It stays on in the
+    process, as it does after any run."""
+    tf.config.experimental.enable_op_determinism()
 
 
 def _eventually(condition) -> bool:
@@ -51,7 +60,7 @@ def _cache(features) -> FeatureCache:
     return FeatureCache(Path("cache"), features, labels, np.arange(count), 0.0, True)
 
 
-def test_a_finished_pipeline_makes_the_next_batch_while_the_consumer_holds_one():
+def test_a_finished_pipeline_makes_the_next_batch_while_the_consumer_holds_one(determinism):
     made = []
 
     def slow(i: np.int64) -> np.int64:
@@ -59,14 +68,18 @@ def test_a_finished_pipeline_makes_the_next_batch_while_the_consumer_holds_one()
         made.append(int(i))
         return i
 
-    source = tf.data.Dataset.range(8).map(lambda i: tf.numpy_function(slow, [i], tf.int64))
+    # Stateless, as a real source's ops are: under op determinism, which every run turns on,
+    # tf.data runs a stateful Python function one call at a time.
+    source = tf.data.Dataset.range(8).map(
+        lambda i: tf.numpy_function(slow, [i], tf.int64, stateful=False)
+    )
     batches = iter(data.finish_pipeline(source))
     for k in range(4):
         assert int(next(batches)) == k
         assert _eventually(lambda k=k: len(made) >= k + 2), f"batch {k + 1} not made ahead"
 
 
-def test_the_feature_cache_reads_the_next_batch_while_the_step_holds_one():
+def test_the_feature_cache_reads_the_next_batch_while_the_step_holds_one(determinism):
     rng = np.random.default_rng(0)
     features = rng.random((24, 2, 3), np.float32)
     rows = CountingRows(features)
@@ -82,7 +95,7 @@ def test_the_feature_cache_reads_the_next_batch_while_the_step_holds_one():
         np.testing.assert_array_equal(got_labels.numpy(), want_labels.numpy())
 
 
-def test_batches_are_read_side_by_side_and_handed_on_in_order():
+def test_batches_are_read_side_by_side_and_handed_on_in_order(determinism):
     """The first read waits until a second has started: a pipeline reading one batch at a time
     would never start it, and the read would say so."""
     started = [threading.Event() for _ in range(6)]
@@ -94,5 +107,8 @@ def test_batches_are_read_side_by_side_and_handed_on_in_order():
         return k
 
     positions = tf.data.Dataset.range(6)
-    batches = read_batches(positions, lambda k: tf.numpy_function(read, [k], tf.int64))
+    # Stateless, as the feature cache's read is (see above).
+    batches = read_batches(
+        positions, lambda k: tf.numpy_function(read, [k], tf.int64, stateful=False)
+    )
     assert [int(k) for k in data.finish_pipeline(batches)] == list(range(6))

@@ -214,3 +214,12 @@ def test_a_run_records_its_kernel_and_either_kernel_trains_the_same_run(
     caffe, tensorflow = numbers(histories["caffe"]), numbers(histories["tensorflow"])
     assert caffe[0] == tensorflow[0]
     assert (caffe[1].top1, caffe[1].top5) == (tensorflow[1].top1, tensorflow[1].top5)
+
+
+def test_under_mixed_precision_the_wrapped_solver_takes_the_choice(choice_dir, measured):
+    """Keras wraps the solver in a LossScaleOptimizer to scale the loss; the solver inside
+    updates, so the choice is its own."""
+    solver = CaffeSGD(0.01)
+    wrapped = keras.optimizers.LossScaleOptimizer(solver)
+    choice = update_choice.choose(wrapped, _model().trainable_variables, BATCH)
+    assert choice.kernel == "tensorflow" == solver.update_kernel and len(measured) == 1
