@@ -33,7 +33,8 @@ def tfds_source(name: str, split: str, data_dir: str | None, download: bool) -> 
         if not download:
             raise UserError(_not_prepared_message(builder, data_dir))
         _prepare(builder, data_dir)
-    raw = _encoded(builder, name, split, image_key, label_key)
+    key = _split_files(builder, split)  # the files this split is read from, once
+    raw = _encoded(builder, name, split, key, image_key, label_key)
     feature = builder.info.features[image_key]
 
     def decode(example: dict) -> dict:
@@ -50,7 +51,7 @@ def tfds_source(name: str, split: str, data_dir: str | None, download: bool) -> 
         image_shape=(height, width, 3) if height and width else None,
         content=f"tfds {builder.info.full_name} {split}",
     )
-    labels = functools.partial(_labels, raw, _split_files(builder, split))
+    labels = functools.partial(_labels, raw, key)
     return Source(raw, decode, info, labels)
 
 
@@ -167,12 +168,16 @@ _LABELS: dict[tuple, np.ndarray] = {}
 
 
 def _encoded(
-    builder: tfds.core.DatasetBuilder, name: str, split: str, image_key: str, label_key: str
+    builder: tfds.core.DatasetBuilder,
+    name: str,
+    split: str,
+    key: tuple | None,
+    image_key: str,
+    label_key: str,
 ) -> tf.data.Dataset:
     """The split's examples, images encoded: our own map decodes them after selection, a label
     pass decodes nothing, and labels come from the very records the pixels do (also under
-    tfds' mocks)."""
-    key = _split_files(builder, split)
+    tfds' mocks). ``key``: ``_split_files``', None to keep nothing."""
     if key in _ENCODED:
         return _ENCODED[key]
     try:
