@@ -19,7 +19,7 @@ whose ratios are goals are timed alternately (``timing.measure_alternating``), m
    against the same step on a fixed batch.
 3. 10-crop evaluation: source images/s of ``evaluate.evaluate`` (10 views per image).
 
-Goals (issues 7 and 17), on the 2-core CPU: cached step >= 8x full (an epoch is the same number
+Goals, on the 2-core CPU: cached step >= 8x full (an epoch is the same number
 of steps, so a cached epoch costs <= 1/8 of a full one); frozen >= 2.2x full; full >= 1.3x
 PyTorch; the full and the cached step >= 60 % of the matmul FLOP rate; pipelines >= 20x
 (augmentation) and >= 5x (cache) the step they feed, and the fed step within 5 % of the

@@ -1,4 +1,4 @@
-"""GPU check of the device-side augmentation (issue 3): op placement, pixels, step rates.
+"""GPU check of the device-side augmentation: op placement, pixels, step rates.
 
     python -m benchmarks.gpu_data_check [--sizes 256/227,76/67] [--batch 80] [--steps 40]
                                         [--json out.json]

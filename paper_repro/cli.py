@@ -277,7 +277,7 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     shared = shared_run_options(
         which="every run (for a quick try: the table then mixes settings)",
         runs_dir="runs/study",
-        runs_dir_help="runs go to RUNS_DIR/CELL",
+        runs_dir_help="runs go to RUNS_DIR/CELL, feature caches to RUNS_DIR/feature-cache",
     )
     p = tensorflow_command(
         sub,
@@ -298,7 +298,9 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         default="figures/study",
         help="histories, table.md and gap.png (default: figures/study)",
     )
-    p.set_defaults(handler=_study, check=_check_study)
+    p.set_defaults(
+        handler=_study, check=_check_study, uses_tensorflow=lambda args: bool(args.cells)
+    )
 
 
 def _check_study(args: argparse.Namespace) -> None:
@@ -307,8 +309,10 @@ def _check_study(args: argparse.Namespace) -> None:
 
     _seeds(None, args.seeds)
     for name in args.cells:
-        for experiment, overrides in study.cell(name).runs.items():
+        for experiment in study.cell(name).runs:
+            overrides = study.settings(name, experiment)
             experiments.resolve(experiment, study.PRESET, [*overrides, *args.overrides])
+    study.check_rule_a(args.cells, os.path.join(args.out, study.HISTORIES))
 
 
 def _study(args: argparse.Namespace) -> None:
@@ -549,7 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if hasattr(args, "check"):  # settings and seeds first: a mistake costs no import
                 args.check(args)
-            if hasattr(args, "verbose"):  # a ``tensorflow_command``
+            if hasattr(args, "verbose") and args.uses_tensorflow(args):  # a ``tensorflow_command``
                 import_tensorflow(args.verbose)
             args.handler(args)
             sys.stdout.flush()  # a pipe's buffer: its reader may have left before it was written

@@ -88,8 +88,11 @@ def tensorflow_command(
     epilog: str | None = None,
 ) -> argparse.ArgumentParser:
     """A subcommand that runs TensorFlow: it takes ``--quiet`` and ``--verbose`` (``main``
-    imports TensorFlow for it, quietly unless ``--verbose``)."""
-    return sub.add_parser(name, parents=[log_options(), *parents], help=about, epilog=epilog)
+    imports TensorFlow for it, quietly unless ``--verbose``, when its ``uses_tensorflow(args)``
+    says so: by default always; ``study`` with no cells only writes tables)."""
+    parser = sub.add_parser(name, parents=[log_options(), *parents], help=about, epilog=epilog)
+    parser.set_defaults(uses_tensorflow=lambda args: True)
+    return parser
 
 
 def settings_epilog() -> str:

@@ -64,7 +64,7 @@ MULTI_CROPS = (5, 10)
 # export; 2-core x86_64 CPU, TensorFlow 2.21, each repeated with the same result): 2.5e-5 for a
 # smoke run's model (`paper-repro export RUN --format saved_model`), 4.9e-5 for the export
 # tests' He-scaled 67-pixel network, 3e-8 for a fresh 227-pixel CaffeNet (near-uniform outputs);
-# issue 15 measured 4e-5 to 8e-5 for the mini runs' models.
+# the mini runs' models measured 4e-5 to 8e-5.
 TOLERANCE = 1e-4
 _VERIFY_IMAGES = 3
 
@@ -212,7 +212,11 @@ def _exporting(out: Path) -> Iterator[None]:
 
 def _remove_stale_temporaries(out: Path) -> None:
     """Remove ``out``'s temporaries, named as ``runs.replace_atomic`` names them
-    (``.STEM.16-HEX.partial.SUFFIX``), saying so: no other target's, no other file."""
+    (``.STEM.16-HEX.partial.SUFFIX``), saying so: no other target's, no other file. First the
+    previous export of ``out``, where one killed mid-replacement left it aside, is put back
+    (``runs.restore_previous``): an export that did not finish leaves the previous one in place."""
+    for line in runs.restore_previous(out):
+        print(line, file=sys.stderr)
     for path in sorted(out.parent.iterdir()):
         if runs.is_temporary_of(path, out):
             if path.is_dir() and not path.is_symlink():

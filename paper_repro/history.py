@@ -286,6 +286,21 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class ResumeRecord:
+    """A process that resumed the run after ``after_epoch`` epochs: what produced the epochs
+    from there (code, libraries, machine, start time), since ``Provenance`` says only what
+    started the run, and a run may be resumed by other code or on another machine."""
+
+    after_epoch: int
+    package_version: str
+    versions: dict[str, str]
+    git_commit: str | None
+    device: str
+    host: str
+    started: Timestamp
+
+
+@dataclass(frozen=True)
 class CacheRecord:
     """The feature caches a ``--cache-features`` run trained from (directory names) and their
     build time, counted also when a run reuses them: it is part of that mode's time to accuracy."""
@@ -294,6 +309,17 @@ class CacheRecord:
     test: str
     build_seconds: Seconds
     reused: bool
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """What the run's splits held when it started (``data.SplitInfo.content``): a tfds dataset's
+    name, version and split, or a hash of an image folder's classes, paths and bytes. The images
+    behind a folder's path can change; a run is resumed, or skipped as finished, only on the
+    images it trained on."""
+
+    train: str
+    test: str
 
 
 # Where a run's wall time went besides its training steps (``EpochRecord.wall_seconds``) and its
@@ -360,6 +386,10 @@ class History:
     converged: bool | None = None
     # The solver's update kernel; None before it was recorded (the package's own, where built).
     update: UpdateRecord | None = None
+    # The images of its splits; None before it was recorded.
+    data: DataRecord | None = None
+    # Each process that resumed it, in order; None while no process has.
+    resumes: tuple[ResumeRecord, ...] | None = None
 
     @property
     def num_classes(self) -> int | None:

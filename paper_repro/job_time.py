@@ -1,4 +1,4 @@
-"""Where a job's wall time goes: the time-by-phase table of a preset's runs (issue 17).
+"""Where a job's wall time goes: the time-by-phase table of a preset's runs.
 
 Every run records its training steps per epoch, its final multi-crop evaluation and, since the
 phase record (``history.PHASES``), the rest: data, model, feature cache, the test after every

@@ -20,7 +20,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from paper_repro import __version__
-from paper_repro.history import Provenance, Weights
+from paper_repro.history import Provenance, ResumeRecord, Weights
 
 VERSIONED = ("tensorflow", "tensorflow-cpu", "keras", "tensorflow-datasets", "numpy")
 
@@ -35,15 +35,23 @@ def record(weights_path: Path | None) -> Provenance:
     weights = None
     if weights_path is not None:
         weights = Weights(str(weights_path), sha256(weights_path))
-    return Provenance(
-        package_version=__version__,
-        versions=versions(),
-        git_commit=git_commit(),
-        weights=weights,
-        device=device(),
-        host=socket.gethostname(),
-        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
+    return Provenance(weights=weights, **_this_process())
+
+
+def resume(after_epoch: int) -> ResumeRecord:
+    """What resumes a run after ``after_epoch`` epochs: this process's code, machine and time."""
+    return ResumeRecord(after_epoch=after_epoch, **_this_process())
+
+
+def _this_process() -> dict:
+    return {
+        "package_version": __version__,
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "device": device(),
+        "host": socket.gethostname(),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def versions() -> dict[str, str]:

@@ -153,32 +153,48 @@ def reproduce_study(
     """The transfer study's cells (``study.CELLS``), each for every seed, then its table and
     figure (``study_figure.regenerate_study``).
 
-    Runs go to ``RUNS_DIR/CELL``, histories are kept under ``OUT/histories/CELL``, and
+    Runs go to ``RUNS_DIR/CELL`` and their feature caches to ``RUNS_DIR/feature-cache``, shared
+    by the cells (a cache is keyed by what it holds: the grid's rates retrain on the same features),
+    histories are kept under ``OUT/histories/CELL``, and
     ``OUT/table.md`` (and ``OUT/gap.png``) are regenerated from every cell's kept histories. A
     seed's runs all finish before the next seed starts, so an interrupted study leaves whole
     seeds behind; rerunning resumes it. ``overrides`` apply to every run after the
     cell's own (for trying the pipeline at a tiny size; such runs do not belong in the table).
     """
     seeds, extra = check_seeds(seeds), list(overrides)
+    kept_root = Path(out) / study.HISTORIES
+    study.check_rule_a(cells, kept_root)
     for name in cells:
         _check_sources(name, cells, seeds, runs_dir)
     for name in cells:
+        # Read when the cell starts: the grid's cells may have run before it in this command.
+        choices = study.rule_a_from(kept_root) if study.uses_rule_a(name) else None
         runs = [(experiment, seed) for seed in seeds for experiment in study.run_order(name)]
         for number, (experiment, seed) in enumerate(runs, 1):
             if verbose:
                 print(f"[{name} {number}/{len(runs)}] {experiment} (seed {seed})", flush=True)
-            overrides = [*study.cell(name).runs[experiment], *extra]
+            overrides = [*study.settings(name, experiment, choices), *extra]
             config = experiments.resolve(experiment, study.PRESET, overrides)
-            kept, cell_runs = Path(out) / study.HISTORIES / name, Path(runs_dir) / name
+            kept, cell_runs = kept_root / name, Path(runs_dir) / name
             if not force and _kept_and_finished(kept, name, cell_runs, experiment, config, seed):
                 if verbose:
                     print(f"{kept}: {experiment} (seed {seed}) already finished", flush=True)
+                continue
+            same = None if force else _same_run_kept(kept_root, name, experiment, config, seed)
+            if same is not None:
+                write_atomic(kept / same.name, same.read_bytes())
+                if verbose:
+                    print(
+                        f"{kept}: {experiment} (seed {seed}) is the run kept in {same.parent} "
+                        "(same settings, seed and start): its history kept here too",
+                        flush=True,
+                    )
                 continue
             source = config.pretrained and _study_source(runs_dir, name, config.pretrained, seed)
             _train_and_keep(
                 experiment, study.PRESET, seed, kept, overrides,
                 weights=str(source) if source else None,
-                cached=config.mode == "retrain", runs_dir=cell_runs,
+                cached=config.mode == "retrain", runs_dir=cell_runs, cache_root=runs_dir,
                 data_dir=data_dir, force=force, download=download, verbose=verbose,
             )  # fmt: skip
     return regenerate_study(out)
@@ -194,15 +210,41 @@ def _kept_and_finished(
     the full runs an oracle reads: ``study.is_source``) is, when its model file is missing (same
     seed, same bits: its history comes out the same but for the wall times).
     """
-    cached = config.mode == "retrain"
-    run = run_directory(runs_dir, study.PRESET, experiment, seed, cached)
-    history = kept / f"{run.name}{HISTORY_SUFFIX}"
+    run = run_directory(runs_dir, study.PRESET, experiment, seed, config.mode == "retrain")
     needed = study.is_source(cell, experiment) and not RunPaths(run).model.is_file()
-    if not history.is_file() or needed:
+    return not needed and _finished_as(kept / f"{run.name}{HISTORY_SUFFIX}", config, seed)
+
+
+def _finished_as(history: Path, config: RunConfig, seed: int) -> bool:
+    """Whether ``history`` is a finished run's with these settings and seed."""
+    if not history.is_file():
         return False
     previous = load_history(history)
-    settings = dataclasses.replace(config, cache_features=cached)
+    settings = dataclasses.replace(config, cache_features=config.mode == "retrain")
     return previous.status == "finished" and settings_changed(previous, settings, seed) is None
+
+
+def _same_run_kept(
+    kept_root: Path, cell: str, experiment: str, config: RunConfig, seed: int
+) -> Path | None:
+    """The kept history of this very run in another cell, if any: the same experiment, settings
+    and seed, starting from the same cell's model (its source, or the full run its oracle reads),
+    so the same bits (runs are deterministic). ``frozen-chosen``'s seeds 0-2 are the grid's runs
+    at the chosen rate: kept, not trained twice. A run other runs start from is trained, since
+    its model is needed, and so is one with no such twin."""
+    if study.is_source(cell, experiment):
+        return None
+    start = config.pretrained and study.source_cell(cell, config.pretrained)
+    name = run_directory(Path(), study.PRESET, experiment, seed, config.mode == "retrain").name
+    for other in study.CELLS:
+        if other == cell or experiment not in study.cell(other).runs:
+            continue
+        if config.pretrained and study.source_cell(other, config.pretrained) != start:
+            continue
+        history = kept_root / other / f"{name}{HISTORY_SUFFIX}"
+        if _finished_as(history, config, seed):
+            return history
+    return None
 
 
 def _study_source(runs_dir: str | os.PathLike, cell: str, source: str, seed: int) -> Path:

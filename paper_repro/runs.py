@@ -202,9 +202,11 @@ def hold_lock(path: Path, busy: Callable[[str], None]) -> Iterator[None]:
     written in it.
 
     When another process holds it, ``busy(holder)`` is called with what the holder wrote ("pid
-    123 on host"): it raises to give up, or returns to wait for the lock. ``flock`` is released
-    by the OS when its process ends, even by SIGKILL, so a lock file left behind never blocks
-    anyone; that is why the file is only a place to hold the lock, never deleted. Without
+    123 on host"): it raises to give up, or returns once the lock looks free, and the lock is
+    tried again, without waiting: a third process may have taken it in between, and ``busy``
+    then hears of that one (a blocking wait would never end while it is stopped). ``flock`` is
+    released by the OS when its process ends, even by SIGKILL, so a lock file left behind never
+    blocks anyone; that is why the file is only a place to hold the lock, never deleted. Without
     ``fcntl`` (Windows) the block runs unlocked.
     """
     if fcntl is None:
@@ -212,12 +214,13 @@ def hold_lock(path: Path, busy: Callable[[str], None]) -> Iterator[None]:
         return
     # "a+", not "w": opening must not erase the holder's pid before the lock is ours.
     with open(path, "a+") as file:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            busy(file.read().strip() or "another run")
-            fcntl.flock(file, fcntl.LOCK_EX)
+        while True:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                file.seek(0)
+                busy(file.read().strip() or "another run")
         file.truncate(0)
         file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         file.flush()
@@ -313,19 +316,28 @@ def replace_atomic(path: str | os.PathLike[str], write: Callable[[Path], _Writte
     Anything ``write`` raises leaves the target as it was and no temporary; an ``OSError`` (a
     full disk, a read-only directory) becomes one ``UserError`` line saying so.
     The new files are fsynced before the rename, and the directory after it, so the rename cannot
-    reach the disk before the data. A directory target (a SavedModel) is removed just before the
-    rename: directories cannot be replaced atomically.
+    reach the disk before the data.
+
+    A directory (a SavedModel) cannot be replaced atomically, so the old one is renamed aside
+    (``.STEM.HEX.previous.SUFFIX``) just before the new one is renamed in, and removed only
+    after: a failure between the two renames puts it back, and a process killed between them
+    leaves it aside whole, for ``restore_previous`` to put back, instead of half removed.
     """
     target = Path(path)
-    temporary = target.with_name(f".{target.stem}.{secrets.token_hex(8)}.partial{target.suffix}")
+    token = secrets.token_hex(8)
+    temporary, aside = _sibling(target, token, PARTIAL), None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         written = write(temporary)
         _fsync_tree(temporary)
         if target.is_dir():
-            shutil.rmtree(target)
+            aside = _sibling(target, token, PREVIOUS)
+            os.rename(target, aside)
         os.replace(temporary, target)
     except BaseException as error:
+        with contextlib.suppress(OSError):
+            if aside is not None and not target.exists():
+                os.rename(aside, target)
         with contextlib.suppress(OSError):
             _remove(temporary)
         if isinstance(error, OSError):
@@ -336,14 +348,42 @@ def replace_atomic(path: str | os.PathLike[str], write: Callable[[Path], _Writte
             ) from error
         raise
     _fsync_directory(target.parent)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)  # what is left is removed by restore_previous
     return written
 
 
-def is_temporary_of(path: Path, target: Path) -> bool:
-    """Whether ``path`` is one of ``replace_atomic``'s temporaries for ``target``
-    (``.STEM.16-HEX.partial.SUFFIX`` beside it): no other target's, no other file."""
-    name = re.escape(f".{target.stem}.") + "[0-9a-f]{16}" + re.escape(f".partial{target.suffix}")
+PARTIAL, PREVIOUS = "partial", "previous"  # replace_atomic's new version, and the old one aside
+
+
+def _sibling(target: Path, token: str, kind: str) -> Path:
+    return target.with_name(f".{target.stem}.{token}.{kind}{target.suffix}")
+
+
+def is_temporary_of(path: Path, target: Path, kind: str = PARTIAL) -> bool:
+    """Whether ``path`` is one of ``replace_atomic``'s siblings of ``kind`` for ``target``
+    (``.STEM.16-HEX.KIND.SUFFIX`` beside it): no other target's, no other file."""
+    name = re.escape(f".{target.stem}.") + "[0-9a-f]{16}" + re.escape(f".{kind}{target.suffix}")
     return path.parent == target.parent and re.fullmatch(name, path.name) is not None
+
+
+def restore_previous(target: Path) -> list[str]:
+    """Put back the old version of a directory ``target`` that ``replace_atomic`` had renamed
+    aside when its process was killed before the new one was renamed in; remove old versions
+    the new one had already replaced. Returns a line per change. Only for a caller that knows no
+    other process replaces ``target`` now (it holds the folder's lock)."""
+    said = []
+    for path in sorted(target.parent.iterdir()) if target.parent.is_dir() else []:
+        if not is_temporary_of(path, target, PREVIOUS):
+            continue
+        if target.exists():
+            _remove(path)
+        else:
+            os.rename(path, target)
+            said.append(
+                f"restored {target} from {path.name}, where an interrupted replacement left it"
+            )
+    return said
 
 
 def lock_holder(lock: Path) -> str | None:

@@ -7,6 +7,7 @@ Commands (each resumable: finished runs are skipped, interrupted ones resumed)::
     paper-repro study baseline --seeds 0,1,2       # the first mini on validation splits
     paper-repro study fresh-fc67 --seeds 0,1,2     # one knob changed; needs baseline's sources
     paper-repro study full-30-epochs frozen-30-lr-0.003 --seeds 0,1,2   # rule A's grid
+    paper-repro study frozen-chosen relu5 --seeds 0,1,2,3,4   # at rule A's choice, once made
     paper-repro study                              # only figures/study/table.md again
 
 Expected: a table of validation accuracies (never test: figures/study/PLAN.md, the plan and
@@ -64,6 +65,9 @@ class Cell:
     knob: str  # what changes, in words, for the table
     runs: Mapping[str, tuple[str, ...]]
     base: str = BASELINE
+    # The cell whose sources its retraining starts from, where not its base's (rule C's cell
+    # that retrains MNIST digits 5-9 from the MNIST source of another cell).
+    sources_from: str | None = None
 
 
 _RETRAIN = (arms.RETRAIN,)
@@ -75,6 +79,23 @@ _FROZEN = (arms.RETRAIN, arms.CONTROL, arms.ORACLE)
 RULE_A_RATES = ("0.001", "0.003", "0.01", "0.03")
 _30_EPOCHS = ("epochs=30", "drop_epochs=20")  # the paper's schedule, in epochs
 FULL_30_EPOCHS = "full-30-epochs"
+# In a cell's overrides: the frozen run's learning rate and epochs as rule A chose them for its
+# arm and target (``recipe``), once the grid has decided; every rate and seed of the grid first.
+RULE_A = "rule-a"
+FROZEN_CHOSEN = "frozen-chosen"
+_FROZEN_RECIPE = ("dropout=0", RULE_A)  # the new mini's recipe at rule A's rate and epochs
+_MNIST_5_9 = ("classes=5,6,7,8,9",)
+# Rule C's near source: MNIST digits 0-4, all of them in the study's training images, unmirrored
+# and tested on 5 crops as MNIST targets are; otherwise the study source's recipe.
+_MNIST_SOURCE = (
+    "dataset=mnist", "classes=0,1,2,3,4", "train_split=train[:50000]",
+    "test_split=train[50000:]", "mirror=false", "test_crops=5",
+)  # fmt: skip
+
+
+def grid_cell(rate: str) -> str:
+    """The grid's cell of one rate (A.1)."""
+    return f"frozen-30-lr-{rate}"
 
 
 def _arms(chosen: Sequence[arms.Arm], overrides: Iterable[str] = ()) -> dict[str, tuple[str, ...]]:
@@ -127,13 +148,46 @@ CELLS: dict[str, Cell] = {
     # mini's recipe (dropout 0, cached), the sources the baseline's.
     FULL_30_EPOCHS: Cell("full training 30 epochs, drop after 20", _arms((arms.FULL,), _30_EPOCHS)),
     **{
-        f"frozen-30-lr-{rate}": Cell(
+        grid_cell(rate): Cell(
             f"frozen arms at lr {rate}, 30 epochs, drop after 20, dropout 0",
             _arms(_FROZEN, ["dropout=0", *_30_EPOCHS, f"base_lr={rate}"]),
             base=FULL_30_EPOCHS,
         )
         for rate in RULE_A_RATES
     },
+    # Rule A's choice (A.3, A.4) for each frozen arm and target, seeds 0-4: seeds 0-2 are the
+    # grid's runs at the chosen rate where it kept 30 epochs (their histories are copied).
+    FROZEN_CHOSEN: Cell(
+        "frozen arms at rule A's rate and epochs, dropout 0", _arms(_FROZEN, _FROZEN_RECIPE),
+        base=FULL_30_EPOCHS,
+    ),
+    # Rule C, a 2x2 of sources and targets at rule A's recipe; CIFAR-10 classes 0-4 to 5-9 is
+    # frozen-chosen's CIFAR-10 row.
+    "target-mnist-5-9": Cell(
+        "target MNIST digits 5-9, source CIFAR-10 classes 0-4",
+        {
+            arms.FULL.experiment("mnist"): (*_MNIST_5_9, *_30_EPOCHS),
+            **{a.experiment("mnist"): (*_MNIST_5_9, *_FROZEN_RECIPE) for a in _FROZEN},
+        },
+        base=FROZEN_CHOSEN,
+    ),
+    "source-mnist-0-4": Cell(
+        "source MNIST digits 0-4, target CIFAR-10 classes 5-9",
+        {SOURCE: _MNIST_SOURCE, arms.RETRAIN.experiment("cifar10"): _FROZEN_RECIPE},
+        base=FROZEN_CHOSEN,
+    ),
+    "mnist-0-4-to-5-9": Cell(
+        "source MNIST digits 0-4, target MNIST digits 5-9",
+        {arms.RETRAIN.experiment("mnist"): (*_MNIST_5_9, *_FROZEN_RECIPE)},
+        base="target-mnist-5-9",
+        sources_from="source-mnist-0-4",
+    ),
+    # Rule D: pool5's 3x3 layout at 67 pixels, every frozen arm at rule A's recipe.
+    "relu5": Cell(
+        "frozen block ends at relu5 (3x3x256), fc6, fc7 fresh, at rule A's recipe",
+        _arms(_FROZEN, ["features_end=relu5", "keep_fc67=false", *_FROZEN_RECIPE]),
+        base=FROZEN_CHOSEN,
+    ),
 }  # fmt: skip
 
 
@@ -143,25 +197,62 @@ def cell(name: str) -> Cell:
     return CELLS[name]
 
 
+def uses_rule_a(name: str) -> bool:
+    """Whether some run of the cell trains at rule A's rate and epochs (``RULE_A``)."""
+    return any(RULE_A in overrides for overrides in cell(name).runs.values())
+
+
+def settings(
+    name: str, experiment: str, choices: Mapping[str, RateChoice | None] | None = None
+) -> list[str]:
+    """A cell's ``--set`` changes for one run, ``RULE_A`` replaced by the recipe rule A chose
+    for the run's arm and target (``choices``: ``rule_a``); without ``choices``, left out (for
+    what does not depend on the rate or the epochs: the input size, the sources)."""
+    overrides = list(cell(name).runs[experiment])
+    if RULE_A not in overrides:
+        return overrides
+    at = overrides.index(RULE_A)
+    if choices is None:
+        return overrides[:at] + overrides[at + 1 :]
+    choice = choices.get(experiment)
+    if choice is None:
+        raise UserError(
+            f"study cell {name} trains {experiment} at the rate rule A chooses on the grid's "
+            "seeds 0-2, not decided yet (the study table's Rule A line says which runs it lacks): "
+            f"run `paper-repro study {' '.join(map(grid_cell, RULE_A_RATES))} --seeds 0,1,2` first"
+        )
+    return [*overrides[:at], *recipe(choice), *overrides[at + 1 :]]
+
+
+def recipe(choice: RateChoice) -> tuple[str, ...]:
+    """Rule A's settings for a frozen run: its rate, 30 epochs (drop after 20), or 60 (after 40)
+    where A.4 asks for them."""
+    epochs = ("epochs=60", "drop_epochs=40") if choice.needs_60_epochs else _30_EPOCHS
+    return (f"base_lr={choice.rate}", *epochs)
+
+
 def input_size(name: str) -> int:
     """The crop, in pixels, of a cell's runs (a crop cell trains every run at it)."""
-    experiment, overrides = next(iter(cell(name).runs.items()))
-    return experiments.resolve(experiment, PRESET, overrides).crop
+    experiment = next(iter(cell(name).runs))
+    return experiments.resolve(experiment, PRESET, settings(name, experiment)).crop
 
 
 def source_cell(name: str, experiment: str = SOURCE) -> str:
-    """The cell whose ``experiment`` runs a cell's runs start from (its sources by default; the
-    full runs, for its oracles): its own where it trains them, else its base's."""
+    """The cell whose ``experiment`` runs a cell reads (its sources by default, which its
+    retraining starts from; the full runs its oracles start from, its margins are read against):
+    its own where it trains them, else the cell it names for its sources, else its base's."""
     spec = cell(name)
     if experiment in spec.runs or name == BASELINE:
         return name
+    if experiment == SOURCE and spec.sources_from:
+        return source_cell(spec.sources_from, experiment)
     return source_cell(spec.base, experiment)
 
 
 def sources_read(name: str) -> list[str]:
     """The experiments whose models a cell's runs start from (``RunConfig.pretrained``: the
     pretraining for retraining, the full runs for the oracle)."""
-    configs = [experiments.resolve(e, PRESET, o) for e, o in cell(name).runs.items()]
+    configs = [experiments.resolve(e, PRESET, settings(name, e)) for e in cell(name).runs]
     return sorted({config.pretrained for config in configs if config.pretrained})
 
 
@@ -301,10 +392,8 @@ def arm(found: Results, name: str, experiment: str) -> tuple[dict[int, float] | 
     """A cell's values of one run, and the cell they come from: its own, or its base's
     where the cell does not train the run. A run the cell trains but has not finished is None,
     never the base's: a crop cell's full runs are not the baseline's at another crop."""
-    own, spec = found[name].get(experiment), cell(name)
-    if own or experiment in spec.runs or name == BASELINE:
-        return own, name
-    return arm(found, spec.base, experiment)
+    owner = name if found[name].get(experiment) else source_cell(name, experiment)
+    return found[owner].get(experiment), owner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,6 +451,77 @@ def lacking(found: Results, names: Iterable[str]) -> list[str]:
                 seeds_with = f"{count} seed{'' if count == 1 else 's'} with"
                 needs[f"{which} has {seeds_with} {' and '.join(runs)} finished"] = None
     return list(needs)
+
+
+# Rule A (PLAN.md, "Features or optimiser?"): each frozen run's step size, chosen on validation.
+RULE_A_SEEDS = (0, 1, 2)  # A.3: the seeds the grid's rates are compared on
+FROZEN_RUNS = tuple(a.experiment(target) for a in _FROZEN for target in TARGETS)
+
+
+@dataclasses.dataclass(frozen=True)
+class RateChoice:
+    """Rule A for one frozen run (an arm on a target): the rate A.3 chose, its runs' mean
+    centre-crop validation accuracy over ``RULE_A_SEEDS``, and how many of them met criterion C;
+    A.4 gives that arm and target 60 epochs unless every one did."""
+
+    rate: str
+    mean: float
+    met_c: int
+
+    @property
+    def needs_60_epochs(self) -> bool:
+        return self.met_c < len(RULE_A_SEEDS)
+
+
+def rule_a(found: Results, converged: Results) -> dict[str, RateChoice | None]:
+    """Rule A.3 and A.4 per frozen run (``FROZEN_RUNS``), from the grid's accuracies (``found``)
+    and criterion C as the runs recorded it (``converged``): the rate with the highest mean over
+    ``RULE_A_SEEDS``, an exact tie going to the smaller rate; None until every rate of the grid
+    has every one of those seeds finished (``rule_a_lacking`` says which). A run that recorded no
+    criterion counts as not having met it."""
+    choice: dict[str, RateChoice | None] = {}
+    for experiment in FROZEN_RUNS:
+        if rule_a_lacking(found, experiment):
+            choice[experiment] = None
+            continue
+        means = [
+            (sum(found[grid_cell(r)][experiment][s] for s in RULE_A_SEEDS) / len(RULE_A_SEEDS), r)
+            for r in RULE_A_RATES
+        ]
+        mean, rate = max(means, key=lambda m: (m[0], -float(m[1])))
+        met = converged.get(grid_cell(rate), {}).get(experiment, {})
+        choice[experiment] = RateChoice(rate, mean, sum(bool(met.get(s)) for s in RULE_A_SEEDS))
+    return choice
+
+
+def rule_a_from(histories_dir: str | os.PathLike[str]) -> dict[str, RateChoice | None]:
+    """``rule_a`` from the histories kept under ``HISTORIES_DIR/CELL``."""
+    found = finished(histories_dir)
+    return rule_a(measured(found, centre_crop), measured(found, criterion_c))
+
+
+def check_rule_a(cells: Sequence[str], histories_dir: str | os.PathLike[str]) -> None:
+    """Refuse, before any run, a cell at rule A's recipe that rule A has not decided for, unless
+    a cell of the grid runs before it in the same command (it may decide it by then)."""
+    grid = {grid_cell(rate) for rate in RULE_A_RATES}
+    choices = None
+    for index, name in enumerate(cells):
+        if not uses_rule_a(name) or grid & set(cells[:index]):
+            continue
+        choices = rule_a_from(histories_dir) if choices is None else choices
+        for experiment in cell(name).runs:
+            settings(name, experiment, choices)
+
+
+def rule_a_lacking(found: Results, experiment: str) -> list[str]:
+    """The grid's runs rule A still needs to choose ``experiment``'s rate: ``lr R seeds S``."""
+    lacking = []
+    for rate in RULE_A_RATES:
+        done = found.get(grid_cell(rate), {}).get(experiment, {})
+        missing = [str(s) for s in RULE_A_SEEDS if s not in done]
+        if missing:
+            lacking.append(f"lr {rate} seed{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    return lacking
 
 
 # PLAN.md's knobs, each with the cells that set it otherwise than the baseline.

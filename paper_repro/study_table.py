@@ -56,6 +56,13 @@ CONVERGENCE_CAPTION = (
 )
 
 
+RULE_A_CAPTION = (
+    "Rule A per frozen run (PLAN.md: the rate of the grid with the highest mean centre-crop "
+    "validation accuracy over seeds 0-2, a tie to the smaller; 60 epochs unless each of those "
+    "runs met criterion C): "
+)
+
+
 def table(histories_dir: str | os.PathLike[str]) -> str:
     """The study's Markdown table from ``HISTORIES_DIR/CELL/*.history.json``."""
     finished = study.finished(histories_dir)
@@ -71,9 +78,11 @@ def table(histories_dir: str | os.PathLike[str]) -> str:
     lines += ["", "Rule 1 per knob: " + "; ".join(_choices(found)) + "."]
     lines += ["", f"Rule 3 (the 45-minute job) excludes: {', '.join(study.TOO_SLOW_FOR_MINI)}. "
               + _mini(found)]  # fmt: skip
+    converged_by_run = study.measured(finished, study.criterion_c)
+    lines += ["", RULE_A_CAPTION + "; ".join(_rates(found, converged_by_run)) + "."]
     header = ("cell", "target", *(f"{m}, {p}" for m in MARGINS for p in PROTOCOLS))
     lines += ["", INTERVALS_CAPTION, "", markdown.table(header, _interval_rows(by_protocol))]
-    converged = list(_convergence_rows(study.measured(finished, study.criterion_c)))
+    converged = list(_convergence_rows(converged_by_run))
     lines += ["", CONVERGENCE_CAPTION]
     lines += ["", markdown.table(("cell", "target", *ARM_HEADERS), converged) if converged else
               "No history records criterion C yet."]  # fmt: skip
@@ -183,6 +192,22 @@ def _choice(found: study.Results, knob: str, choice: Mapping[str, str | None]) -
         return "not run yet"
     missing = "; ".join(study.lacking(found, study.undecided(found, knob)))
     return f"not decided yet (rule 1 needs 2 seeds: {missing})"
+
+
+def _rates(found: study.Results, converged: study.Results) -> list[str]:
+    """``run: what rule A takes`` per frozen run, or what it still lacks."""
+    said = []
+    for experiment, choice in study.rule_a(found, converged).items():
+        if choice is None:
+            missing = "; ".join(study.rule_a_lacking(found, experiment))
+            said.append(f"{experiment}: not decided yet (needs {missing})")
+            continue
+        epochs = 60 if choice.needs_60_epochs else 30
+        said.append(
+            f"{experiment}: lr {choice.rate} ({_percent(choice.mean)} %, criterion C met by "
+            f"{choice.met_c} of {len(study.RULE_A_SEEDS)}), {epochs} epochs"
+        )
+    return said
 
 
 def _mini(found: study.Results) -> str:

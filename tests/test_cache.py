@@ -232,6 +232,11 @@ def test_cached_retraining_end_to_end(tmp_path, source_weights):
     )
     again = _retrain(tmp_path, source_weights, ["epochs=1", "drop_epochs=1"], force=True)
     assert again.cache.reused and again.cache.train == history.cache.train
+    # A run in another runs directory, with this one as its cache root (the study's cells), too.
+    cell = tmp_path / "another-cell"
+    other = _retrain(cell, source_weights, ["epochs=1", "drop_epochs=1"], cache_root=tmp_path)
+    assert other.cache.reused and other.cache.train == history.cache.train
+    assert not (cell / cache.CACHE_DIR_NAME).exists()
 
 
 @pytest.mark.usefixtures("tfds_dir")

@@ -241,3 +241,24 @@ def test_list_into_a_pipe_closed_early_is_no_error(tmp_path):
     finally:
         os.close(write)
     assert lister.returncode == 0 and lister.stderr == ""
+
+
+def test_the_study_table_alone_is_written_without_tensorflow(tmp_path):
+    """``study`` with no cells only rewrites the table and figure from kept histories: it
+    must not spend the seconds TensorFlow takes to load."""
+    kept = tmp_path / "study" / "histories" / "baseline"
+    shutil.copytree(REPO / "figures" / "study" / "histories" / "baseline", kept)
+    script = textwrap.dedent(
+        """
+        import sys
+        from paper_repro import cli
+        code = cli.main(["study", "--out", sys.argv[1]])
+        print(code, "tensorflow" in sys.modules)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "study")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert done.stdout.splitlines()[-1] == "0 False", done.stderr
+    assert "| baseline | mnist |" in (tmp_path / "study" / "table.md").read_text()

@@ -6,7 +6,9 @@ folders taken as classes), a test class scored under another's label, hidden fil
 FIFO that hung the image check, a folder tested on the images it trained on.
 """
 
+import dataclasses
 import os
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -16,6 +18,10 @@ from paper_repro import cli, data, experiments
 from paper_repro.augment import AugmentConfig
 from paper_repro.errors import UserError
 from paper_repro.evaluate import evaluate
+from paper_repro.history import DataRecord, load_history
+from paper_repro.training.fit import check_same_images
+
+FIXTURES = Path(__file__).parent / "fixtures" / "histories"
 
 # One colour per class: the colour model below tells them apart perfectly.
 COLOURS = {"a": (255, 0, 0), "b": (0, 255, 0), "c": (0, 0, 255), "d": (90, 90, 90)}
@@ -216,3 +222,41 @@ def test_evaluate_refuses_a_folder_of_class_folders_alone(image_folder, model_fi
     root = image_folder(solid("ab"), "flat") / "flat"
     err = refusal(["evaluate", str(model_file), "--dataset", str(root)], capsys)
     assert f"image folder {root} has no split folders" in err
+
+
+# ---------------------------------------------------------------------- images changed since
+
+TINY = ("train_subset=null", "test_subset=null", "batch_size=4", "epochs=1", "drop_epochs=1")
+
+
+def test_a_finished_run_is_skipped_only_while_its_folder_holds_the_images_it_trained_on(
+    image_folder, tmp_path_factory, capsys
+):
+    """Rerunning after a file of the folder changed would report the old run as the new images'
+    result: refused in one line naming the split, nothing of the run touched."""
+    image_folder(solid("ab"), "train")
+    root = image_folder(solid("ab"), "test")
+    runs = tmp_path_factory.mktemp("runs")
+    argv = [*train_argv(root, runs), "--quiet", *[a for s in TINY for a in ("--set", s)]]
+    assert cli.main(argv) == 0
+    history = (runs / "smoke" / "full-mnist" / "history.json").read_bytes()
+    recorded = load_history(runs / "smoke" / "full-mnist" / "history.json").data
+    assert recorded.train.startswith("image folder ") and recorded.test.startswith("image folder ")
+    capsys.readouterr()
+    assert cli.main([a for a in argv if a != "--quiet"]) == 0
+    assert "already finished" in capsys.readouterr().out
+
+    (root / "test" / "b" / "001.png").write_bytes((root / "test" / "a" / "000.png").read_bytes())
+    err = refusal(argv, capsys)
+    assert "was trained on other images: its test split's images changed" in err
+    assert "--force" in err
+    assert (runs / "smoke" / "full-mnist" / "history.json").read_bytes() == history
+
+
+def test_a_run_goes_on_only_on_the_images_it_started_on():
+    older = load_history(FIXTURES / "full-mnist" / "history.json")  # before images were recorded
+    started = dataclasses.replace(older, data=DataRecord("image folder 1", "image folder 2"))
+    check_same_images(started, DataRecord("image folder 1", "image folder 2"), "r", "resume it")
+    with pytest.raises(UserError, match="its training and test split's images changed"):
+        check_same_images(started, DataRecord("image folder 3", "image folder 4"), "r", "resume it")
+    check_same_images(older, DataRecord("image folder 3", "image folder 4"), "r", "resume it")

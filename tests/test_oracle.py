@@ -246,6 +246,17 @@ def test_a_cell_with_full_runs_and_oracles_runs_each_oracle_after_them():
         del study.CELLS["test-both"]
 
 
+def _grid_starts(runs: Path, seeds: tuple[int, ...]) -> None:
+    """Stand-ins for the models the grid's runs start from: the baseline's sources and the full
+    runs of full-30-epochs (the study checks that they exist, the recorded training reads none)."""
+    for owner, experiment in ((study.BASELINE, study.SOURCE), (study.FULL_30_EPOCHS, "full-mnist"),
+                              (study.FULL_30_EPOCHS, "full-cifar10")):  # fmt: skip
+        for seed in seeds:
+            model = run_directory(runs / owner, study.PRESET, experiment, seed) / MODEL_NAME
+            model.parent.mkdir(parents=True, exist_ok=True)
+            model.write_bytes(b"")
+
+
 def test_the_study_gives_the_oracle_its_seeds_full_model_from_full_30_epochs(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     cell = "frozen-30-lr-0.003"
@@ -255,12 +266,7 @@ def test_the_study_gives_the_oracle_its_seeds_full_model_from_full_30_epochs(tmp
     )
     with pytest.raises(UserError, match=missing):
         reproduce_module.reproduce_study([cell], seeds=(0, 1), runs_dir=runs, out=tmp_path)
-    for owner, experiment in ((study.BASELINE, study.SOURCE), (study.FULL_30_EPOCHS, "full-mnist"),
-                              (study.FULL_30_EPOCHS, "full-cifar10")):  # fmt: skip
-        for seed in (0, 1):
-            model = run_directory(runs / owner, study.PRESET, experiment, seed) / MODEL_NAME
-            model.parent.mkdir(parents=True, exist_ok=True)
-            model.write_bytes(b"")
+    _grid_starts(runs, seeds=(0, 1))
     trained = _record_training(monkeypatch)
     monkeypatch.setattr(reproduce_module, "regenerate_study", lambda out: [])
     reproduce_module.reproduce_study([cell], seeds=(0, 1), runs_dir=runs, out=tmp_path)
@@ -272,6 +278,79 @@ def test_the_study_gives_the_oracle_its_seeds_full_model_from_full_30_epochs(tmp
     assert weights[("retrain-random-mnist", 1)] is None
     assert [e for e, s, _ in trained if s == 0][-2:] == ["retrain-oracle-mnist",
                                                           "retrain-oracle-cifar10"]  # fmt: skip
+
+
+def test_the_studys_cells_share_one_feature_cache_folder(tmp_path, monkeypatch):
+    """Each cell trains in its own folder, but their caches go to the study's root: the grid's
+    four rates retrain on the same features, built once."""
+    runs, seen = tmp_path / "runs", []
+    monkeypatch.setattr(
+        reproduce_module, "_train_and_keep",
+        lambda experiment, preset, seed, kept, overrides, **options: seen.append(
+            (options["runs_dir"], options["cache_root"])
+        ),
+    )  # fmt: skip
+    monkeypatch.setattr(reproduce_module, "regenerate_study", lambda out: [])
+    cells = [study.BASELINE, "no-dropout"]
+    reproduce_module.reproduce_study(cells, seeds=(0,), runs_dir=runs, out=tmp_path)
+    assert {folder for folder, _ in seen} == {runs / cell for cell in cells}
+    assert {root for _, root in seen} == {runs}
+
+
+def test_frozen_chosen_keeps_the_grids_runs_at_the_chosen_rate_instead_of_training_them(
+    tmp_path, monkeypatch
+):
+    """Seed 0 of each frozen run is the grid's run at the chosen rate (same settings, seed and
+    start): its history is kept in the cell, not trained again; seed 1 has no twin: trained."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    choice = study.RateChoice("0.003", 0.9, 3)
+    monkeypatch.setattr(study, "rule_a_from", lambda _: dict.fromkeys(study.FROZEN_RUNS, choice))
+    template = load_history(FIXTURES / "retrain-mnist" / "history.json")
+    grid = out / study.HISTORIES / study.grid_cell("0.003")
+    for experiment in study.FROZEN_RUNS:
+        settings = study.settings(study.grid_cell("0.003"), experiment)
+        config = experiments.resolve(experiment, study.PRESET, [*settings, "cache_features=true"])
+        history = dataclasses.replace(
+            template, experiment=experiment, dataset=config.dataset, mode=config.mode, seed=0,
+            config=config.to_dict(),
+        )  # fmt: skip
+        save_history(history, grid / f"{experiment}-cached.history.json")
+    _grid_starts(runs, seeds=(0, 1))
+    trained = _record_training(monkeypatch)
+    monkeypatch.setattr(reproduce_module, "regenerate_study", lambda out: [])
+    reproduce_module.reproduce_study([study.FROZEN_CHOSEN], seeds=(0, 1), runs_dir=runs, out=out)
+    assert sorted(e for e, s, _ in trained) == sorted(study.FROZEN_RUNS)
+    assert {s for _, s, _ in trained} == {1}
+    kept = out / study.HISTORIES / study.FROZEN_CHOSEN
+    for experiment in study.FROZEN_RUNS:
+        copy = kept / f"{experiment}-cached.history.json"
+        assert copy.read_bytes() == (grid / copy.name).read_bytes()
+
+
+def test_a_run_with_the_same_settings_from_another_source_is_trained_not_kept(
+    tmp_path, monkeypatch
+):
+    """MNIST digits 5-9 retrained from the MNIST source has the settings of its retraining from
+    the CIFAR-10 source: only the model it starts from differs, so it is no twin."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    choice = study.RateChoice("0.003", 0.9, 3)
+    monkeypatch.setattr(study, "rule_a_from", lambda _: dict.fromkeys(study.FROZEN_RUNS, choice))
+    choices = dict.fromkeys(study.FROZEN_RUNS, choice)
+    settings = study.settings("target-mnist-5-9", "retrain-mnist", choices)
+    assert settings == study.settings("mnist-0-4-to-5-9", "retrain-mnist", choices)
+    config = experiments.resolve("retrain-mnist", study.PRESET, [*settings, "cache_features=true"])
+    template = load_history(FIXTURES / "retrain-mnist" / "history.json")
+    history = dataclasses.replace(template, config=config.to_dict(), seed=0)
+    save_history(
+        history, out / study.HISTORIES / "target-mnist-5-9" / "retrain-mnist-cached.history.json"
+    )
+    source = run_directory(runs / "source-mnist-0-4", study.PRESET, study.SOURCE, 0) / MODEL_NAME
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"")
+    trained = _record_training(monkeypatch)
+    monkeypatch.setattr(reproduce_module, "regenerate_study", lambda out: [])
+    reproduce_module.reproduce_study(["mnist-0-4-to-5-9"], seeds=(0,), runs_dir=runs, out=out)
+    assert trained == [("retrain-mnist", 0, str(source))]
 
 
 def _save(directory: Path, template, experiment: str, seed: int, centre: float, final: float,

@@ -116,6 +116,51 @@ def test_replace_atomic_replaces_a_directory_and_cleans_up_after_a_failing_write
     assert (target / "saved_model.pb").read_bytes() == b"new"
 
 
+def _saved_model(path: Path, content: bytes) -> Path:
+    (path / "variables").mkdir(parents=True)
+    (path / "saved_model.pb").write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize("error", [OSError(errno.EIO, "I/O error"), KeyboardInterrupt()])
+def test_a_directory_whose_replacement_fails_at_the_rename_is_put_back_whole(
+    tmp_path, monkeypatch, error
+):
+    """The old SavedModel is renamed aside, not removed, before the new one is renamed in: a
+    failure (or Ctrl-C) at that rename leaves the old one where it was, whole."""
+    target = _saved_model(tmp_path / "exported", b"old")
+
+    def failing_replace(source, destination):
+        assert not target.exists()  # the old one is aside now
+        raise error
+
+    monkeypatch.setattr(runs.os, "replace", failing_replace)
+    with pytest.raises((UserError, KeyboardInterrupt)):
+        replace_atomic(target, lambda path: _saved_model(path, b"new"))
+    assert [p.name for p in tmp_path.iterdir()] == ["exported"]
+    assert (target / "saved_model.pb").read_bytes() == b"old"
+
+
+def test_what_a_replacement_killed_between_its_renames_left_is_put_back(tmp_path):
+    """Killed after renaming the old version aside: it is put back whole (and said so); an old
+    version left after the new one was in is removed; no other target's is touched."""
+    target = tmp_path / "exported"
+    aside = _saved_model(tmp_path / ".exported.0123456789abcdef.previous", b"old")
+    others = [
+        _saved_model(tmp_path / ".other.0123456789abcdef.previous", b"x"),
+        _saved_model(tmp_path / ".exported.0123456789abcdef.partial", b"new"),
+    ]
+    said = runs.restore_previous(target)
+    assert said == [
+        f"restored {target} from {aside.name}, where an interrupted replacement left it"
+    ]
+    assert (target / "saved_model.pb").read_bytes() == b"old" and not aside.exists()
+    leftover = _saved_model(tmp_path / ".exported.fedcba9876543210.previous", b"older")
+    assert runs.restore_previous(target) == []
+    assert not leftover.exists() and (target / "saved_model.pb").read_bytes() == b"old"
+    assert all(path.exists() for path in others)
+
+
 @pytest.mark.parametrize(
     ("patched", "error"),
     [
@@ -232,6 +277,55 @@ def test_a_lock_is_held_until_its_block_ends(tmp_path):
         pass
     with lock_run(paths):
         pass
+
+
+@needs_flock
+def test_a_lock_freed_and_taken_by_a_third_process_is_waited_for_again(tmp_path):
+    """``busy`` returns once the lock looks free, but a third process takes it first: the lock is
+    tried again and ``busy`` hears of the third, rather than a blocking wait that would never end
+    while the third is stopped."""
+    first, holders, seen = _holding(tmp_path), [], []
+    holders.append(first)
+
+    def busy(holder: str) -> None:
+        seen.append(holder)
+        if len(seen) == 1:  # the first lets go and a third takes the lock before this one
+            first.kill()
+            first.wait()
+            holders.append(_holding(tmp_path))
+        else:
+            holders[-1].kill()
+            holders[-1].wait()
+
+    result = {}
+
+    def take() -> None:
+        with runs.hold_lock(tmp_path / "build.lock", busy):
+            result["held"] = (tmp_path / "build.lock").read_text()
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    try:
+        assert not thread.is_alive(), "a blocking wait on the third holder"
+        assert seen == [f"pid {h.pid} on {socket.gethostname()}" for h in holders]
+        assert result["held"] == f"pid {os.getpid()} on {socket.gethostname()}\n"
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
+def _holding(folder: Path) -> subprocess.Popen:
+    """A process holding ``folder/build.lock`` as ``runs.hold_lock`` does, until it is killed."""
+    script = (
+        "import sys, time\nfrom pathlib import Path\nfrom paper_repro.runs import hold_lock\n"
+        "with hold_lock(Path(sys.argv[1]) / 'build.lock', lambda holder: sys.exit(1)):\n"
+        "    print('locked', flush=True)\n    time.sleep(120)\n"
+    )
+    holder = _python("-c", script, str(folder), stdout=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
 
 
 _WRITE_VERSIONS = """

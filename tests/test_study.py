@@ -19,8 +19,8 @@ def test_every_cell_resolves_and_changes_one_thing_from_the_baseline():
     baseline = study.CELLS[study.BASELINE].runs
     oracles = {arms.ORACLE.experiment(target) for target in study.TARGETS}
     for name, cell in study.CELLS.items():
-        for experiment, overrides in cell.runs.items():
-            config = experiments.resolve(experiment, study.PRESET, overrides)
+        for experiment in cell.runs:
+            config = experiments.resolve(experiment, study.PRESET, study.settings(name, experiment))
             assert config.test_split.startswith("train[")  # never a test split
             assert experiment in baseline or experiment in oracles
         if name != study.BASELINE:
@@ -263,3 +263,85 @@ def test_a_kept_finished_run_is_not_trained_again_but_a_missing_source_is(tmp_pa
     model.parent.mkdir(parents=True)
     model.write_bytes(b"")
     assert kept_and_finished(study.SOURCE)
+
+
+def _grid(means: dict[str, float], run: str = "retrain-mnist") -> study.Results:
+    """Grid results where ``run`` at each rate scores its mean (+-0.01 over seeds 0-2)."""
+    found = {name: {} for name in study.CELLS}
+    for rate, mean in means.items():
+        found[study.grid_cell(rate)][run] = {0: mean - 0.01, 1: mean, 2: mean + 0.01}
+    return found
+
+
+def test_rule_a_takes_the_rate_with_the_best_mean_over_seeds_0_to_2():
+    found = _grid({"0.001": 0.80, "0.003": 0.86, "0.01": 0.84, "0.03": 0.30})
+    converged = {study.grid_cell("0.003"): {"retrain-mnist": {0: True, 1: True, 2: True}}}
+    choice = study.rule_a(found, converged)["retrain-mnist"]
+    assert (choice.rate, round(choice.mean, 6), choice.met_c) == ("0.003", 0.86, 3)
+    assert not choice.needs_60_epochs
+    assert study.rule_a(found, converged)["retrain-cifar10"] is None  # no grid run of it
+
+
+def test_rule_a_gives_an_exact_tie_to_the_smaller_rate():
+    found = _grid({"0.001": 0.5, "0.003": 0.9, "0.01": 0.9, "0.03": 0.9})
+    assert study.rule_a(found, {})["retrain-mnist"].rate == "0.003"
+
+
+def test_rule_a_gives_60_epochs_unless_every_seed_at_the_chosen_rate_met_criterion_c():
+    found = _grid({"0.001": 0.9, "0.003": 0.8, "0.01": 0.7, "0.03": 0.6})
+    for met in ({0: True, 1: False, 2: True}, {0: True, 1: True}):  # one failed; one unrecorded
+        converged = {study.grid_cell("0.001"): {"retrain-mnist": met}}
+        assert study.rule_a(found, converged)["retrain-mnist"].needs_60_epochs
+
+
+def test_rule_a_waits_for_every_rate_and_seed_and_says_which_are_missing():
+    found = _grid({"0.001": 0.9, "0.003": 0.8, "0.01": 0.7})
+    found[study.grid_cell("0.03")]["retrain-mnist"] = {0: 0.99}  # best so far, on one seed
+    assert study.rule_a(found, {})["retrain-mnist"] is None
+    assert study.rule_a_lacking(found, "retrain-mnist") == ["lr 0.03 seeds 1, 2"]
+    line = study_table._rates(found, {})[0]
+    assert line == "retrain-mnist: not decided yet (needs lr 0.03 seeds 1, 2)"
+
+
+CHOSEN = study.RateChoice("0.003", 0.9, 3)
+
+
+def test_a_cell_at_rule_as_recipe_trains_at_the_chosen_rate_and_epochs():
+    choices = {run: CHOSEN for run in study.FROZEN_RUNS}
+    longer = {**choices, "retrain-mnist": study.RateChoice("0.01", 0.8, 2)}  # C met by 2 of 3
+    mnist = experiments.resolve(
+        "retrain-mnist", study.PRESET, study.settings("relu5", "retrain-mnist", longer)
+    )
+    assert (mnist.base_lr, mnist.epochs, mnist.drop_epochs) == (0.01, 60, (40.0,))
+    assert (mnist.features_end, mnist.keep_fc67, mnist.dropout) == ("relu5", False, 0.0)
+    cifar = experiments.resolve(
+        "retrain-cifar10", study.PRESET, study.settings("relu5", "retrain-cifar10", longer)
+    )
+    assert (cifar.base_lr, cifar.epochs, cifar.drop_epochs) == (0.003, 30, (20.0,))
+    near = study.settings("target-mnist-5-9", "retrain-random-mnist", choices)
+    assert "classes=5,6,7,8,9" in near and "base_lr=0.003" in near  # MNIST's choice (PLAN.md)
+    assert study.RULE_A not in study.settings("relu5", "retrain-mnist")  # the rest, for checks
+    with pytest.raises(UserError, match="relu5 trains retrain-mnist at the rate rule A chooses"):
+        study.settings("relu5", "retrain-mnist", {**choices, "retrain-mnist": None})
+
+
+def test_a_cell_at_rule_as_recipe_is_refused_until_rule_a_decides_unless_the_grid_runs_first(
+    tmp_path,
+):
+    with pytest.raises(UserError, match=r"frozen-30-lr-0\.001 .* --seeds 0,1,2` first"):
+        study.check_rule_a(["baseline", study.FROZEN_CHOSEN], tmp_path)
+    study.check_rule_a([study.grid_cell("0.03"), study.FROZEN_CHOSEN], tmp_path)
+    study.check_rule_a([study.BASELINE, "no-dropout"], tmp_path)  # no cell at rule A's recipe
+
+
+def test_the_near_source_cells_read_the_mnist_source_and_their_own_full_runs():
+    assert study.source_cell("mnist-0-4-to-5-9") == "source-mnist-0-4"
+    assert study.source_cell("target-mnist-5-9") == study.BASELINE
+    assert study.source_cell("target-mnist-5-9", "full-mnist") == "target-mnist-5-9"
+    assert study.source_cell("mnist-0-4-to-5-9", "full-mnist") == "target-mnist-5-9"
+    assert study.source_cell("source-mnist-0-4", "full-cifar10") == study.FULL_30_EPOCHS
+    source = experiments.resolve(
+        study.SOURCE, study.PRESET, study.settings("source-mnist-0-4", study.SOURCE)
+    )
+    assert (source.dataset, source.classes, source.mirror) == ("mnist", (0, 1, 2, 3, 4), False)
+    assert source.test_split == "train[50000:]"  # validation digits, never the test split

@@ -168,6 +168,8 @@ def test_run_killed_mid_epoch_resumes_to_the_uninterrupted_history(tmp_path, cap
     assert phases["total"] > earlier["total"] + phases["final_save"]
     resumed_final = load_history(history_file).final
     assert (resumed_final.top1, resumed_final.top5) == (whole.final.top1, whole.final.top5)
+    assert [r.after_epoch for r in load_history(history_file).resumes] == [len(interrupted.epochs)]
+    assert whole.resumes is None and "resumes" not in whole.to_dict()
 
 
 @pytest.mark.slow
@@ -217,6 +219,9 @@ def test_a_full_disk_mid_run_is_one_line_keeps_the_last_epoch_and_the_rerun_resu
     assert "resuming after epoch 1" in capsys.readouterr().out
     history = load_history(run / "history.json")
     assert history.status == "finished" and len(history.epochs) == 2
+    # What trained epoch 2 is on record too: this process, resuming after epoch 1.
+    assert [resume.after_epoch for resume in history.resumes] == [1]
+    assert history.resumes[0].git_commit == history.provenance.git_commit
 
 
 def _cli(*args) -> int:

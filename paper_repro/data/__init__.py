@@ -28,7 +28,7 @@ from paper_repro.data.pipelines import (
     train_dataset,
     uniform_size,
 )
-from paper_repro.data.selection import channel_mean, load_split
+from paper_repro.data.selection import channel_mean, is_image_folder, load_split
 from paper_repro.data.source import SplitInfo
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "epoch_order",
     "eval_dataset",
     "finish_pipeline",
+    "is_image_folder",
     "load_experiment_data",
     "load_split",
     "prefetch_to",

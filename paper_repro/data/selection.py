@@ -75,11 +75,15 @@ def check_split(
         split_folder(folder, split, train_split=train_split, split_option=split_option)
 
 
+def is_image_folder(name_or_folder: str) -> bool:
+    """Whether a dataset is an image folder that is there now (not a tfds name)."""
+    return Path(name_or_folder).expanduser().is_dir()
+
+
 def _image_folder(name_or_folder: str) -> Path | None:
     """The image folder ``name_or_folder`` names; None for a tfds name."""
-    folder = Path(name_or_folder).expanduser()
-    if folder.is_dir():
-        return folder
+    if is_image_folder(name_or_folder):
+        return Path(name_or_folder).expanduser()
     if name_or_folder.startswith(("/", ".", "~")):
         raise UserError(f"image folder {name_or_folder} does not exist: check the path")
     return None

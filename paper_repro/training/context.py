@@ -29,7 +29,7 @@ class Run:
     paths: RunPaths  # where this process writes: the run directory, or a worker's own
     shared: RunPaths  # the run directory, written by the chief, read by every worker
     seed: int
-    runs_dir: str | os.PathLike
+    cache_root: str | os.PathLike  # its feature caches go to CACHE_ROOT/feature-cache
     data_dir: str | None
     weights_path: Path | None  # the pretrained model it starts (or restarts) from
     source: keras.Model | None  # that model, loaded

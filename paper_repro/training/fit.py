@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import keras
 import tensorflow as tf
@@ -22,7 +23,7 @@ from paper_repro import trainee as trainee_lib
 from paper_repro.augment import AUGMENT_LAYER
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
-from paper_repro.history import CacheRecord, History, save_history
+from paper_repro.history import CacheRecord, DataRecord, History, save_history
 from paper_repro.model import CLASSIFIER, FEATURES
 from paper_repro.runs import MODEL_NAME, RunPaths
 from paper_repro.solver import paper_solver
@@ -39,6 +40,9 @@ def fit(run: Run) -> History:
         splits = data.load_experiment_data(
             config, data_dir=run.data_dir, seed=run.seed, download=run.download
         )
+    images = images_of(splits)
+    if run.previous is not None:
+        check_same_images(run.previous, images, run.shared.root, "resume it")
     steps_per_epoch = data.steps_per_epoch(splits.train_examples, config.batch_size)
     _check_parts(run.cluster, splits, config.batch_size)
     with run.cluster.strategy.scope():
@@ -56,7 +60,11 @@ def fit(run: Run) -> History:
                 int(trainee.optimizer.iterations.numpy()), steps_per_epoch, config.max_iterations
             )
             _check_behind_history(run, start_epoch)
-            history = dataclasses.replace(run.previous, epochs=run.previous.epochs[:start_epoch])
+            history = dataclasses.replace(
+                run.previous,
+                epochs=run.previous.epochs[:start_epoch],
+                resumes=(*(run.previous.resumes or ()), provenance.resume(start_epoch)),
+            )
             say(verbose, f"{run.shared.root}: resuming after epoch {start_epoch}")
         else:
             trainee = trainee_lib.for_mode(
@@ -80,6 +88,8 @@ def fit(run: Run) -> History:
         _replace_earlier_run(paths)
     if config.cache_features and history.cache is None:
         history = dataclasses.replace(history, cache=feeds.record)
+    if history.data is None:  # also a run resumed from a history that predates the record
+        history = dataclasses.replace(history, data=images)
     if history.class_names is None:  # also a run resumed from a history that predates them
         history = dataclasses.replace(history, class_names=splits.train_info.class_names)
     if history.cluster != run.cluster.record():
@@ -123,7 +133,7 @@ def _feature_cache(run: Run, network: keras.Model, splits: data.ExperimentData):
     build at a barrier, then opens them (in a runs directory it cannot read, it builds its own)."""
 
     def caches() -> cache.CachedData:
-        return cache.for_experiment(run.runs_dir, network, splits, run.config, run.verbose)
+        return cache.for_experiment(run.cache_root, network, splits, run.config, run.verbose)
 
     built = caches() if run.cluster.is_chief else None
     run.cluster.gather(0)
@@ -213,6 +223,29 @@ def _checkpoint_problem(
     if config.mode == "retrain" and inner.get_layer(FEATURES).trainable:
         return "trains its features, where this run retrains on frozen ones"
     return None
+
+
+def images_of(splits: data.ExperimentData) -> DataRecord:
+    return DataRecord(splits.train_info.content, splits.test_info.content)
+
+
+def check_same_images(
+    previous: History, images: DataRecord, root: str | os.PathLike[str], to_do: str
+) -> None:
+    """A run goes on (``to_do``: resumed, or skipped as finished) only on the images it started
+    on: an image folder whose files changed since would mix two datasets in one run, or report
+    one trained on the old images as the new ones'. Histories that predate the record pass."""
+    if previous.data is None or previous.data == images:
+        return
+    changed = [
+        split for split, old, new in (("training", previous.data.train, images.train),
+                                      ("test", previous.data.test, images.test)) if old != new
+    ]  # fmt: skip
+    raise UserError(
+        f"{root} was trained on other images: its {' and '.join(changed)} split's images "
+        f"changed since it started ({previous.dataset}); restore them to {to_do}, or use "
+        "--force to train it anew on the current images"
+    )
 
 
 def _check_same_caches(run: Run, history: History, record: CacheRecord) -> None:

@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from paper_repro import cluster as cluster_lib
-from paper_repro import evaluate, experiments, provenance
+from paper_repro import data, evaluate, experiments, provenance
 from paper_repro import model as model_lib
 from paper_repro.errors import UserError
 from paper_repro.experiments import RunConfig
@@ -38,7 +38,7 @@ from paper_repro.runs import (
 from paper_repro.training import network as network_lib
 from paper_repro.training.callbacks import PhaseTimer
 from paper_repro.training.context import Run, as_run_here, say
-from paper_repro.training.fit import fit
+from paper_repro.training.fit import check_same_images, fit, images_of
 
 
 def train(
@@ -56,6 +56,7 @@ def train(
     download: bool = False,
     verbose: int = 1,
     join_timeout: float = experiments.JOIN_TIMEOUT,
+    cache_root: str | os.PathLike | None = None,
 ) -> History:
     """Run (or resume, or skip when finished) one experiment; returns its history.
 
@@ -63,7 +64,9 @@ def train(
     The settings and the seed are checked before anything is written, and the run directory is
     locked for the whole run (``runs.lock_run``): a second process on it is refused at once.
     ``strategy`` names a ``paper_repro.cluster`` strategy; ``multi-worker`` first waits up to
-    ``join_timeout`` seconds for every worker of ``TF_CONFIG``.
+    ``join_timeout`` seconds for every worker of ``TF_CONFIG``. Feature caches go under
+    ``cache_root`` (default: ``runs_dir``); they are keyed by content, so runs in several runs
+    directories (the study's cells) can share one.
     """
     provenance.git_commit()  # read once, when the first run of this process starts
     timer = PhaseTimer()
@@ -76,6 +79,7 @@ def train(
         if previous is not None and previous.status == "finished":
             again = train_again(experiment, preset, seed, config.cache_features)
             _check_finished_model(shared, previous, again)
+            _check_finished_images(shared.root, previous, config, data_dir, seed)
             say(verbose, f"{shared.root}: already finished (use --force to train it again)")
             return previous
         resuming = previous is not None and shared.checkpoint.exists()
@@ -103,7 +107,7 @@ def train(
                     paths=paths,
                     shared=shared,
                     seed=seed,
-                    runs_dir=runs_dir,
+                    cache_root=runs_dir if cache_root is None else cache_root,
                     data_dir=data_dir,
                     weights_path=weights_path,
                     source=source,
@@ -232,6 +236,18 @@ def _check_finished_model(paths: RunPaths, history: History, again: str) -> None
             problem = "is not this run's model (its record names another run)"
     if problem:
         raise UserError(f"{paths.root} has finished, but its {MODEL_NAME} {problem}: {again}")
+
+
+def _check_finished_images(
+    root: Path, previous: History, config: RunConfig, data_dir: str | None, seed: int
+) -> None:
+    """An image folder's finished run is skipped only while the folder holds the images it
+    trained on, read again as training reads them (every file checked). A tfds dataset's images
+    are named by its version, and a folder no longer there has nothing to compare: both skip."""
+    if previous.data is None or not data.is_image_folder(config.dataset):
+        return
+    splits = data.load_experiment_data(config, data_dir=data_dir, seed=seed)
+    check_same_images(previous, images_of(splits), root, "keep its results")
 
 
 def _model_record(path: Path) -> dict | None:
