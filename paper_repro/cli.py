@@ -294,6 +294,13 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seeds", default="0,1,2", metavar="N,N,...", help="default: 0,1,2")
     p.add_argument(
+        "--only",
+        type=_names,
+        metavar="EXPERIMENT,...",
+        help="train only the cells' runs of these experiments, e.g. full-mnist,"
+        "retrain-oracle-mnist (default: every run of each cell)",
+    )
+    p.add_argument(
         "--out",
         default="figures/study",
         help="histories, table.md and gap.png (default: figures/study)",
@@ -308,6 +315,7 @@ def _check_study(args: argparse.Namespace) -> None:
     from paper_repro import study
 
     _seeds(None, args.seeds)
+    study.check_only(args.cells, args.only)
     for name in args.cells:
         for experiment in study.cell(name).runs:
             overrides = study.settings(name, experiment)
@@ -333,8 +341,17 @@ def _study(args: argparse.Namespace) -> None:
         force=args.force,
         download=args.download,
         verbose=progress(args),
+        only=args.only,
     )
     _print_paths(paths)
+
+
+def _names(value: str) -> list[str]:
+    """A comma-separated list of names, empty ones left out; at least one."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"needs at least one name, got {value!r}")
+    return names
 
 
 def _seeds(seed: int | None, seeds: str | None) -> list[int]:

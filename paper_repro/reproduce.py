@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from paper_repro import arms, datasets, experiments, reports, seeds, study
@@ -149,6 +149,7 @@ def reproduce_study(
     force: bool = False,
     download: bool = False,
     verbose: int = 1,
+    only: Collection[str] | None = None,
 ) -> list[Path]:
     """The transfer study's cells (``study.CELLS``), each for every seed, then its table and
     figure (``study_figure.regenerate_study``).
@@ -160,16 +161,21 @@ def reproduce_study(
     seed's runs all finish before the next seed starts, so an interrupted study leaves whole
     seeds behind; rerunning resumes it. ``overrides`` apply to every run after the
     cell's own (for trying the pipeline at a tiny size; such runs do not belong in the table).
+    ``only`` keeps the cells' runs of those experiments (``study.check_only``): the models
+    runs start from are not kept between machines, so a session can train the runs that need
+    one kind of them, e.g. every rate's oracles of a seed beside the full runs they read.
     """
     seeds, extra = check_seeds(seeds), list(overrides)
     kept_root = Path(out) / study.HISTORIES
+    study.check_only(cells, only)
     study.check_rule_a(cells, kept_root)
     for name in cells:
-        _check_sources(name, cells, seeds, runs_dir)
+        _check_sources(name, cells, seeds, runs_dir, only)
     for name in cells:
         # Read when the cell starts: the grid's cells may have run before it in this command.
         choices = study.rule_a_from(kept_root) if study.uses_rule_a(name) else None
-        runs = [(experiment, seed) for seed in seeds for experiment in study.run_order(name)]
+        order = study.run_order(name, only)
+        runs = [(experiment, seed) for seed in seeds for experiment in order]
         for number, (experiment, seed) in enumerate(runs, 1):
             if verbose:
                 print(f"[{name} {number}/{len(runs)}] {experiment} (seed {seed})", flush=True)
@@ -255,13 +261,20 @@ def _study_source(runs_dir: str | os.PathLike, cell: str, source: str, seed: int
     return RunPaths(run_directory(Path(runs_dir) / owner, study.PRESET, source, seed)).model
 
 
-def _check_sources(cell: str, cells: Sequence[str], seeds: Sequence[int], runs_dir) -> None:
+def _check_sources(
+    cell: str,
+    cells: Sequence[str],
+    seeds: Sequence[int],
+    runs_dir,
+    only: Collection[str] | None = None,
+) -> None:
     """A cell whose runs start from its base's runs (its sources, the full runs its oracles
-    read) needs them trained, or that cell named before it: refused before any run starts, not
-    after hours of others."""
-    for source in study.sources_read(cell):
+    read) needs them trained, or that cell named before it with those runs among ``only``:
+    refused before any run starts, not after hours of others."""
+    for source in study.sources_read(cell, only):
         owner = study.source_cell(cell, source)
-        if owner == cell or owner in cells[: list(cells).index(cell)]:
+        trained_here = owner == cell or owner in cells[: list(cells).index(cell)]
+        if trained_here and (only is None or source in only):
             continue
         missing = [s for s in seeds if not _study_source(runs_dir, cell, source, s).is_file()]
         if missing:

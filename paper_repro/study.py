@@ -8,6 +8,8 @@ Commands (each resumable: finished runs are skipped, interrupted ones resumed)::
     paper-repro study fresh-fc67 --seeds 0,1,2     # one knob changed; needs baseline's sources
     paper-repro study full-30-epochs frozen-30-lr-0.003 --seeds 0,1,2   # rule A's grid
     paper-repro study frozen-chosen relu5 --seeds 0,1,2,3,4   # at rule A's choice, once made
+    paper-repro study full-30-epochs frozen-30-lr-0.01 --seeds 0 \
+        --only full-mnist,retrain-oracle-mnist      # a seed's full runs, the oracles reading them
     paper-repro study                              # only figures/study/table.md again
 
 Expected: a table of validation accuracies (never test: figures/study/PLAN.md, the plan and
@@ -33,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -249,10 +251,10 @@ def source_cell(name: str, experiment: str = SOURCE) -> str:
     return source_cell(spec.base, experiment)
 
 
-def sources_read(name: str) -> list[str]:
-    """The experiments whose models a cell's runs start from (``RunConfig.pretrained``: the
-    pretraining for retraining, the full runs for the oracle)."""
-    configs = [experiments.resolve(e, PRESET, settings(name, e)) for e in cell(name).runs]
+def sources_read(name: str, only: Collection[str] | None = None) -> list[str]:
+    """The experiments whose models a cell's runs (those of ``only``, where given) start from
+    (``RunConfig.pretrained``: the pretraining for retraining, the full runs for the oracle)."""
+    configs = [experiments.resolve(e, PRESET, settings(name, e)) for e in run_order(name, only)]
     return sorted({config.pretrained for config in configs if config.pretrained})
 
 
@@ -271,14 +273,29 @@ def control_cells() -> list[str]:
     return [name for name, spec in CELLS.items() if set(spec.runs) <= controls]
 
 
-def run_order(name: str) -> list[str]:
-    """The cell's runs, its source first (the retraining reads it), then the cheap arms, then
-    the full runs, then the oracles that read them."""
+def run_order(name: str, only: Collection[str] | None = None) -> list[str]:
+    """The cell's runs (those of ``only``, where given), its source first (the retraining reads
+    it), then the cheap arms, then the full runs, then the oracles that read them."""
     order = {
         SOURCE: 0,
         **{arm.experiment(t): 1 + ARMS_ORDER.index(arm) for arm in arms.ARMS for t in TARGETS},
     }
-    return sorted(cell(name).runs, key=order.__getitem__)
+    runs = [e for e in cell(name).runs if only is None or e in only]
+    return sorted(runs, key=order.__getitem__)
+
+
+def check_only(cells: Sequence[str], only: Collection[str] | None) -> None:
+    """``--only``'s experiments must each be a run of some named cell: a typo would train
+    nothing, silently."""
+    if only is None:
+        return
+    known = {experiment for name in cells for experiment in cell(name).runs}
+    unknown = sorted(set(only) - known)
+    if unknown:
+        raise UserError(
+            f"--only {','.join(unknown)}: no run of the cells named ({' '.join(cells) or 'none'})"
+            f" is such an experiment; theirs are {','.join(sorted(known)) or 'none'}"
+        )
 
 
 # What the histories say ----------------------------------------------------------------------

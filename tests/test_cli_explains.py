@@ -40,6 +40,8 @@ MISTAKES = [
     ["reproduce", "--preset", "smoke", "--set", "base_lr=nan"],
     ["study", "no-such-cell"],
     ["study", "baseline", "--set", "dropout=1"],
+    ["study", "baseline", "--only", "full-mnsit"],
+    ["study", "baseline", "--only", ","],
     [*TRAIN, "--strategy", "bogus"],
     [*TRAIN, "--sed", "1"],
 ]

@@ -280,6 +280,43 @@ def test_the_study_gives_the_oracle_its_seeds_full_model_from_full_30_epochs(tmp
                                                           "retrain-oracle-cifar10"]  # fmt: skip
 
 
+def test_only_trains_a_seeds_full_runs_and_every_rates_oracles_without_the_sources(
+    tmp_path, monkeypatch
+):
+    """``--only``: the full runs and the oracles that read them, with no source trained or
+    needed (the retraining that would read it is left out), full runs before their oracles."""
+    runs = tmp_path / "runs"
+    trained = _record_training(monkeypatch)
+    monkeypatch.setattr(reproduce_module, "regenerate_study", lambda out: [])
+    cells = [study.FULL_30_EPOCHS, *map(study.grid_cell, study.RULE_A_RATES)]
+    only = ["full-mnist", "retrain-oracle-mnist"]
+    reproduce_module.reproduce_study(cells, seeds=(0,), runs_dir=runs, out=tmp_path, only=only)
+    assert [e for e, _, _ in trained] == ["full-mnist"] + ["retrain-oracle-mnist"] * 4
+    full = run_directory(runs / study.FULL_30_EPOCHS, study.PRESET, "full-mnist", 0) / MODEL_NAME
+    assert {w for e, _, w in trained if e != "full-mnist"} == {str(full)}
+
+
+def test_only_still_refuses_runs_whose_starting_models_it_leaves_out(tmp_path, monkeypatch):
+    """The full runs' cell is named but its runs are not among ``--only``: the oracles would
+    find no model, so the study is refused before any run, naming the command that trains them."""
+    trained = _record_training(monkeypatch)
+    cells = [study.FULL_30_EPOCHS, study.grid_cell("0.01")]
+    with pytest.raises(UserError, match=r"full-mnist runs, not trained for seeds 0"):
+        reproduce_module.reproduce_study(
+            cells, seeds=(0,), runs_dir=tmp_path / "runs", out=tmp_path,
+            only=["retrain-oracle-mnist"],
+        )  # fmt: skip
+    assert trained == []
+
+
+def test_only_names_the_experiments_of_the_cells_when_it_names_none_of_them():
+    unknown = r"--only full-mnsit: .* theirs are full-cifar10,full-mnist"
+    with pytest.raises(UserError, match=unknown):
+        study.check_only([study.FULL_30_EPOCHS], ["full-mnsit"])
+    study.check_only([study.FULL_30_EPOCHS], ["full-mnist"])
+    study.check_only([study.FULL_30_EPOCHS], None)
+
+
 def test_the_studys_cells_share_one_feature_cache_folder(tmp_path, monkeypatch):
     """Each cell trains in its own folder, but their caches go to the study's root: the grid's
     four rates retrain on the same features, built once."""
