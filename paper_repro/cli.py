@@ -390,18 +390,22 @@ def _add_probe(sub: argparse._SubParsersAction) -> None:
         "a linear probe (L-BFGS logistic regression, C chosen on validation) of runs' frozen pool5",
         finished_runs_options("the first N images of each split"),
     )
-    p.add_argument("--out", metavar="FILE.md", help="also write the table to this file")
+    p.add_argument(
+        "--out",
+        metavar="FILE.md",
+        help="also write the table to this file, and its rows as JSON to FILE.json",
+    )
     p.set_defaults(handler=_probe)
 
 
 def _probe(args: argparse.Namespace) -> None:
     from paper_repro.probe import report
 
-    out = report(
+    written = report(
         args.runs, data_dir=args.data_dir, limit=args.images, out=args.out,
         verbose=progress(args),
     )  # fmt: skip
-    _print_paths([out] if out else [])
+    _print_paths(written)
 
 
 def _add_regenerate(sub: argparse._SubParsersAction) -> None:

@@ -24,9 +24,10 @@ Command::
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -138,6 +139,30 @@ def carve(train: Features) -> tuple[Features, Features]:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One run's probe: what the table prints, and ``config``, the run's settings, so that a
+    reader of the JSON (the study's probe table) never mixes probes of different settings."""
+
+    run: str
+    experiment: str
+    seed: int
+    arm: str
+    values: int  # pool5 values per image
+    images: tuple[int, int, int]  # fit, validation, test
+    validation_split: str
+    result: Probe
+    config: dict
+
+    def cells(self) -> list[str]:
+        return [
+            self.run, self.experiment, str(self.seed), self.arm, str(self.values),
+            " / ".join(map(str, self.images)), self.validation_split,
+            f"{self.result.chosen.c:g}", f"{100 * self.result.chosen.validation_accuracy:.2f}",
+            f"{100 * self.result.test_accuracy:.2f}", self.result.converged_text(),
+        ]  # fmt: skip
+
+
 def report(
     run_dirs: Sequence[str | os.PathLike],
     *,
@@ -145,39 +170,29 @@ def report(
     limit: int | None = None,
     out: str | os.PathLike | None = None,
     verbose: int = 1,
-) -> Path | None:
+) -> list[Path]:
     """Print the probe's table a row at a time, as each run is measured, and write the whole
-    table to ``out`` (when given) at the end; returns ``out``."""
+    table to ``out`` (when given) at the end, with its rows as JSON beside it (``out`` with
+    the suffix ``.json``); returns the files written."""
     if out is not None and not Path(out).parent.is_dir():
         raise UserError(f"--out {out}: no such directory {Path(out).parent}")
-    lines = []
-    for line in table(run_dirs, data_dir=data_dir, limit=limit, verbose=verbose):
-        print(line, flush=True)
-        lines.append(line)
-    if out is None:
-        return None
-    write_atomic(out, ("\n".join(lines) + "\n").encode("utf-8"))
-    return Path(out)
-
-
-def table(
-    run_dirs: Sequence[str | os.PathLike],
-    *,
-    data_dir: str | None = None,
-    limit: int | None = None,
-    verbose: int = 0,
-) -> Iterator[str]:
-    """The Markdown table's lines: a row per run, each as soon as its run is measured, every run
-    directory checked before the first is measured."""
     runs = run_features.finished_runs(run_dirs, limit)
-    yield from markdown.head(HEADER, "llrlrrlrrrl")
+    lines, found = list(markdown.head(HEADER, "llrlrrlrrrl")), []
+    print("\n".join(lines), flush=True)
     for run, history in runs:
-        yield markdown.row(_row(run, history, data_dir, limit, verbose))
+        found.append(_row(run, history, data_dir, limit, verbose))
+        lines.append(markdown.row(found[-1].cells()))
+        print(lines[-1], flush=True)
+    if out is None:
+        return []
+    rows = json.dumps([dataclasses.asdict(row) for row in found], indent=1)
+    json_out = Path(out).with_suffix(".json")
+    write_atomic(json_out, (rows + "\n").encode("utf-8"))
+    write_atomic(out, ("\n".join(lines) + "\n").encode("utf-8"))
+    return [Path(out), json_out]
 
 
-def _row(
-    run: Path, history: History, data_dir: str | None, limit: int | None, verbose: int
-) -> list[str]:
+def _row(run: Path, history: History, data_dir: str | None, limit: int | None, verbose: int) -> Row:
     config = run_features.run_config(history)
     splits = data.load_experiment_data(config, data_dir=data_dir, seed=history.seed)
     named, validation_split = _probe_splits(config, splits, history.seed, data_dir)
@@ -198,13 +213,12 @@ def _row(
     )
     result = probe(train, validation, features["test"], verbose=verbose)
     arm = arms.of_run(history.mode, history.start)
-    return [
-        str(run), history.experiment, str(history.seed), arm.name if arm else history.mode,
-        str(train.values.shape[1]), f"{len(train)} / {len(validation)} / {len(features['test'])}",
-        validation_split, f"{result.chosen.c:g}",
-        f"{100 * result.chosen.validation_accuracy:.2f}", f"{100 * result.test_accuracy:.2f}",
-        result.converged_text(),
-    ]  # fmt: skip
+    return Row(
+        run=str(run), experiment=history.experiment, seed=history.seed,
+        arm=arm.name if arm else history.mode, values=int(train.values.shape[1]),
+        images=(len(train), len(validation), len(features["test"])),
+        validation_split=validation_split, result=result, config=history.config,
+    )  # fmt: skip
 
 
 def _probe_splits(

@@ -141,8 +141,15 @@ def test_a_run_through_the_command(mock_tfds, tmp_path, capsys):
         expected = probe.probe(
             *probe.carve(_pool5(model, splits.train, splits)), _pool5(model, splits.test, splits)
         )
-    table = out.read_text()
-    assert printed == f"{table}wrote {out}\n"
+    table, rows = out.read_text(), json.loads(out.with_suffix(".json").read_text())
+    assert printed == f"{table}wrote {out}\nwrote {out.with_suffix('.json')}\n"
+    # The JSON holds what the table shows, every fit, and the run's settings.
+    assert [row["run"] for row in rows] == [str(run), str(on_carved)]
+    assert rows[0]["result"]["test_accuracy"] == expected.test_accuracy
+    assert rows[0]["result"]["chosen"]["c"] == expected.chosen.c
+    assert [fit["c"] for fit in rows[0]["result"]["fits"]] == sorted(probe.C_GRID)
+    assert rows[0]["images"] == [144, 16, 80]
+    assert rows[1]["config"]["test_split"] == "train[300:]"
     assert table.splitlines()[0] == "| " + " | ".join(probe.HEADER) + " |"
     assert _cells(table, 2) == [
         str(run), "full-mnist", "0", "full", "256", "144 / 16 / 80", "last 10 % of train",
