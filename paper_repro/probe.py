@@ -185,11 +185,15 @@ def report(
         print(lines[-1], flush=True)
     if out is None:
         return []
-    rows = json.dumps([dataclasses.asdict(row) for row in found], indent=1)
     json_out = Path(out).with_suffix(".json")
-    write_atomic(json_out, (rows + "\n").encode("utf-8"))
+    write_atomic(json_out, rows_json(found).encode("utf-8"))
     write_atomic(out, ("\n".join(lines) + "\n").encode("utf-8"))
     return [Path(out), json_out]
+
+
+def rows_json(rows: Sequence[Row]) -> str:
+    """The rows as ``--out``'s JSON file holds them (``study_probe`` reads it)."""
+    return json.dumps([dataclasses.asdict(row) for row in rows], indent=1) + "\n"
 
 
 def _row(run: Path, history: History, data_dir: str | None, limit: int | None, verbose: int) -> Row:

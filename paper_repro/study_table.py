@@ -6,8 +6,9 @@ centre-crop accuracy over seeds (its base cell's where the cell does not train i
 the margins between arms per seed, and rule 1's verdict for a knob's cell. Below it, rule E of
 figures/study/PLAN.md: each margin as a paired per-seed difference with its 95 % Student-t
 interval, under both protocols (the last epoch's centre crop, and the final multi-crop
-evaluation), then criterion C (rule A.2) as the runs recorded it. ``paper-repro study`` writes it
-beside the figure, from the same histories (``study``'s cells and readings).
+evaluation), then criterion C (rule A.2) as the runs recorded it, then rule B's probes of the
+frozen blocks (``study_probe``). ``paper-repro study`` writes it beside the figure, from the same
+histories (``study``'s cells and readings) and the probes kept beside them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from paper_repro import arms, markdown, seeds, study
+from paper_repro import arms, markdown, seeds, study, study_probe
 from paper_repro.runs import write_atomic
 
 TABLE_NAME = "table.md"
@@ -54,8 +55,21 @@ CONVERGENCE_CAPTION = (
     "written before it was recorded, or with fewer than four epochs before the drop, are in "
     "neither count."
 )
-
-
+PROBE_CAPTION = (
+    "Rule B, the linear probe (PLAN.md): validation accuracy (%) of a multinomial logistic "
+    "regression (L-BFGS, its L2 strength chosen on validation) on each frozen block's "
+    "standardised values, mean ± sample standard deviation over seeds (n = runs); the margins "
+    "are paired per-seed differences ± the half-width of their 95 % Student-t interval, in "
+    "points. From the probes kept under probe/CELL/ (`paper-repro probe RUN_DIR ... --out`), "
+    "whose files also hold each probe's test accuracy, read once at the end. A grid cell's "
+    "frozen blocks are the same at every rate."
+)
+PROBE_MARGINS = {
+    "oracle - retraining": (arms.ORACLE, arms.RETRAIN),
+    "retraining - control": (arms.RETRAIN, arms.CONTROL),
+}
+PROBE_HEADER = ("cell", "target", *(ARM_HEADERS[arms.ARMS.index(a)] for a in study_probe.ARMS),
+                *PROBE_MARGINS)  # fmt: skip
 RULE_A_CAPTION = (
     "Rule A per frozen run (PLAN.md: the rate of the grid with the highest mean centre-crop "
     "validation accuracy over seeds 0-2, a tie to the smaller; 60 epochs unless each of those "
@@ -86,6 +100,9 @@ def table(histories_dir: str | os.PathLike[str]) -> str:
     lines += ["", CONVERGENCE_CAPTION]
     lines += ["", markdown.table(("cell", "target", *ARM_HEADERS), converged) if converged else
               "No history records criterion C yet."]  # fmt: skip
+    probed = list(_probe_rows(study_probe.probes(Path(histories_dir).parent)))
+    lines += ["", PROBE_CAPTION]
+    lines += ["", markdown.table(PROBE_HEADER, probed) if probed else "No probe kept yet."]
     return "\n".join(lines) + "\n"
 
 
@@ -135,6 +152,21 @@ def _interval_rows(by_protocol: Mapping[str, study.Results]) -> Iterator[list[st
                 margin = study.difference(a, b)
                 cells.append("–" if margin is None else seeds.interval_text(margin, _percent))
         yield [name, target, *cells]
+
+
+def _probe_rows(found: study.Results) -> Iterator[list[str]]:
+    """Rule B: a row per probed cell and target, each frozen arm's probe over seeds and the
+    margins between them."""
+    for name, runs in found.items():
+        for target in study.TARGETS:
+            values = {a: runs.get(a.experiment(target)) for a in study_probe.ARMS}
+            if not any(values.values()):
+                continue
+            margins = [study.difference(values[a], values[b]) for a, b in PROBE_MARGINS.values()]
+            yield [
+                name, target, *(_text(study.summary(v)) for v in values.values()),
+                *("–" if m is None else seeds.interval_text(m, _percent) for m in margins),
+            ]  # fmt: skip
 
 
 def _convergence_rows(found: study.Results) -> Iterator[list[str]]:

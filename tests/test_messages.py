@@ -65,6 +65,7 @@ REACHED_BY = {
     "run_features.py": ("feature-activity", "probe"),
     "study.py": ("study",),
     "study_table.py": ("study",),
+    "study_probe.py": ("study",),
     "convergence.py": (),
     "trainee.py": RUN_COMMANDS,
     "training/callbacks.py": RUN_COMMANDS,
