@@ -43,7 +43,7 @@ from paper_repro.experiments import CROPS, MODES, RunConfig
 from paper_repro.runs import write_atomic
 
 SCHEMA = "paper_repro.history/1"
-STATUSES = ("running", "finished")
+STATUSES = ("running", "finished", "diverged")  # diverged: stopped at a non-finite value
 _INF = float("inf")
 _TOO_DEEP = (
     "nested too deeply to be a history (no field of one nests more than a few levels): the file "
@@ -390,6 +390,9 @@ class History:
     data: DataRecord | None = None
     # Each process that resumed it, in order; None while no process has.
     resumes: tuple[ResumeRecord, ...] | None = None
+    # What became non-finite, and where, set exactly when the status is "diverged": its epochs
+    # are those before, the last good one's checkpoint kept.
+    diverged: str | None = None
 
     @property
     def num_classes(self) -> int | None:
@@ -495,12 +498,15 @@ def _release(version: str) -> tuple[int, ...]:
 
 
 def _check_together(history: History, where: _Field) -> None:
-    """What no single field says: a final evaluation exactly when the run has finished, epochs
-    numbered 1..n, and top-5 accuracies no lower than the top-1 ones."""
-    if (history.final is None) != (history.status == "running"):
-        where.key("final").fail(
-            f'must be set exactly when status is "finished", got {_show(_json(history.final))}'
-        )
+    """What no single field says: a final evaluation exactly when the run has finished, what
+    diverged exactly when it diverged, epochs numbered 1..n, and top-5 accuracies no lower than
+    the top-1 ones."""
+    for key, status in (("final", "finished"), ("diverged", "diverged")):
+        value = getattr(history, key)
+        if (value is None) == (history.status == status):
+            where.key(key).fail(
+                f'must be set exactly when status is "{status}", got {_show(_json(value))}'
+            )
     for position, epoch in enumerate(history.epochs):
         if epoch.epoch != position + 1:
             where.key("epochs").index(position).key("epoch").fail(

@@ -19,7 +19,7 @@ from paper_repro.history import load_history
 from paper_repro.runs import HISTORY_SUFFIX, RunPaths, run_directory, write_atomic
 from paper_repro.seeds import check_seeds
 from paper_repro.study_figure import regenerate_study
-from paper_repro.training import settings_changed, train
+from paper_repro.training import TrainingDiverged, settings_changed, train
 
 
 def reproduce(
@@ -184,7 +184,8 @@ def reproduce_study(
             kept, cell_runs = kept_root / name, Path(runs_dir) / name
             if not force and _kept_and_finished(kept, name, cell_runs, experiment, config, seed):
                 if verbose:
-                    print(f"{kept}: {experiment} (seed {seed}) already finished", flush=True)
+                    status = load_history(_kept_path(kept, experiment, config, seed)).status
+                    print(f"{kept}: {experiment} (seed {seed}) already {status}", flush=True)
                 continue
             same = None if force else _same_run_kept(kept_root, name, experiment, config, seed)
             if same is not None:
@@ -201,7 +202,8 @@ def reproduce_study(
                 experiment, study.PRESET, seed, kept, overrides,
                 weights=str(source) if source else None,
                 cached=config.mode == "retrain", runs_dir=cell_runs, cache_root=runs_dir,
-                data_dir=data_dir, force=force, download=download, verbose=verbose,
+                keep_diverged=True, data_dir=data_dir, force=force, download=download,
+                verbose=verbose,
             )  # fmt: skip
     return regenerate_study(out)
 
@@ -218,16 +220,24 @@ def _kept_and_finished(
     """
     run = run_directory(runs_dir, study.PRESET, experiment, seed, config.mode == "retrain")
     needed = study.is_source(cell, experiment) and not RunPaths(run).model.is_file()
-    return not needed and _finished_as(kept / f"{run.name}{HISTORY_SUFFIX}", config, seed)
+    return not needed and _finished_as(_kept_path(kept, experiment, config, seed), config, seed)
+
+
+def _kept_path(kept: Path, experiment: str, config: RunConfig, seed: int) -> Path:
+    """Where the study keeps a run's history: under its run directory's name."""
+    run = run_directory(Path(), study.PRESET, experiment, seed, config.mode == "retrain")
+    return kept / f"{run.name}{HISTORY_SUFFIX}"
 
 
 def _finished_as(history: Path, config: RunConfig, seed: int) -> bool:
-    """Whether ``history`` is a finished run's with these settings and seed."""
+    """Whether ``history`` is a finished (or diverged: runs are deterministic, so it would
+    diverge again) run's with these settings and seed."""
     if not history.is_file():
         return False
     previous = load_history(history)
     settings = dataclasses.replace(config, cache_features=config.mode == "retrain")
-    return previous.status == "finished" and settings_changed(previous, settings, seed) is None
+    done = previous.status in ("finished", "diverged")
+    return done and settings_changed(previous, settings, seed) is None
 
 
 def _same_run_kept(
@@ -241,13 +251,12 @@ def _same_run_kept(
     if study.is_source(cell, experiment):
         return None
     start = config.pretrained and study.source_cell(cell, config.pretrained)
-    name = run_directory(Path(), study.PRESET, experiment, seed, config.mode == "retrain").name
     for other in study.CELLS:
         if other == cell or experiment not in study.cell(other).runs:
             continue
         if config.pretrained and study.source_cell(other, config.pretrained) != start:
             continue
-        history = kept_root / other / f"{name}{HISTORY_SUFFIX}"
+        history = _kept_path(kept_root / other, experiment, config, seed)
         if _finished_as(history, config, seed):
             return history
     return None
@@ -297,13 +306,21 @@ def _train_and_keep(
     weights: str | None,
     cached: bool,
     runs_dir: str | os.PathLike,
+    keep_diverged: bool = False,
     **options,
 ) -> None:
     """Train one run (or skip it, finished; or resume it) and keep a copy of its history in
-    ``kept`` under its run directory's name."""
+    ``kept`` under its run directory's name; with ``keep_diverged``, also that of a run that
+    diverged, which is then said and not raised (a grid's rate may be too high for an arm: a
+    result, not a reason to stop the study)."""
     cache = ["cache_features=true"] if cached else []
-    train(experiment, preset, weights=weights, runs_dir=runs_dir, seed=seed,
-          overrides=[*overrides, *cache], **options)  # fmt: skip
+    try:
+        train(experiment, preset, weights=weights, runs_dir=runs_dir, seed=seed,
+              overrides=[*overrides, *cache], **options)  # fmt: skip
+    except TrainingDiverged as error:
+        if not keep_diverged:
+            raise
+        print(f"{experiment} (seed {seed}) diverged, its history kept: {error}", flush=True)
     run = run_directory(runs_dir, preset, experiment, seed, cached)
     target = kept / f"{run.name}{HISTORY_SUFFIX}"
     _check_replaceable(target, RunPaths(run).history)

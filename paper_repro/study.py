@@ -325,11 +325,11 @@ def criterion_c(history: History) -> bool | None:
 Measure = Callable[[History], Any]  # a run's value; None where it has none
 
 
-def _finished(directory: Path) -> Iterator[seeds.Run]:
-    """A cell's finished histories, each with its path."""
+def _finished(directory: Path, status: str = "finished") -> Iterator[seeds.Run]:
+    """A cell's finished histories (or those of another ``status``), each with its path."""
     for path in find_histories(directory) if directory.is_dir() else ():
         history = load_history(path)
-        if history.status == "finished":
+        if history.status == status:
             yield str(path), history
 
 
@@ -362,6 +362,25 @@ def _stalled(history: History) -> bool:
     optimization, not transfer. Read on training loss alone, never on validation accuracy."""
     classes = history.num_classes
     return bool(classes) and history.epochs[-1].train_loss >= math.log(classes)
+
+
+def diverged(histories_dir: str | os.PathLike[str]) -> Results:
+    """The kept runs that diverged (stopped at a non-finite loss or weight), per cell,
+    experiment and seed: rule A chooses no rate at which one of them did."""
+    found: Results = {}
+    for name in CELLS:
+        for _, history in _finished(Path(histories_dir) / name, "diverged"):
+            found.setdefault(name, {}).setdefault(history.experiment, {})[history.seed] = 1.0
+    return found
+
+
+def diverged_lines(histories_dir: str | os.PathLike[str]) -> list[str]:
+    """The kept runs that diverged, each with what became non-finite."""
+    return [
+        f"{name} {history.experiment} seed {history.seed} ({history.diverged})"
+        for name in CELLS
+        for _, history in _finished(Path(histories_dir) / name, "diverged")
+    ]
 
 
 def did_not_train(histories_dir: str | os.PathLike[str]) -> list[str]:
@@ -490,21 +509,29 @@ class RateChoice:
         return self.met_c < len(RULE_A_SEEDS)
 
 
-def rule_a(found: Results, converged: Results) -> dict[str, RateChoice | None]:
+def rule_a(
+    found: Results, converged: Results, diverged_runs: Results | None = None
+) -> dict[str, RateChoice | None]:
     """Rule A.3 and A.4 per frozen run (``FROZEN_RUNS``), from the grid's accuracies (``found``)
     and criterion C as the runs recorded it (``converged``): the rate with the highest mean over
-    ``RULE_A_SEEDS``, an exact tie going to the smaller rate; None until every rate of the grid
-    has every one of those seeds finished (``rule_a_lacking`` says which). A run that recorded no
-    criterion counts as not having met it."""
+    ``RULE_A_SEEDS``, an exact tie going to the smaller rate, among the rates at which none of
+    those runs diverged (``diverged_runs``); None until every rate of the grid has every one of
+    those seeds finished or diverged (``rule_a_lacking`` says which), or where every rate had a
+    run diverge. A run that recorded no criterion counts as not having met it."""
+    diverged_runs = diverged_runs or {}
     choice: dict[str, RateChoice | None] = {}
     for experiment in FROZEN_RUNS:
-        if rule_a_lacking(found, experiment):
+        if rule_a_lacking(found, experiment, diverged_runs):
             choice[experiment] = None
             continue
         means = [
             (sum(found[grid_cell(r)][experiment][s] for s in RULE_A_SEEDS) / len(RULE_A_SEEDS), r)
             for r in RULE_A_RATES
+            if not diverged_runs.get(grid_cell(r), {}).get(experiment)
         ]
+        if not means:
+            choice[experiment] = None
+            continue
         mean, rate = max(means, key=lambda m: (m[0], -float(m[1])))
         met = converged.get(grid_cell(rate), {}).get(experiment, {})
         choice[experiment] = RateChoice(rate, mean, sum(bool(met.get(s)) for s in RULE_A_SEEDS))
@@ -514,7 +541,9 @@ def rule_a(found: Results, converged: Results) -> dict[str, RateChoice | None]:
 def rule_a_from(histories_dir: str | os.PathLike[str]) -> dict[str, RateChoice | None]:
     """``rule_a`` from the histories kept under ``HISTORIES_DIR/CELL``."""
     found = finished(histories_dir)
-    return rule_a(measured(found, centre_crop), measured(found, criterion_c))
+    return rule_a(
+        measured(found, centre_crop), measured(found, criterion_c), diverged(histories_dir)
+    )
 
 
 def check_rule_a(cells: Sequence[str], histories_dir: str | os.PathLike[str]) -> None:
@@ -530,11 +559,17 @@ def check_rule_a(cells: Sequence[str], histories_dir: str | os.PathLike[str]) ->
             settings(name, experiment, choices)
 
 
-def rule_a_lacking(found: Results, experiment: str) -> list[str]:
-    """The grid's runs rule A still needs to choose ``experiment``'s rate: ``lr R seeds S``."""
+def rule_a_lacking(
+    found: Results, experiment: str, diverged_runs: Results | None = None
+) -> list[str]:
+    """The grid's runs rule A still needs to choose ``experiment``'s rate (neither finished nor
+    diverged): ``lr R seeds S``."""
     lacking = []
     for rate in RULE_A_RATES:
-        done = found.get(grid_cell(rate), {}).get(experiment, {})
+        done = {
+            **found.get(grid_cell(rate), {}).get(experiment, {}),
+            **(diverged_runs or {}).get(grid_cell(rate), {}).get(experiment, {}),
+        }
         missing = [str(s) for s in RULE_A_SEEDS if s not in done]
         if missing:
             lacking.append(f"lr {rate} seed{'s' if len(missing) > 1 else ''} {', '.join(missing)}")

@@ -92,8 +92,15 @@ def table(histories_dir: str | os.PathLike[str]) -> str:
     lines += ["", "Rule 1 per knob: " + "; ".join(_choices(found)) + "."]
     lines += ["", f"Rule 3 (the 45-minute job) excludes: {', '.join(study.TOO_SLOW_FOR_MINI)}. "
               + _mini(found)]  # fmt: skip
+    lines += [
+        "",
+        "Runs that diverged (stopped at a non-finite loss or weight; kept, not in the means; "
+        "rule A chooses no rate at which one of its seeds 0-2 diverged): "
+        + ("; ".join(study.diverged_lines(histories_dir)) or "none") + ".",
+    ]  # fmt: skip
     converged_by_run = study.measured(finished, study.criterion_c)
-    lines += ["", RULE_A_CAPTION + "; ".join(_rates(found, converged_by_run)) + "."]
+    rates = _rates(found, converged_by_run, study.diverged(histories_dir))
+    lines += ["", RULE_A_CAPTION + "; ".join(rates) + "."]
     header = ("cell", "target", *(f"{m}, {p}" for m in MARGINS for p in PROTOCOLS))
     lines += ["", INTERVALS_CAPTION, "", markdown.table(header, _interval_rows(by_protocol))]
     converged = list(_convergence_rows(converged_by_run))
@@ -226,13 +233,16 @@ def _choice(found: study.Results, knob: str, choice: Mapping[str, str | None]) -
     return f"not decided yet (rule 1 needs 2 seeds: {missing})"
 
 
-def _rates(found: study.Results, converged: study.Results) -> list[str]:
+def _rates(found: study.Results, converged: study.Results, diverged: study.Results) -> list[str]:
     """``run: what rule A takes`` per frozen run, or what it still lacks."""
     said = []
-    for experiment, choice in study.rule_a(found, converged).items():
-        if choice is None:
-            missing = "; ".join(study.rule_a_lacking(found, experiment))
+    for experiment, choice in study.rule_a(found, converged, diverged).items():
+        missing = "; ".join(study.rule_a_lacking(found, experiment, diverged))
+        if choice is None and missing:
             said.append(f"{experiment}: not decided yet (needs {missing})")
+            continue
+        if choice is None:
+            said.append(f"{experiment}: none (a run diverged at every rate)")
             continue
         epochs = 60 if choice.needs_60_epochs else 30
         said.append(

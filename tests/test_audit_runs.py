@@ -404,7 +404,8 @@ def test_a_run_whose_last_step_diverges_does_not_finish(tmp_path, capsys):
     assert code == 2 and "became" in err and "--set base_lr=" in err
     root = runs_dir / RUN
     assert not (root / "model.keras").exists()
-    assert load_history(root / "history.json").status == "running"
+    history = load_history(root / "history.json")
+    assert history.status == "diverged" and "became" in history.diverged
 
 
 def test_non_finite_weights_are_found_by_name():

@@ -135,6 +135,17 @@ def test_a_missing_run_is_a_dash_with_a_footnote(tmp_path, histories):
     assert r"---\textsuperscript{" in (tmp_path / "table3.tex").read_text(encoding="utf-8")
 
 
+def test_a_diverged_run_is_footnoted_as_diverged_with_no_final_numbers(tmp_path, histories):
+    key = "full-cifar10/history.json"
+    full = histories[key]
+    histories[key] = replace(
+        full, epochs=full.epochs[:2], final=None, status="diverged", diverged="loss nan"
+    )
+    write_table3(histories, tmp_path)
+    markdown = (tmp_path / "table3.md").read_text(encoding="utf-8")
+    assert footnote(markdown, "full-cifar10, seed 0 diverged (2 epochs recorded)").startswith("[^")
+
+
 def test_a_run_in_progress_shows_its_epochs_but_no_final_numbers(tmp_path, histories):
     key = "full-cifar10/history.json"
     full = histories[key]

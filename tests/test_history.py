@@ -101,6 +101,10 @@ MALFORMED = [
     (_set("seed", True), "seed must be an integer, got true"),
     (_set("preset", ""), 'preset must be a non-empty string, got ""'),
     (_set("final", None), 'final must be set exactly when status is "finished", got null'),
+    (
+        _set("diverged", "the loss became nan"),
+        'diverged must be set exactly when status is "diverged"',
+    ),
     (_set("final.crops", 3), "final.crops must be one of 1, 5, 10, got 3"),
     (_set("final.top5", 0.5), "final.top5 must be >= top1 (0.7398), got 0.5"),
     (_set("provenance.started", "yesterday"), "provenance.started must be an ISO-8601 time"),
@@ -149,6 +153,16 @@ def test_a_diverged_loss_and_a_utc_z_time_are_valid(tmp_path):
     history = load_history(path)
     save_history(history, path)
     assert math.isnan(load_history(path).epochs[0].train_loss)
+
+
+def test_a_diverged_run_round_trips_without_a_final_evaluation(tmp_path):
+    history = replace(
+        load_history(RETRAIN), status="diverged", final=None, diverged="the loss became nan"
+    )
+    save_history(history, tmp_path / "h.json")
+    assert load_history(tmp_path / "h.json") == history
+    with pytest.raises(UserError, match='final must be set exactly when status is "finished"'):
+        save_history(replace(history, final=load_history(RETRAIN).final), tmp_path / "h.json")
 
 
 def test_a_cache_record_round_trips_and_is_validated(tmp_path):

@@ -19,6 +19,7 @@ from paper_repro.history import load_history, save_history
 from paper_repro.reports import build_figure5, load_histories, write_table3, write_time_to_accuracy
 from paper_repro.reports.figure5 import STYLES
 from paper_repro.runs import MODEL_NAME, pretrained_model, run_directory
+from paper_repro.training import TrainingDiverged
 
 FIXTURES = Path(__file__).parent / "fixtures" / "histories"
 ORACLE_COLUMN = "Retraining, oracle features (positive control)"
@@ -315,6 +316,46 @@ def test_only_names_the_experiments_of_the_cells_when_it_names_none_of_them():
         study.check_only([study.FULL_30_EPOCHS], ["full-mnsit"])
     study.check_only([study.FULL_30_EPOCHS], ["full-mnist"])
     study.check_only([study.FULL_30_EPOCHS], None)
+
+
+def test_a_run_of_the_grid_that_diverges_is_kept_as_such_and_the_study_goes_on(
+    tmp_path, monkeypatch, capsys
+):
+    """A rate too high for an arm is a result: the diverged history is kept, the next runs
+    train, and a rerun of the study does not train it again (it would diverge again)."""
+    template = load_history(FIXTURES / "retrain-mnist" / "history.json")
+    calls = []
+
+    def fake_train(experiment, preset, *, runs_dir, seed, overrides, **options):
+        calls.append((experiment, seed))
+        config = experiments.resolve(experiment, preset, overrides)
+        status = "diverged" if (experiment, seed) == ("retrain-random-mnist", 0) else "finished"
+        history = dataclasses.replace(
+            template, experiment=experiment, dataset=config.dataset, mode=config.mode,
+            seed=seed, config=config.to_dict(), status=status,
+            final=template.final if status == "finished" else None,
+            diverged="the training loss became nan in epoch 2, batch 5" if status != "finished"
+            else None,
+        )  # fmt: skip
+        run = run_directory(runs_dir, preset, experiment, seed, config.cache_features)
+        save_history(history, run / "history.json")
+        if status == "diverged":
+            raise TrainingDiverged(f"the training loss became nan; {run} keeps the last epoch")
+
+    monkeypatch.setattr(reproduce_module, "train", fake_train)
+    monkeypatch.setattr(reproduce_module, "regenerate_study", lambda out: [])
+    cell, only = study.grid_cell("0.03"), ["retrain-random-mnist", "retrain-random-cifar10"]
+    study_runs = dict(seeds=(0, 1), runs_dir=tmp_path / "runs", out=tmp_path, only=only)
+    reproduce_module.reproduce_study([cell], **study_runs)
+    assert len(calls) == 4
+    assert "retrain-random-mnist (seed 0) diverged, its history kept" in capsys.readouterr().out
+    kept = tmp_path / study.HISTORIES / cell
+    assert load_history(kept / "retrain-random-mnist-cached.history.json").status == "diverged"
+    assert study.diverged(tmp_path / study.HISTORIES) == {cell: {"retrain-random-mnist": {0: 1.0}}}
+    assert set(study.results(tmp_path / study.HISTORIES)[cell]["retrain-random-mnist"]) == {1}
+    reproduce_module.reproduce_study([cell], **study_runs)
+    assert len(calls) == 4
+    assert "retrain-random-mnist (seed 0) already diverged" in capsys.readouterr().out
 
 
 def test_the_studys_cells_share_one_feature_cache_folder(tmp_path, monkeypatch):

@@ -299,8 +299,22 @@ def test_rule_a_waits_for_every_rate_and_seed_and_says_which_are_missing():
     found[study.grid_cell("0.03")]["retrain-mnist"] = {0: 0.99}  # best so far, on one seed
     assert study.rule_a(found, {})["retrain-mnist"] is None
     assert study.rule_a_lacking(found, "retrain-mnist") == ["lr 0.03 seeds 1, 2"]
-    line = study_table._rates(found, {})[0]
+    line = study_table._rates(found, {}, {})[0]
     assert line == "retrain-mnist: not decided yet (needs lr 0.03 seeds 1, 2)"
+
+
+def test_rule_a_counts_a_diverged_run_as_done_and_chooses_no_rate_at_which_one_diverged():
+    """lr 0.03 has its best mean over the seeds that trained, but seed 1 diverged there."""
+    found = _grid({"0.001": 0.80, "0.003": 0.86, "0.01": 0.84})
+    found[study.grid_cell("0.03")]["retrain-mnist"] = {0: 0.95, 2: 0.95}
+    diverged = {study.grid_cell("0.03"): {"retrain-mnist": {1: 1.0}}}
+    assert study.rule_a_lacking(found, "retrain-mnist") == ["lr 0.03 seed 1"]
+    assert study.rule_a_lacking(found, "retrain-mnist", diverged) == []
+    assert study.rule_a(found, {}, diverged)["retrain-mnist"].rate == "0.003"
+    everywhere = {study.grid_cell(r): {"retrain-mnist": {1: 1.0}} for r in study.RULE_A_RATES}
+    assert study.rule_a(found, {}, everywhere)["retrain-mnist"] is None
+    line = study_table._rates(found, {}, everywhere)[0]
+    assert line == "retrain-mnist: none (a run diverged at every rate)"
 
 
 CHOSEN = study.RateChoice("0.003", 0.9, 3)

@@ -180,8 +180,15 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_epoch(tmp_path):
     bad_epoch = int(re.search(r"epoch (\d+)", str(error.value)).group(1))
     run = tmp_path / "smoke" / "full-mnist"
     history = load_history(run / "history.json")
-    assert history.status == "running" and len(history.epochs) == bad_epoch - 1
+    assert history.status == "diverged" and len(history.epochs) == bad_epoch - 1
+    assert re.match(rf"the (training|test) loss became nan in epoch {bad_epoch}", history.diverged)
     assert (run / "checkpoint.keras").exists() == (bad_epoch > 1)
+    # Rerun, it is refused at once (deterministic, it would diverge again), its files kept.
+    kept = (run / "history.json").read_bytes()
+    before = r"diverged before \(the (training|test) loss became nan"
+    with pytest.raises(TrainingDiverged, match=before):
+        _run(tmp_path, overrides=[*TINY, "base_lr=1e12"])
+    assert (run / "history.json").read_bytes() == kept
 
 
 @pytest.mark.slow

@@ -197,7 +197,8 @@ def _absent(runs: Runs | None, variant: str, dataset: str, preset: str) -> str:
         return f"no {variant} history for {dataset} in preset {preset}"
     running = [h for _, h in runs if h.final is None]
     if running:
-        return f"{run_name(running[0])} is still running ({len(running[0].epochs)} epochs recorded)"
+        state = "diverged" if running[0].status == "diverged" else "is still running"
+        return f"{run_name(running[0])} {state} ({len(running[0].epochs)} epochs recorded)"
     return ""
 
 

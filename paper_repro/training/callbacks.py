@@ -104,10 +104,9 @@ class RunRecorder(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
-            raise diverged(
+            raise self._diverged(
                 f"the training loss became {loss} in epoch {len(self.history.epochs) + 1}, "
-                f"batch {batch + 1}",
-                self.paths,
+                f"batch {batch + 1}"
             )
         if self.max_iterations and int(self.model.optimizer.iterations) >= self.max_iterations:
             self.model.stop_training = True
@@ -143,13 +142,20 @@ class RunRecorder(keras.callbacks.Callback):
             value = float(logs.get(name, 0.0))
             if not math.isfinite(value):
                 what = "training" if name == "loss" else "test"
-                raise diverged(f"the {what} loss became {value} in epoch {epoch}", self.paths)
+                raise self._diverged(f"the {what} loss became {value} in epoch {epoch}")
         broken = non_finite_weights(self.model)
         if broken:
-            raise diverged(
-                f"the weights {', '.join(broken[:3])} became non-finite in epoch {epoch}",
-                self.paths,
+            raise self._diverged(
+                f"the weights {', '.join(broken[:3])} became non-finite in epoch {epoch}"
             )
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The history marked diverged (its epochs the good ones), and the error to raise."""
+        self.history = dataclasses.replace(
+            self.history, status="diverged", diverged=what, phases=self.timer.record()
+        )
+        save_history(self.history, self.paths.history)
+        return diverged(what, self.paths)
 
 
 def tensorboard(log_dir: Path) -> keras.callbacks.TensorBoard:

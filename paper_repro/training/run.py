@@ -36,7 +36,7 @@ from paper_repro.runs import (
     train_again,
 )
 from paper_repro.training import network as network_lib
-from paper_repro.training.callbacks import PhaseTimer
+from paper_repro.training.callbacks import PhaseTimer, diverged
 from paper_repro.training.context import Run, as_run_here, say
 from paper_repro.training.fit import check_same_images, fit, images_of
 
@@ -82,6 +82,9 @@ def train(
             _check_finished_images(shared.root, previous, config, data_dir, seed)
             say(verbose, f"{shared.root}: already finished (use --force to train it again)")
             return previous
+        if previous is not None and previous.status == "diverged":
+            # Runs are deterministic: resumed, it would diverge at the same step again.
+            raise diverged(f"{shared.root} diverged before ({previous.diverged})", shared)
         resuming = previous is not None and shared.checkpoint.exists()
         if resuming:
             timer.carry(previous.phases)
