@@ -288,11 +288,14 @@ def _check_sources(
         missing = [s for s in seeds if not _study_source(runs_dir, cell, source, s).is_file()]
         if missing:
             what = "sources" if source == study.SOURCE else f"{source} runs"
+            fix = (
+                f"add {source} to --only" if trained_here else
+                f"run `paper-repro study {owner} --seeds {','.join(map(str, missing))}` first "
+                f"(or name {owner} before {cell})"
+            )  # fmt: skip
             raise UserError(
                 f"study cell {cell} retrains from the {owner} cell's {what}, not trained for "
-                f"seeds {','.join(map(str, missing))} in {runs_dir}: run `paper-repro study "
-                f"{owner} --seeds {','.join(map(str, missing))}` first (or name {owner} before "
-                f"{cell})"
+                f"seeds {','.join(map(str, missing))} in {runs_dir}: {fix}"
             )
 
 
