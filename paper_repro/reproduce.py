@@ -289,7 +289,7 @@ def _check_sources(
         if missing:
             what = "sources" if source == study.SOURCE else f"{source} runs"
             fix = (
-                f"add {source} to --only" if trained_here else
+                f"add {source} to `paper-repro study --only`" if trained_here else
                 f"run `paper-repro study {owner} --seeds {','.join(map(str, missing))}` first "
                 f"(or name {owner} before {cell})"
             )  # fmt: skip

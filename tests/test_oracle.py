@@ -303,7 +303,7 @@ def test_only_still_refuses_runs_whose_starting_models_it_leaves_out(tmp_path, m
     trained = _record_training(monkeypatch)
     cells = [study.FULL_30_EPOCHS, study.grid_cell("0.01")]
     with pytest.raises(UserError, match=r"full-mnist runs, not trained for seeds 0 .*: add "
-                                        r"full-mnist to --only$"):  # fmt: skip
+                                        r"full-mnist to `paper-repro study --only`$"):  # fmt: skip
         reproduce_module.reproduce_study(
             cells, seeds=(0,), runs_dir=tmp_path / "runs", out=tmp_path,
             only=["retrain-oracle-mnist"],
