@@ -90,12 +90,16 @@ def evaluate(
         total if total >= 0 else None, verbose=verbose, stateful_metrics=["top1"], unit_name="batch"
     )
     hits, center_hits, seen = np.zeros(2, np.int64), np.zeros(2, np.int64), 0
-    for images, labels in batches:
-        averaged, center = step(images)
-        hits += _hits(averaged, labels)
-        center_hits += _hits(center, labels)
-        seen += int(labels.shape[0])
-        progress.add(1, values=[("top1", hits[0] / seen)])
+    # Ctrl-C lands between two batches, never inside TensorFlow's calls, where it can turn the
+    # end of the split into pybind11's RuntimeError and a traceback (``runs.deferred_interrupt``).
+    with runs.deferred_interrupt() as stop_if_interrupted:
+        for images, labels in batches:
+            averaged, center = step(images)
+            hits += _hits(averaged, labels)
+            center_hits += _hits(center, labels)
+            seen += int(labels.shape[0])
+            progress.add(1, values=[("top1", hits[0] / seen)])
+            stop_if_interrupted()
     if not seen:
         raise UserError("the test data holds no examples")
     top1, top5, center_top1, center_top5 = (float(h) / seen for h in (*hits, *center_hits))

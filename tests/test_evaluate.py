@@ -1,10 +1,13 @@
 """paper_repro.evaluate: view-averaged top-1 / top-5 against a NumPy reference."""
 
+import signal
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from paper_repro import evaluate as evaluate_module
 from paper_repro.augment import AugmentConfig
 from paper_repro.errors import UserError
 from paper_repro.evaluate import evaluate, top5_text
@@ -119,3 +122,24 @@ def test_bad_arguments_are_explained(case, kwargs, message):
 def test_top5_prints_na_where_the_model_has_at_most_5_classes():
     assert top5_text(1.0, 5) == "n/a"  # always 100 %: says nothing
     assert top5_text(0.875, 6) == "87.50%"
+
+
+def test_ctrl_c_lands_between_two_batches(case, monkeypatch):
+    """Ctrl-C pressed while a batch is scored is raised once that batch is whole: never inside
+    the next call, where TensorFlow's bindings may turn it into a RuntimeError."""
+    model, images, labels = case
+    scored = []
+    hits = evaluate_module._hits
+
+    def hits_then_ctrl_c(probabilities, batch_labels):
+        scored.append(len(batch_labels))
+        if len(scored) == 1:
+            signal.raise_signal(signal.SIGINT)
+        return hits(probabilities, batch_labels)
+
+    monkeypatch.setattr(evaluate_module, "_hits", hits_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(model, (images, labels), crops=1, augment=SMALL, batch_size=5, verbose=0)
+    # The first batch was scored twice (all views, the centre), the second batch never.
+    assert scored == [5, 5]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
