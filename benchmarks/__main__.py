@@ -50,6 +50,7 @@ from benchmarks.bench_model import (
     matmul_step,
     stream_step,
     torch_steps,
+    torch_version,
 )
 from benchmarks.timing import machine, measure_alternating, peak_rss_gb, write_json
 from paper_repro import cache, data, markdown, update_choice
@@ -324,6 +325,12 @@ _LIMITS = {
 }
 
 
+def _torch_text(result: dict) -> str:
+    """PyTorch's version in the report's first line (results written before it was recorded,
+    and runs without PyTorch, have none)."""
+    return f"PyTorch {result['torch']}, " if result.get("torch") else ""
+
+
 def report(result: dict) -> str:
     """The Markdown report: the rates measured, each goal's ratio against its goal, what
     bounds each goal missed, and the update kernel a run chooses here."""
@@ -334,9 +341,9 @@ def report(result: dict) -> str:
     ]
     lines = [
         f"Benchmarks: {result['machine']}, TensorFlow {result['tensorflow']}, "
-        f"{result['image_size']} px, batch {result['batch']}, {result['precision']}, medians of "
-        f"{result['repeats']} "
-        "alternated repeats (`python -m benchmarks`).",
+        f"{_torch_text(result)}{result['image_size']} px, batch {result['batch']}, "
+        f"{result['precision']}, medians of {result['repeats']} alternated repeats "
+        "(`python -m benchmarks`).",
         "",
         markdown.table(["measurement", "images/s"], rates, "lr"),
         "",
@@ -404,6 +411,7 @@ def main(argv=None) -> dict:
     result = {
         "machine": machine(),
         "tensorflow": tf.__version__,
+        "torch": torch_version(),
         "image_size": args.size,
         "batch": args.batch,
         "precision": args.precision,

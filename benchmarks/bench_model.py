@@ -66,6 +66,16 @@ def stream_step() -> tuple:
     return lambda: add(), 3 * 4 * STREAM_FLOATS
 
 
+def torch_version() -> str | None:
+    """PyTorch's version and build (``2.13.0+cpu``), None where it is not installed: the
+    comparison's denominator changes with it, so the results record it."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch.__version__
+
+
 def torch_steps(size: int, batch: int, classes: int) -> dict:
     """The same network in PyTorch, as fast as it goes on a CPU: both memory layouts."""
     try:

@@ -9,6 +9,7 @@ import json
 import pytest
 
 import benchmarks.__main__ as suite
+from benchmarks import bench_model
 
 
 def test_goal_ratios_come_from_the_measured_values_and_missing_inputs_are_skipped():
@@ -123,6 +124,9 @@ def test_the_suite_measures_every_section_and_writes_what_it_prints(tmp_path, ca
     assert result["precision"] == "float32"
     assert json.loads((tmp_path / "benchmark.json").read_text()) == result
     table = (tmp_path / "benchmark.md").read_text()
+    # PyTorch's version is the comparison's denominator: recorded, and named where installed.
+    assert result["torch"] == bench_model.torch_version()
+    assert (f", PyTorch {result['torch']}, " in table) == (result["torch"] is not None)
     assert table in capsys.readouterr().out
     ratios = {row["ratio"]: row["value"] for row in result["goals"]}
     assert ratios["cached step / full step"] == pytest.approx(
