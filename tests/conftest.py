@@ -5,6 +5,7 @@ reproduction, an imported random CaffeNet)."""
 import contextlib
 import io
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,16 @@ import tensorflow_datasets as tfds
 REAL_DATASETS = ("mnist/3.0.1", "cifar10/3.0.2")
 # The tiny run every training test shrinks the smoke preset to: 4 steps an epoch.
 TINY = ("train_subset=160", "test_subset=80", "batch_size=40")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a terminal sends it, in this process and the commands its tests start. A suite
+    started in the background by a script (``nohup pytest &``) inherits SIGINT ignored, and so
+    would every command it starts: the tests of what Ctrl-C does would fail for want of one.
+    A handler, unlike an ignored signal, does not survive ``exec``, so the commands get the
+    default again."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
