@@ -66,21 +66,26 @@ def stream_step() -> tuple:
     return lambda: add(), 3 * 4 * STREAM_FLOATS
 
 
-def torch_version() -> str | None:
-    """PyTorch's version and build (``2.13.0+cpu``), None where it is not installed: the
-    comparison's denominator changes with it, so the results record it."""
+def _torch():
+    """PyTorch, or None where it is not installed (it is the ``bench`` extra's)."""
     try:
         import torch
     except ImportError:
         return None
-    return torch.__version__
+    return torch
+
+
+def torch_version() -> str | None:
+    """PyTorch's version and build (``2.13.0+cpu``), None where it is not installed: the
+    comparison's denominator changes with it, so the results record it."""
+    torch = _torch()
+    return torch.__version__ if torch else None
 
 
 def torch_steps(size: int, batch: int, classes: int) -> dict:
     """The same network in PyTorch, as fast as it goes on a CPU: both memory layouts."""
-    try:
-        import torch
-    except ImportError:
+    torch = _torch()
+    if torch is None:
         return {}
     from torch import nn
 
