@@ -320,7 +320,7 @@ def _check_study(args: argparse.Namespace) -> None:
         for experiment in study.cell(name).runs:
             overrides = study.settings(name, experiment)
             experiments.resolve(experiment, study.PRESET, [*overrides, *args.overrides])
-    study.check_rule_a(args.cells, os.path.join(args.out, study.HISTORIES))
+    study.check_rule_a(args.cells, os.path.join(args.out, study.HISTORIES), args.only)
 
 
 def _study(args: argparse.Namespace) -> None:

@@ -168,7 +168,7 @@ def reproduce_study(
     seeds, extra = check_seeds(seeds), list(overrides)
     kept_root = Path(out) / study.HISTORIES
     study.check_only(cells, only)
-    study.check_rule_a(cells, kept_root)
+    study.check_rule_a(cells, kept_root, only)
     for name in cells:
         _check_sources(name, cells, seeds, runs_dir, only)
     for name in cells:

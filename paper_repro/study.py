@@ -546,16 +546,22 @@ def rule_a_from(histories_dir: str | os.PathLike[str]) -> dict[str, RateChoice |
     )
 
 
-def check_rule_a(cells: Sequence[str], histories_dir: str | os.PathLike[str]) -> None:
-    """Refuse, before any run, a cell at rule A's recipe that rule A has not decided for, unless
-    a cell of the grid runs before it in the same command (it may decide it by then)."""
+def check_rule_a(
+    cells: Sequence[str],
+    histories_dir: str | os.PathLike[str],
+    only: Collection[str] | None = None,
+) -> None:
+    """Refuse, before any run, a run at rule A's recipe that rule A has not decided for, unless
+    a cell of the grid runs before it in the same command (it may decide it by then). Only the
+    runs the command trains are read (``only``: ``run_order``'s): an arm and target that rule
+    A has decided for can run while the grid still lacks another's runs."""
     grid = {grid_cell(rate) for rate in RULE_A_RATES}
     choices = None
     for index, name in enumerate(cells):
         if not uses_rule_a(name) or grid & set(cells[:index]):
             continue
         choices = rule_a_from(histories_dir) if choices is None else choices
-        for experiment in cell(name).runs:
+        for experiment in run_order(name, only):
             settings(name, experiment, choices)
 
 

@@ -348,6 +348,21 @@ def test_a_cell_at_rule_as_recipe_is_refused_until_rule_a_decides_unless_the_gri
     study.check_rule_a([study.BASELINE, "no-dropout"], tmp_path)  # no cell at rule A's recipe
 
 
+def test_a_run_rule_a_has_decided_for_may_run_while_the_grid_lacks_another_arms_runs(tmp_path):
+    """``--only`` keeps the runs a command trains, and only those are held to rule A."""
+    template = next(iter(load_histories(FIXTURES).values()))
+    for rate in study.RULE_A_RATES:
+        for seed in study.RULE_A_SEEDS:
+            directory = tmp_path / study.grid_cell(rate)
+            _save(directory, template, "retrain-oracle-mnist", seed, 0.9)
+    decided = ["retrain-oracle-mnist"]
+    study.check_rule_a([study.FROZEN_CHOSEN], tmp_path, decided)
+    with pytest.raises(UserError, match="frozen-chosen trains retrain-mnist at the rate"):
+        study.check_rule_a([study.FROZEN_CHOSEN], tmp_path, [*decided, "retrain-mnist"])
+    with pytest.raises(UserError, match="at the rate rule A chooses"):
+        study.check_rule_a([study.FROZEN_CHOSEN], tmp_path)  # every run of the cell
+
+
 def test_the_near_source_cells_read_the_mnist_source_and_their_own_full_runs():
     assert study.source_cell("mnist-0-4-to-5-9") == "source-mnist-0-4"
     assert study.source_cell("target-mnist-5-9") == study.BASELINE
