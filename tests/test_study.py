@@ -37,12 +37,15 @@ def test_study_preset_holds_out_part_of_each_training_split():
 
 
 def test_mini_is_the_first_mini_with_what_the_rules_chose_on_the_committed_study():
-    """PLAN.md's rules on the committed histories give the cells mini takes; mini is the first
-    mini with those cells' changes, retraining on cached features as the study did."""
+    """PLAN.md's rules on the committed histories give the cells mini takes and each frozen
+    arm's rate (rule F: rule A's choice for its arm and target, 0.001 where rule A chose none);
+    mini is the first mini with those changes at its 9 epochs, retraining on cached features as
+    the study did."""
     found = study.results(BASELINE_KEPT.parent)
     taken = study.mini_cells(found)
     assert taken == ["no-dropout"]  # one cell: rule 2's combination is that cell
     changes = study.combine(taken).runs
+    rates = study.rule_a_from(BASELINE_KEPT.parent)
     for name, config in experiments.MINI.items():
         first = experiments.FIRST_MINI[name]
         arm, target = arms.split_experiment(name) or (None, "")
@@ -50,8 +53,12 @@ def test_mini_is_the_first_mini_with_what_the_rules_chose_on_the_committed_study
         recipe = arms.RETRAIN.experiment(target) if arm is arms.ORACLE else name
         expected = experiments.apply_overrides(first, changes.get(recipe, ()))
         if config.mode == "retrain":
-            expected = dataclasses.replace(expected, cache_features=True)
+            choice = rates[name]
+            rate = float(choice.rate) if choice else 0.001
+            expected = dataclasses.replace(expected, cache_features=True, base_lr=rate)
         assert config == expected, name
+    assert {config.epochs for config in experiments.MINI.values()} == {9}
+    assert experiments.MINI["retrain-oracle-mnist"].base_lr == 0.01  # not retraining's rate
     assert experiments.MINI["retrain-random-cifar10"].dropout == 0.0
     assert experiments.MINI["full-cifar10"] == experiments.FIRST_MINI["full-cifar10"]
 
