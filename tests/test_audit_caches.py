@@ -580,7 +580,9 @@ def test_a_resumed_cached_run_whose_caches_changed_is_refused(tmp_path):
     from paper_repro.history import CacheRecord
     from paper_repro.training.fit import _check_same_caches
 
-    history = load_history(REPO / "figures/histories/mini/retrain-mnist-cached.history.json")
+    history = load_history(
+        REPO / "figures/mini-lr-0.001/histories/mini/retrain-mnist-cached.history.json"
+    )
     run = types.SimpleNamespace(shared=types.SimpleNamespace(root=tmp_path / "run"))
     same = dataclasses.replace(history.cache, build_seconds=1.0, reused=True)
     _check_same_caches(run, history, same)  # the same caches, reused: resumed

@@ -26,7 +26,7 @@ from paper_repro.reports.index import run_lines
 from paper_repro.runs import find_histories
 
 REPO = Path(__file__).resolve().parent.parent
-MINI = REPO / "figures" / "histories" / "mini"
+MINI = REPO / "figures" / "mini-lr-0.001" / "histories" / "mini"
 STUDY = REPO / "figures" / "study" / "histories"
 DEEP = 200_000
 

@@ -163,7 +163,8 @@ def test_list_shows_the_runs_first_each_with_its_dataset_and_preset(tmp_path, ca
     run = runs / "mini" / "full-mnist"
     run.mkdir(parents=True)
     shutil.copy(
-        REPO / "figures" / "histories" / "mini" / "full-mnist.history.json", run / "history.json"
+        REPO / "figures" / "mini-lr-0.001" / "histories" / "mini" / "full-mnist.history.json",
+        run / "history.json",
     )
     assert cli.main(["list", "--runs-dir", str(runs)]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -182,7 +183,7 @@ def test_reproduce_ends_with_table_iii_and_where_it_wrote(tmp_path, monkeypatch,
     kept = tmp_path / "histories" / "mini"
 
     def tables_of_the_committed_runs(preset, *, out, **options):
-        shutil.copytree(REPO / "figures" / "histories" / "mini", kept)
+        shutil.copytree(REPO / "figures" / "mini-lr-0.001" / "histories" / "mini", kept)
         return [*reports.regenerate_tables(kept, out)]
 
     monkeypatch.setattr(reproduce, "reproduce", tables_of_the_committed_runs)

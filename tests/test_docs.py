@@ -29,6 +29,7 @@ ARCHITECTURE = DOCS / "architecture.md"
 NOTES = [
     REPO / "figures" / "README.md",
     REPO / "figures" / "first-mini" / "README.md",
+    REPO / "figures" / "mini-lr-0.001" / "README.md",
     REPO / "figures" / "study" / "README.md",
     REPO / "benchmarks" / "results" / "README.md",
 ]

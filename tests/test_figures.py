@@ -575,11 +575,11 @@ def test_the_random_features_control_has_its_column_and_dotted_line(tmp_path, hi
     assert re.fullmatch(r"\d+ \(\d\)", row_of(times, "MNIST")[-1])
 
 
-# Each mini's committed outputs folder, its histories under histories/mini: the first mini, and
-# the current one once its histories are committed.
+# Each mini's committed outputs folder, its histories under histories/mini: the current one in
+# figures/, the earlier recipes' in folders of their own beside it.
 COMMITTED = [
     folder
-    for folder in (REPO / "figures" / "first-mini", REPO / "figures")
+    for folder in (REPO / "figures", *sorted((REPO / "figures").iterdir()))
     if (folder / "histories" / "mini").is_dir()
 ]
 
