@@ -42,7 +42,7 @@ mini
     Each seed pretrains its own source (``SOURCE_PER_SEED``). The main job is seed 0: 4,150 s
     inside its nine runs on a 2-core AMD EPYC that ran 1.83 times slower than the machine of
     the earlier timings (about 38 minutes there; figures/README.md), so it does not fit the
-    35 minutes the study's plan asked of it, nor 3 seeds its 45; ``--seeds 0,1,2`` gave the
+    35 minutes the study's plan asked of it, nor 3 seeds its 45; ``--seeds 0,1,2`` gives the
     committed histories, one seed after another. Expected (test, multi-crop, seed 0): full /
     retrain / control / oracle 98.75 / 94.42 / 95.43 / 98.87 on MNIST and 87.14 / 75.30 /
     74.88 / 87.46 on CIFAR-10 classes 5-9. Results: figures/README.md; with every frozen arm at
