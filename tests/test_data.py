@@ -509,6 +509,19 @@ def test_imagenet_without_manual_files_says_what_to_download_and_where(tmp_path,
     assert str(tmp_path / "downloads" / "manual") in message and "\n" not in message
 
 
+def test_download_with_the_data_prepared_fetches_nothing(tfds_dir, monkeypatch):
+    """The README's one line (``TFDS_DATA_DIR=DIR ... --download``) works offline: a dataset DIR
+    holds is read from it, and tfds is never asked to prepare (fetch) anything."""
+    from paper_repro.data import reader_tfds
+
+    def fetch(builder, data_dir):
+        raise AssertionError(f"asked to prepare {builder.name} in {data_dir}")
+
+    monkeypatch.setattr(reader_tfds, "_prepare", fetch)
+    _, info = data.load_split("mnist", "test[:8]", data_dir=tfds_dir, download=True)
+    assert info.num_examples == 8
+
+
 def test_non_image_dataset_is_refused(tmp_path):
     with pytest.raises(UserError, match="'imdb_reviews' is not an image classification dataset"):
         data.load_split("imdb_reviews", "train", data_dir=str(tmp_path))
