@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from paper_repro import augment, data
 from paper_repro.augment import AUGMENT_LAYER, AugmentConfig
+from paper_repro.data import reader_tfds
 from paper_repro.data.pipelines import IN_MEMORY_BYTES
 from paper_repro.errors import UserError
 from paper_repro.evaluate import evaluate
@@ -512,7 +513,6 @@ def test_imagenet_without_manual_files_says_what_to_download_and_where(tmp_path,
 def test_download_with_the_data_prepared_fetches_nothing(tfds_dir, monkeypatch):
     """The README's one line (``TFDS_DATA_DIR=DIR ... --download``) works offline: a dataset DIR
     holds is read from it, and tfds is never asked to prepare (fetch) anything."""
-    from paper_repro.data import reader_tfds
 
     def fetch(builder, data_dir):
         raise AssertionError(f"asked to prepare {builder.name} in {data_dir}")
